@@ -1,0 +1,1 @@
+//! Skiff's Kubernetes API server: redb storage, validation, patch, watch, HTTP

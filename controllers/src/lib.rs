@@ -1,0 +1,1 @@
+//! Skiff's controllers: ReplicaSet, Deployment, Job, CronJob, GC, Endpoints

@@ -1,0 +1,1 @@
+//! Skiff's kubelet: node registration, pod workers, status, logs

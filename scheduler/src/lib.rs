@@ -1,0 +1,1 @@
+//! Skiff's scheduler: binds pending pods to the node

@@ -14,11 +14,15 @@
 //! ```
 
 mod client;
+mod events;
+mod informer;
+mod quantity;
 mod registry;
 mod selector;
 mod status;
 mod streams;
 mod watch;
+mod workqueue;
 
 pub use client::{Api, ApiClient, DeleteOptions, ListOptions, ObjectList, PatchKind, WatchStream};
 pub use registry::{RESOURCES, ResourceKind, Scope, Subresource};
@@ -26,6 +30,11 @@ pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use status::{ApiError, Cause, StatusReason};
 pub use streams::{ByteStream, LogOptions, PodStreams};
 pub use watch::{WatchEvent, WatchEventType};
+
+pub use events::{DEDUP_WINDOW, EventSource, EventType, ObjectReference, Recorder};
+pub use informer::{Informer, InformerEvent, InformerHandle, ObjectKey, Phase as InformerPhase, Store, Writer};
+pub use quantity::{ParsedQuantity, QuantityError, parse_bytes, parse_millis};
+pub use workqueue::WorkQueue;
 
 /// The Kubernetes types, re-exported so every crate uses one version of them.
 pub use k8s_openapi as k8s;

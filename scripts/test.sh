@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs Skiff's whole test suite on a fresh machine, as root: installs what the tests need, then
+# `cargo test --workspace --all-features`. Extra arguments go to cargo test (e.g. a test name).
+#
+# The tests start real servers and containers (namespaces, overlayfs, cgroups) and drive them
+# with the real kubectl, so they need root, and:
+#   busybox-static   the rootfs of the test images
+#   docker-registry  a local OCI registry on 127.0.0.1 to pull the test images from
+#   kubectl          /usr/bin/kubectl (v1.32 ships with this project's machines)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh must run as root (the tests run real containers): sudo scripts/test.sh" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+updated=""
+apt_update() {
+  if [ -z "$updated" ]; then
+    apt-get update -qq
+    updated=1
+  fi
+}
+
+missing=()
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || missing+=(busybox-static)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  apt_update
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x /usr/bin/kubectl ]; then
+  # Debian bookworm itself has no kubectl; the machines of this project have one installed
+  # from the Kubernetes apt repository. Use apt if a source for it is configured.
+  apt_update
+  if apt-cache policy kubectl | grep -q 'Candidate: [0-9]'; then
+    echo "installing kubectl"
+    apt-get install -y -qq kubectl
+  else
+    echo "error: /usr/bin/kubectl is missing and no apt source offers kubectl." >&2
+    echo "Install kubectl v1.32 at /usr/bin/kubectl (https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/)" >&2
+    exit 1
+  fi
+fi
+echo "kubectl: $(/usr/bin/kubectl version --client 2>/dev/null | head -n 1)"
+
+# Tests run side by side, each with its own server; the two cores are the limit, not memory.
+exec cargo test --workspace --all-features "$@"

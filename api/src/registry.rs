@@ -1,14 +1,14 @@
 //! The resources Skiff serves: what discovery advertises and what the router accepts.
 
 /// Whether a resource lives in a namespace or at cluster scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {
     Namespaced,
     Cluster,
 }
 
 /// A subresource such as `pods/log`, with the kind it answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Subresource {
     pub name: &'static str,
     pub group: &'static str,
@@ -18,7 +18,7 @@ pub struct Subresource {
 }
 
 /// One served resource type: group/version/kind/plural and how kubectl may address it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ResourceKind {
     pub group: &'static str,
     pub version: &'static str,

@@ -1,1 +1,28 @@
-//! Skiff's controllers: ReplicaSet, Deployment, Job, CronJob, GC, Endpoints
+//! Skiff's controllers. Each follows watch → queue → reconcile ([`controller`]): informers fill
+//! stores, their events become keys, and `reconcile(key)` drives the world towards the object's
+//! spec and writes its status.
+//!
+//! - [`replicaset`]: keeps `replicas` pods of a template;
+//! - [`deployment`]: rolls templates out through ReplicaSets, with history and rollback;
+//! - [`gc`]: deletes objects whose owners are gone (background cascading deletion).
+
+pub mod controller;
+pub mod deployment;
+mod expectations;
+pub mod gc;
+mod pods;
+pub mod replicaset;
+
+use std::sync::Arc;
+
+use skiff_api::ApiClient;
+use tokio_util::sync::CancellationToken;
+
+/// Runs every controller until `shutdown`.
+pub async fn run_all(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
+    tokio::join!(
+        replicaset::ReplicaSetController::run(client.clone(), shutdown.clone()),
+        deployment::DeploymentController::run(client.clone(), shutdown.clone()),
+        gc::GarbageCollector::run(client, shutdown),
+    );
+}

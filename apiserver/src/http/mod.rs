@@ -1,0 +1,1 @@
+//! HTTP routes over the in-process API (written by the HTTP helper).

@@ -1,0 +1,67 @@
+//! The loop every controller runs: informer events become keys in a [`WorkQueue`], and workers
+//! call `reconcile(key)` (keys are usually `skiff_api::ObjectKey`) (kube-rs' `Controller`, client-go's `processNextWorkItem`). The
+//! reconciler never learns why it ran, so it must be idempotent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skiff_api::{ApiError, WorkQueue};
+use tokio_util::sync::CancellationToken;
+
+/// What a reconcile asks of the queue once it has succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing to do until a watched object changes.
+    AwaitChange,
+    /// Run again after this long even if nothing changes (deadlines, minReadySeconds).
+    RequeueAfter(Duration),
+}
+
+#[async_trait::async_trait]
+pub trait Reconciler: Send + Sync + 'static {
+    /// Shown in logs.
+    const NAME: &'static str;
+    /// What the queue holds: usually an [`ObjectKey`].
+    type Key: Clone + Eq + std::hash::Hash + std::fmt::Display + Send + Sync + 'static;
+
+    async fn reconcile(&self, key: &Self::Key) -> Result<Action, ApiError>;
+}
+
+/// Runs `workers` reconcile loops over `queue` until `shutdown`. A failed reconcile is retried
+/// with the queue's per-key back-off; a success resets it.
+pub async fn run<R: Reconciler>(
+    reconciler: Arc<R>,
+    queue: WorkQueue<R::Key>,
+    workers: usize,
+    shutdown: CancellationToken,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (reconciler, queue) = (reconciler.clone(), queue.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(key) = queue.next().await {
+                match reconciler.reconcile(&key).await {
+                    Ok(Action::AwaitChange) => queue.forget(&key),
+                    Ok(Action::RequeueAfter(delay)) => {
+                        queue.forget(&key);
+                        queue.add_after(key.clone(), delay);
+                    }
+                    // A conflict only means our cache was behind: retry soon, quietly.
+                    Err(e) if e.is_conflict() => {
+                        queue.add_rate_limited(key.clone());
+                    }
+                    Err(e) => {
+                        let delay = queue.add_rate_limited(key.clone());
+                        tracing::warn!(controller = R::NAME, %key, ?delay, "reconcile failed: {e}");
+                    }
+                }
+                queue.done(&key);
+            }
+        }));
+    }
+    shutdown.cancelled().await;
+    queue.shut_down();
+    for task in tasks {
+        let _ = task.await;
+    }
+}

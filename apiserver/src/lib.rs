@@ -13,4 +13,4 @@ mod validation;
 mod watch;
 
 pub use error::Error;
-pub use registry::Registry;
+pub use registry::{Registry, scale_of};

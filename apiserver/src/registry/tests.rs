@@ -1,0 +1,494 @@
+//! The registry against a real redb file in a temp dir.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use skiff_api::{ApiClient, DeleteOptions, ListOptions, PatchKind, ResourceKind, WatchEventType};
+use tempfile::TempDir;
+
+use super::{Registry, core};
+
+struct Fixture {
+    reg: Arc<Registry>,
+    dir: TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("db/state.redb")).unwrap();
+        reg.bootstrap("10.43.0.1").await.unwrap();
+        Self { reg, dir }
+    }
+
+    fn reopen(self) -> Self {
+        let Fixture { reg, dir } = self;
+        drop(reg);
+        let reg = Registry::open(&dir.path().join("db/state.redb")).unwrap();
+        Self { reg, dir }
+    }
+}
+
+fn pods() -> &'static ResourceKind {
+    core("pods")
+}
+
+fn deployments() -> &'static ResourceKind {
+    ResourceKind::by_plural("apps", "v1", "deployments").unwrap()
+}
+
+fn pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "web"}},
+           "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}})
+}
+
+fn rv(object: &Value) -> u64 {
+    object["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()
+}
+
+async fn next(stream: &mut skiff_api::WatchStream) -> skiff_api::WatchEvent {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("watch event in time")
+        .expect("stream open")
+}
+
+#[tokio::test]
+async fn create_fills_system_fields_and_defaults() {
+    let f = Fixture::new().await;
+    let created = f.reg.create(pods(), Some("default"), pod("web")).await.unwrap();
+    let meta = &created["metadata"];
+    assert_eq!(meta["namespace"], "default");
+    assert_eq!(meta["uid"].as_str().unwrap().len(), 36);
+    assert!(meta["creationTimestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(meta["generation"], 1);
+    assert!(meta["resourceVersion"].is_string());
+    assert_eq!(created["spec"]["restartPolicy"], "Always");
+    assert_eq!(created["status"]["phase"], "Pending");
+    assert_eq!(created["status"]["qosClass"], "BestEffort");
+    let got = f.reg.get(pods(), Some("default"), "web").await.unwrap();
+    assert_eq!(got, created);
+}
+
+#[tokio::test]
+async fn create_errors_are_kubernetes_statuses() {
+    let f = Fixture::new().await;
+    let err = f.reg.create(pods(), Some("nope"), pod("web")).await.unwrap_err();
+    assert_eq!((err.code, err.message.as_str()), (404, "namespaces \"nope\" not found"));
+
+    let mut other_ns = pod("web");
+    other_ns["metadata"]["namespace"] = json!("kube-system");
+    assert_eq!(f.reg.create(pods(), Some("default"), other_ns).await.unwrap_err().code, 400);
+
+    f.reg.create(pods(), Some("default"), pod("web")).await.unwrap();
+    let err = f.reg.create(pods(), Some("default"), pod("web")).await.unwrap_err();
+    assert_eq!((err.code, err.message.as_str()), (409, "pods \"web\" already exists"));
+
+    let no_containers = json!({"metadata": {"name": "bad"}, "spec": {}});
+    let err = f.reg.create(pods(), Some("default"), no_containers).await.unwrap_err();
+    assert_eq!(err.code, 422);
+    assert_eq!(err.message, "Pod \"bad\" is invalid: spec.containers: Required value");
+    assert_eq!(err.causes[0].field, "spec.containers");
+
+    let wrong_type = json!({"metadata": {"name": "bad"}, "spec": {"containers": [{"name": "a", "image": 5}]}});
+    let err = f.reg.create(pods(), Some("default"), wrong_type).await.unwrap_err();
+    assert_eq!(err.code, 400, "{}", err.message);
+
+    let bad_name = json!({"metadata": {"name": "Bad_Name"}, "data": {}});
+    let err = f.reg.create(core("configmaps"), Some("default"), bad_name).await.unwrap_err();
+    assert_eq!(err.code, 422);
+    assert!(err.message.starts_with("ConfigMap \"Bad_Name\" is invalid: metadata.name: Invalid value: \"Bad_Name\""));
+}
+
+#[tokio::test]
+async fn generate_name_appends_a_random_suffix() {
+    let f = Fixture::new().await;
+    let body = json!({"metadata": {"generateName": "web-"}, "spec": {"containers": [{"name": "a", "image": "x"}]}});
+    let a = f.reg.create(pods(), Some("default"), body.clone()).await.unwrap();
+    let b = f.reg.create(pods(), Some("default"), body).await.unwrap();
+    let name = a["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+    assert_ne!(a["metadata"]["name"], b["metadata"]["name"]);
+}
+
+#[tokio::test]
+async fn updates_check_resource_version_and_track_generation() {
+    let f = Fixture::new().await;
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"app": "d"}},
+                 "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+    let created = f.reg.create(deployments(), Some("default"), d).await.unwrap();
+    assert_eq!(created["metadata"]["generation"], 1);
+
+    // A label change is not a spec change.
+    let mut labelled = created.clone();
+    labelled["metadata"]["labels"] = json!({"x": "y"});
+    let labelled = f.reg.update(deployments(), Some("default"), "d", None, labelled).await.unwrap();
+    assert_eq!(labelled["metadata"]["generation"], 1);
+    assert!(rv(&labelled) > rv(&created));
+
+    // A stale resourceVersion is a conflict.
+    let err = f.reg.update(deployments(), Some("default"), "d", None, created.clone()).await.unwrap_err();
+    assert_eq!(err.code, 409);
+    assert!(err.is_conflict());
+    assert_eq!(
+        err.message,
+        "Operation cannot be fulfilled on deployments.apps \"d\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+
+    // A spec change bumps the generation; status in a main update is ignored.
+    let mut scaled = labelled.clone();
+    scaled["spec"]["replicas"] = json!(3);
+    scaled["status"] = json!({"replicas": 99});
+    let scaled = f.reg.update(deployments(), Some("default"), "d", None, scaled).await.unwrap();
+    assert_eq!(scaled["metadata"]["generation"], 2);
+    assert!(scaled["status"].get("replicas").is_none());
+
+    // A status update never bumps the generation and ignores spec changes.
+    let mut status = scaled.clone();
+    status["spec"]["replicas"] = json!(7);
+    status["status"] = json!({"replicas": 3, "observedGeneration": 2});
+    let status = f.reg.update(deployments(), Some("default"), "d", Some("status"), status).await.unwrap();
+    assert_eq!(status["metadata"]["generation"], 2);
+    assert_eq!(status["spec"]["replicas"], 3);
+    assert_eq!(status["status"]["replicas"], 3);
+
+    // An update that changes nothing writes nothing.
+    let same = f.reg.update(deployments(), Some("default"), "d", None, status.clone()).await.unwrap();
+    assert_eq!(rv(&same), rv(&status));
+}
+
+#[tokio::test]
+async fn pod_spec_is_immutable_except_images() {
+    let f = Fixture::new().await;
+    let created = f.reg.create(pods(), Some("default"), pod("web")).await.unwrap();
+    let mut image = created.clone();
+    image["spec"]["containers"][0]["image"] = json!("nginx:1.28");
+    let image = f.reg.update(pods(), Some("default"), "web", None, image).await.unwrap();
+    assert_eq!(image["spec"]["containers"][0]["image"], "nginx:1.28");
+    let mut policy = image.clone();
+    policy["spec"]["restartPolicy"] = json!("Never");
+    let err = f.reg.update(pods(), Some("default"), "web", None, policy).await.unwrap_err();
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("spec: Forbidden: pod updates may not change fields other than"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn binding_sets_the_node_once() {
+    let f = Fixture::new().await;
+    f.reg.create(pods(), Some("default"), pod("web")).await.unwrap();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "web"},
+                         "target": {"apiVersion": "v1", "kind": "Node", "name": "node1"}});
+    let status = f.reg.create_subresource(pods(), Some("default"), "web", "binding", binding.clone()).await.unwrap();
+    assert_eq!(status["status"], "Success");
+    let bound = f.reg.get(pods(), Some("default"), "web").await.unwrap();
+    assert_eq!(bound["spec"]["nodeName"], "node1");
+    assert_eq!(bound["status"]["conditions"][0]["type"], "PodScheduled");
+    let err = f.reg.create_subresource(pods(), Some("default"), "web", "binding", binding).await.unwrap_err();
+    assert_eq!(err.code, 409);
+    assert_eq!(
+        err.message,
+        "Operation cannot be fulfilled on pods/binding \"web\": pod web is already assigned to node \"node1\""
+    );
+}
+
+#[tokio::test]
+async fn bound_pods_are_deleted_gracefully_and_unbound_ones_at_once() {
+    let f = Fixture::new().await;
+    f.reg.create(pods(), Some("default"), pod("loose")).await.unwrap();
+    f.reg.delete(pods(), Some("default"), "loose", &DeleteOptions::default()).await.unwrap();
+    assert!(f.reg.get(pods(), Some("default"), "loose").await.unwrap_err().is_not_found());
+
+    f.reg.create(pods(), Some("default"), pod("web")).await.unwrap();
+    let binding = json!({"target": {"kind": "Node", "name": "node1"}});
+    f.reg.create_subresource(pods(), Some("default"), "web", "binding", binding).await.unwrap();
+    let marked = f.reg.delete(pods(), Some("default"), "web", &DeleteOptions::default()).await.unwrap();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(f.reg.get(pods(), Some("default"), "web").await.is_ok());
+
+    let now = DeleteOptions { grace_period_seconds: Some(0), ..Default::default() };
+    f.reg.delete(pods(), Some("default"), "web", &now).await.unwrap();
+    assert!(f.reg.get(pods(), Some("default"), "web").await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn finalizers_hold_an_object_until_emptied() {
+    let f = Fixture::new().await;
+    let cms = core("configmaps");
+    let cm = json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}, "data": {"a": "b"}});
+    f.reg.create(cms, Some("default"), cm).await.unwrap();
+    let mut watch = f
+        .reg
+        .watch(cms, Some("default"), &ListOptions { resource_version: Some("0".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(next(&mut watch).await.kind, WatchEventType::Added);
+
+    let marked = f.reg.delete(cms, Some("default"), "held", &DeleteOptions::default()).await.unwrap();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(next(&mut watch).await.kind, WatchEventType::Modified);
+
+    let patch = json!({"metadata": {"finalizers": null}});
+    f.reg.patch(cms, Some("default"), "held", None, PatchKind::Merge, patch).await.unwrap();
+    let gone = next(&mut watch).await;
+    assert_eq!(gone.kind, WatchEventType::Deleted);
+    assert!(f.reg.get(cms, Some("default"), "held").await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn delete_preconditions_are_checked() {
+    let f = Fixture::new().await;
+    let created = f.reg.create(pods(), Some("default"), pod("web")).await.unwrap();
+    let wrong = DeleteOptions { precondition_uid: Some("other".into()), ..Default::default() };
+    assert_eq!(f.reg.delete(pods(), Some("default"), "web", &wrong).await.unwrap_err().code, 409);
+    let stale = DeleteOptions { precondition_resource_version: Some("1".into()), ..Default::default() };
+    assert_eq!(f.reg.delete(pods(), Some("default"), "web", &stale).await.unwrap_err().code, 409);
+    let right = DeleteOptions {
+        precondition_uid: created["metadata"]["uid"].as_str().map(String::from),
+        precondition_resource_version: created["metadata"]["resourceVersion"].as_str().map(String::from),
+        ..Default::default()
+    };
+    f.reg.delete(pods(), Some("default"), "web", &right).await.unwrap();
+}
+
+#[tokio::test]
+async fn lists_filter_by_selectors_and_page_with_continue() {
+    let f = Fixture::new().await;
+    for i in 0..5 {
+        let mut p = pod(&format!("p{i}"));
+        p["metadata"]["labels"] = json!({"app": if i % 2 == 0 { "even" } else { "odd" }});
+        f.reg.create(pods(), Some("default"), p).await.unwrap();
+    }
+    f.reg.create(pods(), Some("kube-system"), pod("sys")).await.unwrap();
+
+    let even = f.reg.list(pods(), Some("default"), &ListOptions::labels("app=even")).await.unwrap();
+    assert_eq!(even.items.len(), 3);
+    let by_name = f.reg.list(pods(), None, &ListOptions::fields("metadata.name=sys")).await.unwrap();
+    assert_eq!(by_name.items[0]["metadata"]["namespace"], "kube-system");
+    let all = f.reg.list(pods(), None, &ListOptions::default()).await.unwrap();
+    assert_eq!(all.items.len(), 6);
+    let pending = f.reg.list(pods(), None, &ListOptions::fields("status.phase=Pending,spec.nodeName=")).await.unwrap();
+    assert_eq!(pending.items.len(), 6);
+
+    let mut opts = ListOptions { limit: Some(2), ..Default::default() };
+    let mut names = Vec::new();
+    let mut first_rv = None;
+    loop {
+        let page = f.reg.list(pods(), Some("default"), &opts).await.unwrap();
+        first_rv.get_or_insert(page.resource_version.clone());
+        assert_eq!(Some(&page.resource_version), first_rv.as_ref());
+        names.extend(page.items.iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()));
+        match page.continue_token {
+            Some(token) => opts.continue_token = Some(token),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+}
+
+#[tokio::test]
+async fn watch_resumes_from_a_list_and_filters() {
+    let f = Fixture::new().await;
+    f.reg.create(pods(), Some("default"), pod("before")).await.unwrap();
+    let list = f.reg.list(pods(), Some("default"), &ListOptions::default()).await.unwrap();
+    let opts = ListOptions {
+        resource_version: Some(list.resource_version.clone()),
+        label_selector: Some("app=web".into()),
+        ..Default::default()
+    };
+    let mut watch = f.reg.watch(pods(), Some("default"), &opts).await.unwrap();
+    f.reg.create(pods(), Some("kube-system"), pod("elsewhere")).await.unwrap();
+    let mut other = pod("other");
+    other["metadata"]["labels"] = json!({"app": "db"});
+    f.reg.create(pods(), Some("default"), other).await.unwrap();
+    f.reg.create(pods(), Some("default"), pod("after")).await.unwrap();
+    let ev = next(&mut watch).await;
+    assert_eq!(ev.kind, WatchEventType::Added);
+    assert_eq!(ev.object["metadata"]["name"], "after");
+
+    // From "0": the current objects first, then live changes.
+    let mut from_zero = f
+        .reg
+        .watch(pods(), Some("default"), &ListOptions { resource_version: Some("0".into()), ..Default::default() })
+        .await
+        .unwrap();
+    let mut initial = Vec::new();
+    for _ in 0..3 {
+        let ev = next(&mut from_zero).await;
+        assert_eq!(ev.kind, WatchEventType::Added);
+        initial.push(ev.object["metadata"]["name"].as_str().unwrap().to_string());
+    }
+    assert_eq!(initial, ["after", "before", "other"]);
+    f.reg.delete(pods(), Some("default"), "before", &DeleteOptions::default()).await.unwrap();
+    let ev = next(&mut from_zero).await;
+    assert_eq!((ev.kind, ev.object["metadata"]["name"].as_str()), (WatchEventType::Deleted, Some("before")));
+}
+
+#[tokio::test]
+async fn a_watch_from_before_a_restart_is_expired() {
+    let f = Fixture::new().await;
+    let created = f.reg.create(pods(), Some("default"), pod("web")).await.unwrap();
+    let f = f.reopen();
+    let old = (rv(&created) - 1).to_string();
+    let mut watch = f
+        .reg
+        .watch(pods(), Some("default"), &ListOptions { resource_version: Some(old.clone()), ..Default::default() })
+        .await
+        .unwrap();
+    let ev = next(&mut watch).await;
+    assert_eq!(ev.kind, WatchEventType::Error);
+    assert_eq!(ev.object["code"], 410);
+    assert_eq!(ev.object["reason"], "Expired");
+    assert_eq!(ev.object["message"], format!("too old resource version: {old} ({})", rv(&created)));
+    assert!(watch.next().await.is_none());
+    // From the current revision it works.
+    let current = ListOptions { resource_version: Some(rv(&created).to_string()), ..Default::default() };
+    let mut watch = f.reg.watch(pods(), Some("default"), &current).await.unwrap();
+    f.reg.delete(pods(), Some("default"), "web", &DeleteOptions::default()).await.unwrap();
+    assert_eq!(next(&mut watch).await.kind, WatchEventType::Deleted);
+}
+
+#[tokio::test]
+async fn kubectl_apply_patches_and_server_side_apply() {
+    let f = Fixture::new().await;
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "demo", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "demo"}},
+                 "template": {"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [{"name": "app", "image": "nginx:1.25"}]}}}});
+    let apply = PatchKind::Apply { field_manager: "kubectl".into(), force: false };
+    let (created, was_created) =
+        f.reg.patch_with_status(deployments(), Some("default"), "demo", None, apply.clone(), d.clone()).await.unwrap();
+    assert!(was_created);
+    assert_eq!(created["spec"]["strategy"]["type"], "RollingUpdate");
+
+    let smp = json!({"spec": {"replicas": 2, "template": {"spec": {"$setElementOrder/containers": [{"name": "app"}],
+                     "containers": [{"image": "nginx:1.26", "name": "app"}]}}}});
+    let patched =
+        f.reg.patch(deployments(), Some("default"), "demo", None, PatchKind::StrategicMerge, smp).await.unwrap();
+    assert_eq!(patched["spec"]["replicas"], 2);
+    assert_eq!(patched["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.26");
+    assert_eq!(patched["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(patched["metadata"]["generation"], 2);
+
+    let mut again = d;
+    again["spec"]["replicas"] = json!(4);
+    let (applied, was_created) =
+        f.reg.patch_with_status(deployments(), Some("default"), "demo", None, apply, again).await.unwrap();
+    assert!(!was_created);
+    assert_eq!(applied["spec"]["replicas"], 4);
+    assert_eq!(applied["metadata"]["uid"], created["metadata"]["uid"]);
+
+    let undo = json!([{"op": "replace", "path": "/spec/replicas", "value": 1}]);
+    let undone = f.reg.patch(deployments(), Some("default"), "demo", None, PatchKind::Json, undo).await.unwrap();
+    assert_eq!(undone["spec"]["replicas"], 1);
+
+    let scale = json!({"spec": {"replicas": 3}});
+    let scaled =
+        f.reg.patch(deployments(), Some("default"), "demo", Some("scale"), PatchKind::Merge, scale).await.unwrap();
+    assert_eq!(scaled["kind"], "Scale");
+    assert_eq!(scaled["spec"]["replicas"], 3);
+    assert_eq!(scaled["status"]["selector"], "app=demo");
+    let stored = f.reg.get(deployments(), Some("default"), "demo").await.unwrap();
+    assert_eq!(stored["spec"]["replicas"], 3);
+
+    let missing = f.reg.patch(deployments(), Some("default"), "nope", None, PatchKind::Merge, json!({})).await;
+    assert!(missing.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn service_cluster_ips_are_allocated_once_and_kept_across_restarts() {
+    let f = Fixture::new().await;
+    let services = core("services");
+    let kubernetes = f.reg.get(services, Some("default"), "kubernetes").await.unwrap();
+    assert_eq!(kubernetes["spec"]["clusterIP"], "10.43.0.1");
+    assert_eq!(kubernetes["spec"]["ports"][0]["targetPort"], 6443);
+
+    let svc =
+        |name: &str| json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}});
+    let a = f.reg.create(services, Some("default"), svc("a")).await.unwrap();
+    assert_eq!(a["spec"]["clusterIP"], "10.43.1.0");
+    assert_eq!(a["spec"]["clusterIPs"], json!(["10.43.1.0"]));
+    assert_eq!(a["spec"]["ports"][0], json!({"port": 80, "protocol": "TCP", "targetPort": 80}));
+
+    let f = f.reopen();
+    let b = f.reg.create(services, Some("default"), svc("b")).await.unwrap();
+    assert_eq!(b["spec"]["clusterIP"], "10.43.1.1");
+
+    let mut taken = svc("c");
+    taken["spec"]["clusterIP"] = json!("10.43.1.1");
+    let err = f.reg.create(services, Some("default"), taken).await.unwrap_err();
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("provided IP is already allocated"), "{}", err.message);
+
+    let mut node_port = svc("np");
+    node_port["spec"]["type"] = json!("NodePort");
+    let np = f.reg.create(services, Some("default"), node_port).await.unwrap();
+    assert_eq!(np["spec"]["ports"][0]["nodePort"], 30000);
+
+    // An update that leaves the address out keeps it.
+    let mut update = b.clone();
+    update["spec"].as_object_mut().unwrap().remove("clusterIP");
+    update["spec"].as_object_mut().unwrap().remove("clusterIPs");
+    let updated = f.reg.update(services, Some("default"), "b", None, update).await.unwrap();
+    assert_eq!(updated["spec"]["clusterIP"], "10.43.1.1");
+}
+
+#[tokio::test]
+async fn namespaces_terminate_until_finalized() {
+    let f = Fixture::new().await;
+    let namespaces = core("namespaces");
+    f.reg.create(namespaces, None, json!({"metadata": {"name": "team"}})).await.unwrap();
+    let ns = f.reg.delete(namespaces, None, "team", &DeleteOptions::default()).await.unwrap();
+    assert_eq!(ns["status"]["phase"], "Terminating");
+    let err = f.reg.create(pods(), Some("team"), pod("late")).await.unwrap_err();
+    assert_eq!(err.code, 403);
+    let mut finalize = ns.clone();
+    finalize["spec"]["finalizers"] = json!([]);
+    f.reg.update(namespaces, None, "team", Some("finalize"), finalize).await.unwrap();
+    assert!(f.reg.get(namespaces, None, "team").await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn bootstrap_is_idempotent() {
+    let f = Fixture::new().await;
+    f.reg.bootstrap("10.43.0.1").await.unwrap();
+    let namespaces = f.reg.list(core("namespaces"), None, &ListOptions::default()).await.unwrap();
+    let names: Vec<_> = namespaces.items.iter().map(|n| n["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default", "kube-node-lease", "kube-public", "kube-system"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_survives_a_reopen() {
+    let f = Fixture::new().await;
+    let cms = core("configmaps");
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let reg = f.reg.clone();
+        tasks.push(tokio::spawn(async move {
+            let cm = json!({"metadata": {"name": format!("cm-{i}")}, "data": {"i": i.to_string()}});
+            reg.create(cms, Some("default"), cm).await
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        let created = t.await.unwrap().unwrap();
+        acknowledged.push(created);
+    }
+    // Revisions are unique: every write had its own.
+    let mut revisions: Vec<u64> = acknowledged.iter().map(rv).collect();
+    revisions.sort();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 200);
+
+    let f = f.reopen();
+    for created in &acknowledged {
+        let name = created["metadata"]["name"].as_str().unwrap();
+        let stored = f.reg.get(cms, Some("default"), name).await.unwrap();
+        assert_eq!(&stored, created);
+    }
+    // New writes continue after the old revisions.
+    let next = f.reg.create(cms, Some("default"), json!({"metadata": {"name": "next"}})).await.unwrap();
+    assert!(rv(&next) > *revisions.last().unwrap());
+}

@@ -1,0 +1,283 @@
+//! Create, update and patch.
+
+use serde_json::{Value, json};
+use skiff_api::{ApiError, PatchKind, ResourceKind};
+
+use super::object::{
+    check_type, finalizers, has_status_subresource, is_deleting, meta_mut, name, name_suffix, namespace, normalize,
+    now, resource_version, set_or_remove, tracks_generation, uid, uuid_v4,
+};
+use super::services::{self, ServiceNetwork};
+use super::{Registry, core, forbidden, subresource};
+use crate::storage::{Key, Outcome, Tx};
+use crate::{defaulting, patch, validation};
+
+fn invalid_if_any(res: &ResourceKind, name: &str, causes: Vec<skiff_api::Cause>) -> Result<(), ApiError> {
+    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(res, name, causes)) }
+}
+
+fn namespace_mismatch() -> ApiError {
+    ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request")
+}
+
+/// Everything a create does that does not depend on the stored state: type and namespace
+/// checks, generateName, system fields, defaults and validation.
+pub fn prepare_create(res: &ResourceKind, namespace: Option<&str>, mut body: Value) -> Result<Value, ApiError> {
+    check_type(res, &mut body)?;
+    let meta = meta_mut(&mut body);
+    if res.namespaced() {
+        let url_ns = namespace.unwrap_or_default();
+        match meta.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            Some(ns) if ns != url_ns => return Err(namespace_mismatch()),
+            _ => {
+                meta.insert("namespace".into(), json!(url_ns));
+            }
+        }
+    } else {
+        meta.remove("namespace");
+    }
+    let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    if !has_name && let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+        let generated = format!("{prefix}{}", name_suffix());
+        meta.insert("name".into(), json!(generated));
+    }
+    meta.insert("uid".into(), json!(uuid_v4()));
+    meta.insert("creationTimestamp".into(), json!(now()));
+    for field in ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "selfLink"] {
+        meta.remove(field);
+    }
+    if tracks_generation(res) {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
+    // The status of a kind with a status subresource is written by its controller, never by
+    // the creator (Nodes register with theirs; a Namespace's phase is defaulted).
+    if has_status_subresource(res) && !matches!(res.kind, "Node" | "Namespace") {
+        set_or_remove(&mut body, "status", Value::Null);
+    }
+    let obj_name = name(&body).unwrap_or_default().to_string();
+    invalid_if_any(res, &obj_name, validation::precheck(res, &body))?;
+    let mut object = normalize(res, body)?;
+    defaulting::apply(res, &mut object);
+    invalid_if_any(res, &obj_name, validation::validate(res, &object))?;
+    Ok(object)
+}
+
+/// The part of a create that reads the store: namespace, existence, allocations.
+pub fn create_in(tx: &mut Tx<'_>, key: &Key, mut object: Value, net: &ServiceNetwork) -> Result<Outcome, ApiError> {
+    let res = key.res;
+    if res.namespaced() {
+        let namespaces = core("namespaces");
+        match tx.get(&Key::new(namespaces, None, &key.namespace))? {
+            None => return Err(ApiError::not_found(namespaces, &key.namespace)),
+            Some(ns) if is_deleting(&ns) => {
+                return Err(forbidden(format!(
+                    "{} \"{}\" is forbidden: unable to create new content in namespace {} because it is being terminated",
+                    res.qualified_plural(),
+                    key.name,
+                    key.namespace
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if tx.get(key)?.is_some() {
+        return Err(ApiError::already_exists(res, &key.name));
+    }
+    if res.kind == "Service" && res.group.is_empty() {
+        services::allocate(tx, key, &mut object, None, net)?;
+    }
+    Ok(Outcome { object: tx.put(key, object)?, created: true })
+}
+
+pub async fn create(
+    reg: &Registry,
+    res: &'static ResourceKind,
+    namespace: Option<&str>,
+    body: Value,
+) -> Result<Outcome, ApiError> {
+    let object = prepare_create(res, namespace, body)?;
+    let key = Key::new(res, namespace, name(&object).unwrap_or_default());
+    let net = reg.service_network();
+    reg.store.write(Box::new(move |tx| create_in(tx, &key, object, &net))).await
+}
+
+pub async fn update(reg: &Registry, key: Key, subresource: Option<&str>, body: Value) -> Result<Outcome, ApiError> {
+    let net = reg.service_network();
+    let sub = subresource.map(String::from);
+    reg.store
+        .write(Box::new(move |tx| {
+            let old = tx.get(&key)?.ok_or_else(|| ApiError::not_found(key.res, &key.name))?;
+            match sub.as_deref() {
+                Some("scale") => subresource::update_scale(tx, &key, old, body, &net),
+                sub => update_in(tx, &key, old, body, sub, &net),
+            }
+        }))
+        .await
+}
+
+pub async fn patch(
+    reg: &Registry,
+    key: Key,
+    subresource: Option<&str>,
+    kind: PatchKind,
+    patch_body: Value,
+) -> Result<Outcome, ApiError> {
+    let net = reg.service_network();
+    let sub = subresource.map(String::from);
+    reg.store
+        .write(Box::new(move |tx| {
+            let res = key.res;
+            let old = tx.get(&key)?;
+            let old = match (old, &kind, sub.as_deref()) {
+                (Some(old), _, _) => old,
+                (None, PatchKind::Apply { .. }, None) => {
+                    let mut body = patch_body;
+                    let meta = meta_mut(&mut body);
+                    match meta.get("name").and_then(Value::as_str) {
+                        Some(n) if n != key.name => return Err(name_mismatch(n, &key.name)),
+                        _ => {
+                            meta.insert("name".into(), json!(key.name));
+                        }
+                    }
+                    let ns = res.namespaced().then_some(key.namespace.as_str());
+                    let object = prepare_create(res, ns, body)?;
+                    return create_in(tx, &key, object, &net);
+                }
+                (None, _, _) => return Err(ApiError::not_found(res, &key.name)),
+            };
+            if sub.as_deref() == Some("scale") {
+                return subresource::patch_scale(tx, &key, old, &kind, &patch_body, &net);
+            }
+            let patched = patch::apply(res, &kind, &old, &patch_body)?;
+            update_in(tx, &key, old, patched, sub.as_deref(), &net)
+        }))
+        .await
+}
+
+fn name_mismatch(body: &str, url: &str) -> ApiError {
+    ApiError::bad_request(format!("the name of the object ({body}) does not match the name on the URL ({url})"))
+}
+
+/// Writes `new` over `old` (the main resource, or one subresource of it) with Kubernetes'
+/// update rules. Runs inside the transaction: `old` is the stored object.
+pub fn update_in(
+    tx: &mut Tx<'_>,
+    key: &Key,
+    old: Value,
+    mut new: Value,
+    sub: Option<&str>,
+    net: &ServiceNetwork,
+) -> Result<Outcome, ApiError> {
+    let res = key.res;
+    check_type(res, &mut new)?;
+    if let Some(n) = name(&new)
+        && n != key.name
+    {
+        return Err(name_mismatch(n, &key.name));
+    }
+    if res.namespaced()
+        && let Some(ns) = namespace(&new)
+        && ns != key.namespace
+    {
+        return Err(namespace_mismatch());
+    }
+    if let Some(rv) = resource_version(&new)
+        && Some(rv) != resource_version(&old)
+    {
+        return Err(ApiError::conflict(
+            res,
+            &key.name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
+    }
+    if let Some(u) = uid(&new)
+        && Some(u) != uid(&old)
+    {
+        return Err(ApiError::conflict(
+            res,
+            &key.name,
+            &format!("Precondition failed: UID in precondition: {u}, UID in object meta: {}", uid(&old).unwrap_or("")),
+        ));
+    }
+    let mut object = match sub {
+        None => {
+            if has_status_subresource(res) {
+                set_or_remove(&mut new, "status", old["status"].clone());
+            }
+            new
+        }
+        Some("status") if has_status_subresource(res) => {
+            let mut object = old.clone();
+            set_or_remove(&mut object, "status", new["status"].clone());
+            object
+        }
+        Some("finalize") if res.kind == "Namespace" => {
+            let mut object = old.clone();
+            let fins = new.pointer("/spec/finalizers").cloned().unwrap_or(Value::Null);
+            if !object["spec"].is_object() {
+                object["spec"] = json!({});
+            }
+            object["spec"]["finalizers"] = fins;
+            object
+        }
+        Some(other) => {
+            return Err(ApiError::new(
+                404,
+                skiff_api::StatusReason::NotFound,
+                format!("the server could not find the requested resource ({} {other})", res.plural),
+            ));
+        }
+    };
+    // System fields belong to the server.
+    let old_meta = old["metadata"].clone();
+    let meta = meta_mut(&mut object);
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "name",
+        "namespace",
+    ] {
+        match old_meta.get(field) {
+            Some(v) if !v.is_null() => meta.insert(field.to_string(), v.clone()),
+            _ => meta.remove(field),
+        };
+    }
+    meta.insert("resourceVersion".into(), old_meta["resourceVersion"].clone());
+    meta.remove("selfLink");
+    let mut object = normalize(res, object)?;
+    defaulting::apply(res, &mut object);
+    if res.kind == "Service" && res.group.is_empty() {
+        services::allocate(tx, key, &mut object, Some(&old), net)?;
+    }
+    if tracks_generation(res) && object.get("spec") != old.get("spec") {
+        let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+        meta_mut(&mut object).insert("generation".into(), json!(generation));
+    }
+    let mut causes = validation::validate(res, &object);
+    causes.extend(validation::validate_update(res, &object, &old));
+    invalid_if_any(res, &key.name, causes)?;
+    if is_deleting(&object) && ready_to_remove(res, &object) {
+        return Ok(Outcome::of(tx.delete(key, object)?));
+    }
+    if object == old {
+        return Ok(Outcome::of(old));
+    }
+    Ok(Outcome::of(tx.put(key, object)?))
+}
+
+/// A deleting object goes once nothing holds it: no finalizers, no namespace finalizers, and
+/// (for a pod) no grace period left to wait out.
+pub fn ready_to_remove(res: &ResourceKind, object: &Value) -> bool {
+    if !finalizers(object).is_empty() {
+        return false;
+    }
+    if res.kind == "Namespace" && object["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
+        return false;
+    }
+    object["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
+}

@@ -2,7 +2,7 @@
 //! gone, which is how deleting a Deployment removes its ReplicaSets and their pods
 //! (background cascading deletion).
 //!
-//! Dependents are the kinds controllers create (pods, ReplicaSets); an owner's deletion
+//! Dependents are the kinds controllers create (pods, ReplicaSets, Jobs); an owner's deletion
 //! enqueues its dependents, and a dependent seen with references is checked once on sight, so
 //! nothing is missed across a restart.
 
@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
@@ -38,6 +39,7 @@ pub struct GarbageCollector {
     client: Arc<dyn ApiClient>,
     pods: Store<Pod>,
     replicasets: Store<ReplicaSet>,
+    jobs: Store<Job>,
 }
 
 fn has_owners(meta: &ObjectMeta) -> bool {
@@ -53,13 +55,17 @@ impl GarbageCollector {
         let all = ListOptions::default;
         let (pods, pod_events, _p) = Informer::<Pod>::new(client.clone(), None, all()).spawn();
         let (replicasets, rs_events, _r) = Informer::<ReplicaSet>::new(client.clone(), None, all()).spawn();
+        let (jobs, job_events, _j) = Informer::<Job>::new(client.clone(), None, all()).spawn();
         let (_deployments, d_events, _d) = Informer::<Deployment>::new(client.clone(), None, all()).spawn();
-        let this = Arc::new(Self { client, pods, replicasets });
+        let (_cronjobs, cj_events, _c) = Informer::<CronJob>::new(client.clone(), None, all()).spawn();
+        let this = Arc::new(Self { client, pods, replicasets, jobs });
         let queue = WorkQueue::<Dependent>::new();
         let tasks = [
             tokio::spawn(Self::forward(this.clone(), queue.clone(), pod_events)),
             tokio::spawn(Self::forward(this.clone(), queue.clone(), rs_events)),
+            tokio::spawn(Self::forward(this.clone(), queue.clone(), job_events)),
             tokio::spawn(Self::forward(this.clone(), queue.clone(), d_events)),
+            tokio::spawn(Self::forward(this.clone(), queue.clone(), cj_events)),
         ];
         controller::run(this, queue, 1, shutdown).await;
         for task in tasks {
@@ -94,7 +100,8 @@ impl GarbageCollector {
         let owned_by = |meta: &ObjectMeta| meta.owner_references.iter().flatten().any(|r| r.uid == uid);
         let pods = self.pods.list().into_iter().filter(|p| owned_by(&p.metadata)).map(|p| dependent(p.as_ref()));
         let sets = self.replicasets.list().into_iter().filter(|r| owned_by(&r.metadata)).map(|r| dependent(r.as_ref()));
-        pods.chain(sets).collect()
+        let jobs = self.jobs.list().into_iter().filter(|j| owned_by(&j.metadata)).map(|j| dependent(j.as_ref()));
+        pods.chain(sets).chain(jobs).collect()
     }
 
     /// Whether the owner a reference names still exists with that uid.

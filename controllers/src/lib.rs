@@ -4,12 +4,16 @@
 //!
 //! - [`replicaset`]: keeps `replicas` pods of a template;
 //! - [`deployment`]: rolls templates out through ReplicaSets, with history and rollback;
+//! - [`job`]: runs pods to completion, with back-off, deadlines and TTL after finishing;
+//! - [`cronjob`]: creates Jobs on a schedule;
 //! - [`gc`]: deletes objects whose owners are gone (background cascading deletion).
 
 pub mod controller;
+pub mod cronjob;
 pub mod deployment;
 mod expectations;
 pub mod gc;
+pub mod job;
 mod pods;
 pub mod replicaset;
 
@@ -23,6 +27,8 @@ pub async fn run_all(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
     tokio::join!(
         replicaset::ReplicaSetController::run(client.clone(), shutdown.clone()),
         deployment::DeploymentController::run(client.clone(), shutdown.clone()),
+        job::JobController::run(client.clone(), shutdown.clone()),
+        cronjob::CronJobController::run(client.clone(), shutdown.clone()),
         gc::GarbageCollector::run(client, shutdown),
     );
 }

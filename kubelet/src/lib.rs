@@ -1,1 +1,183 @@
-//! Skiff's kubelet: node registration, pod workers, status, logs
+//! Skiff's kubelet: registers the Node and keeps its Lease, runs the pods bound to it through
+//! the runtime, reports their status and events, and serves their logs.
+//!
+//! ```text
+//!  informer (pods, spec.nodeName=<node>) ──▶ PodWorkers: one task per pod UID, latest pod wins
+//!                                              │ sync_pod → sync_terminating → sync_terminated
+//!                                              ▼
+//!                                 runtime (sandbox, pull, create/start/wait/stop)
+//!                                              │ exits, log files
+//!  StatusManager ◀── generate(pod, runtime state) (pure)      logs.rs ◀── pods/log (PodStreams)
+//! ```
+//!
+//! On start the kubelet adopts what the runtime already runs for pods that still exist here,
+//! and removes everything else, so a restarted server neither loses nor leaks containers.
+
+pub mod backoff;
+pub mod env;
+pub mod events;
+pub mod generate;
+pub mod logs;
+pub mod node;
+mod pod_workers;
+pub mod status;
+mod sync;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use skiff_api::{
+    ApiClient, ApiError, ByteStream, Informer, InformerEvent, ListOptions, LogOptions, PodStreams, Recorder,
+};
+use skiff_runtime::{ContainerState, Runtime};
+use tokio_util::sync::CancellationToken;
+
+pub use pod_workers::{PodUpdate, PodWorkers, WorkerState};
+
+/// Where the kubelet keeps its files and what it calls its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeletConfig {
+    pub node_name: String,
+    /// `<data-dir>/kubelet`: pod directories and container logs.
+    pub root: PathBuf,
+}
+
+pub struct Kubelet {
+    config: KubeletConfig,
+    client: Arc<dyn ApiClient>,
+    runtime: Arc<Runtime>,
+    recorder: Recorder,
+    status: status::StatusManager,
+    workers: PodWorkers,
+    logs: logs::LogWatchers,
+    host_ip: String,
+}
+
+impl Kubelet {
+    pub fn new(config: KubeletConfig, client: Arc<dyn ApiClient>, runtime: Arc<Runtime>) -> Arc<Kubelet> {
+        Arc::new(Kubelet {
+            recorder: events::recorder(client.clone(), &config.node_name),
+            status: status::StatusManager::new(client.clone()),
+            workers: PodWorkers::default(),
+            logs: logs::LogWatchers::default(),
+            host_ip: node::internal_ip(),
+            config,
+            client,
+            runtime,
+        })
+    }
+
+    pub fn config(&self) -> &KubeletConfig {
+        &self.config
+    }
+
+    /// Registers the node, then runs pods until `shutdown`. Containers keep running after
+    /// shutdown; the next start adopts them.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let since = generate::truncate(jiff::Timestamp::now());
+        if let Err(e) = std::fs::create_dir_all(self.config.root.join("pods")) {
+            tracing::error!("creating {}: {e}", self.config.root.join("pods").display());
+        }
+        let info = node::HostInfo::read(&self.config.root);
+        let node = loop {
+            match node::register(&self.client, &self.config.node_name, &info, since).await {
+                Ok(node) => break node,
+                Err(e) => {
+                    tracing::warn!(node = %self.config.node_name, "registering node: {e}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        let node_ref = skiff_api::ObjectReference::of(&node);
+        self.recorder.normal(&node_ref, "Starting", "Starting kubelet.").await;
+        let heartbeat = tokio::spawn(node::heartbeat(self.client.clone(), node, info, since, shutdown.child_token()));
+        self.recorder
+            .normal(&node_ref, "NodeReady", &format!("Node {} status is now: NodeReady", self.config.node_name))
+            .await;
+
+        let selector = format!("spec.nodeName={}", self.config.node_name);
+        let (store, mut events, _informer) =
+            Informer::<Pod>::new(self.client.clone(), None, ListOptions::fields(selector)).spawn();
+        let mut cleaned = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = events.recv() => match event {
+                    Some(InformerEvent::Applied(pod)) => self.workers.update(&self, PodUpdate { pod, removed: false }, &shutdown),
+                    Some(InformerEvent::Deleted(pod)) => self.workers.update(&self, PodUpdate { pod, removed: true }, &shutdown),
+                    Some(InformerEvent::Synced) if !cleaned => {
+                        cleaned = true;
+                        let known: HashSet<String> = store.list().iter().filter_map(|p| p.metadata.uid.clone()).collect();
+                        self.remove_orphans(&known).await;
+                    }
+                    Some(InformerEvent::Synced) => {}
+                    None => break,
+                },
+            }
+        }
+        self.workers.stop_all().await;
+        let _ = heartbeat.await;
+    }
+
+    /// Removes containers and sandboxes of pods that no longer exist here (left by a server
+    /// that stopped while they were deleted), and their log directories.
+    async fn remove_orphans(&self, known: &HashSet<String>) {
+        let known: HashSet<String> = known.iter().cloned().chain(self.workers.uids()).collect();
+        match self.runtime.list_containers() {
+            Ok(containers) => {
+                for c in containers.into_iter().filter(|c| !known.contains(&c.sandbox_id)) {
+                    tracing::info!(container = %c.id, sandbox = %c.sandbox_id, "removing orphaned container");
+                    if matches!(c.state, ContainerState::Running { .. }) {
+                        if let Err(e) = self.runtime.stop_container(&c.id, Duration::ZERO).await {
+                            tracing::warn!(container = %c.id, "stopping orphan: {e}");
+                        }
+                    }
+                    if let Err(e) = self.runtime.remove_container(&c.id).await {
+                        tracing::warn!(container = %c.id, "removing orphan: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("listing containers: {e}"),
+        }
+        match self.runtime.list_sandboxes() {
+            Ok(sandboxes) => {
+                for id in sandboxes.into_iter().filter(|id| !known.contains(id)) {
+                    tracing::info!(sandbox = %id, "removing orphaned sandbox");
+                    if let Err(e) = self.runtime.remove_sandbox(&id).await {
+                        tracing::warn!(sandbox = %id, "removing orphaned sandbox: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("listing sandboxes: {e}"),
+        }
+        let pods_dir = self.config.root.join("pods");
+        if let Ok(entries) = std::fs::read_dir(&pods_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // `<ns>_<name>_<uid>`: the uid is the last part (namespaces and names have no `_`).
+                let uid = name.rsplit('_').next().unwrap_or_default();
+                if !known.contains(uid) {
+                    if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                        tracing::warn!("removing {}: {e}", entry.path().display());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl PodStreams for Kubelet {
+    async fn logs(&self, namespace: &str, name: &str, uid: &str, opts: &LogOptions) -> Result<ByteStream, ApiError> {
+        let dir = logs::pod_log_dir(&self.config.root, namespace, name, uid).join(&opts.container);
+        let path = logs::select_log_file(&dir, name, opts)?;
+        let running = if opts.previous { None } else { self.logs.subscribe(&path) };
+        logs::stream_log(path, opts, running).await
+    }
+}

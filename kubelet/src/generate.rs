@@ -1,0 +1,479 @@
+//! The pure computation of a pod's status from what the kubelet knows of its containers
+//! (Kubernetes `generateAPIPodStatus` + `getPhase` + the condition generators). No IO: the pod
+//! worker fills a [`PodRuntimeState`], this turns it into a `PodStatus`, and the status manager
+//! writes it if it changed.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP,
+    Pod, PodCondition, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// A container's end, as the kubelet reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terminated {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    /// `Completed`, `Error`, `OOMKilled`, `StartError`, `ContainerStatusUnknown`.
+    pub reason: String,
+    pub message: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Timestamp,
+    /// `skiff://<id>`
+    pub container_id: Option<String>,
+}
+
+impl Terminated {
+    /// The reason Kubernetes gives an exit: OOMKilled, Completed (0) or Error.
+    pub fn reason_for(exit_code: i32, oom_killed: bool) -> &'static str {
+        if oom_killed {
+            "OOMKilled"
+        } else if exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        }
+    }
+}
+
+/// Where one container stands now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Current {
+    /// Not running: `ContainerCreating`, `ErrImagePull`, `ImagePullBackOff`, `CrashLoopBackOff`,
+    /// `CreateContainerError`, `CreateContainerConfigError`, `ErrImageNeverPull`.
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        started_at: Timestamp,
+    },
+    Terminated(Terminated),
+}
+
+/// What the kubelet knows of one container of the pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRuntimeState {
+    /// `skiff://<id>` of the current container, if one was created.
+    pub container_id: Option<String>,
+    /// The image's repo digest, once pulled.
+    pub image_id: Option<String>,
+    pub restart_count: i32,
+    pub current: Current,
+    pub last_terminated: Option<Terminated>,
+}
+
+impl Default for ContainerRuntimeState {
+    fn default() -> Self {
+        Self {
+            container_id: None,
+            image_id: None,
+            restart_count: 0,
+            current: Current::Waiting { reason: "ContainerCreating".into(), message: None },
+            last_terminated: None,
+        }
+    }
+}
+
+/// Everything `generate` needs that is not in the pod object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRuntimeState {
+    pub sandbox_ready: bool,
+    /// When the kubelet accepted the pod (`status.startTime`).
+    pub start_time: Option<Timestamp>,
+    pub host_ip: String,
+    pub pod_ip: Option<String>,
+    pub containers: BTreeMap<String, ContainerRuntimeState>,
+}
+
+fn time(t: Timestamp) -> Time {
+    Time(t)
+}
+
+/// Seconds precision: what the API stores, so comparing a generated status with a stored one
+/// does not see sub-second differences.
+pub fn truncate(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+fn terminated_state(t: &Terminated) -> ContainerState {
+    ContainerState {
+        terminated: Some(ContainerStateTerminated {
+            exit_code: t.exit_code,
+            signal: t.signal,
+            reason: Some(t.reason.clone()),
+            message: t.message.clone(),
+            started_at: t.started_at.map(time),
+            finished_at: Some(time(t.finished_at)),
+            container_id: t.container_id.clone(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn restart_policy(pod: &Pod) -> &str {
+    pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always")
+}
+
+/// Whether a container that ended with `exit_code` is started again under the pod's policy.
+pub fn will_restart(pod: &Pod, exit_code: i32) -> bool {
+    match restart_policy(pod) {
+        "Never" => false,
+        "OnFailure" => exit_code != 0,
+        _ => true,
+    }
+}
+
+/// The pod phase from its container states (Kubernetes `getPhase`, regular containers).
+pub fn phase(pod: &Pod, statuses: &[ContainerStatus]) -> &'static str {
+    let spec_count = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+    let (mut waiting, mut running, mut stopped, mut succeeded, mut unknown) = (0, 0, 0, 0, 0);
+    for i in 0..spec_count {
+        let Some(cs) = statuses.get(i) else {
+            unknown += 1;
+            continue;
+        };
+        let state = cs.state.as_ref();
+        if state.and_then(|s| s.running.as_ref()).is_some() {
+            running += 1;
+        } else if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if state.and_then(|s| s.waiting.as_ref()).is_some() {
+            if cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).is_some() {
+                // Restarting: it ran before.
+                stopped += 1;
+            } else {
+                waiting += 1;
+            }
+        } else {
+            unknown += 1;
+        }
+    }
+    match () {
+        _ if waiting > 0 => "Pending",
+        _ if running > 0 && unknown == 0 => "Running",
+        _ if running == 0 && stopped > 0 && unknown == 0 => {
+            // All stopped: decided by whether any of them will be started again.
+            match restart_policy(pod) {
+                "Always" => "Running",
+                _ if stopped == succeeded => "Succeeded",
+                "Never" => "Failed",
+                _ => "Running",
+            }
+        }
+        _ => "Pending",
+    }
+}
+
+fn condition(
+    old: &[PodCondition],
+    type_: &str,
+    status: bool,
+    reason: Option<&str>,
+    message: Option<String>,
+    now: Timestamp,
+) -> PodCondition {
+    let status = if status { "True" } else { "False" }.to_string();
+    // The transition time moves only when the status does.
+    let transition = old
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| time(now));
+    PodCondition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.map(String::from),
+        message,
+        last_transition_time: Some(transition),
+        last_probe_time: None,
+        ..Default::default()
+    }
+}
+
+/// The status of `pod` given `rt`, at `now` (seconds precision).
+pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
+    let now = truncate(now);
+    let old = pod.status.clone().unwrap_or_default();
+    let old_conditions = old.conditions.clone().unwrap_or_default();
+    let spec_containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+
+    let statuses: Vec<ContainerStatus> = spec_containers
+        .iter()
+        .map(|c| {
+            let st = rt.containers.get(&c.name).cloned().unwrap_or_default();
+            let (state, ready, started) = match &st.current {
+                Current::Waiting { reason, message } => (
+                    ContainerState {
+                        waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
+                        ..Default::default()
+                    },
+                    false,
+                    false,
+                ),
+                Current::Running { started_at } => (
+                    ContainerState {
+                        running: Some(ContainerStateRunning { started_at: Some(time(*started_at)) }),
+                        ..Default::default()
+                    },
+                    true,
+                    true,
+                ),
+                Current::Terminated(t) => (terminated_state(t), false, false),
+            };
+            ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone().unwrap_or_default(),
+                image_id: st.image_id.clone().unwrap_or_default(),
+                container_id: st.container_id.clone(),
+                ready,
+                started: Some(started),
+                restart_count: st.restart_count,
+                state: Some(state),
+                last_state: Some(st.last_terminated.as_ref().map(terminated_state).unwrap_or_default()),
+                ..Default::default()
+            }
+        })
+        .collect();
+
+    let old_phase = old.phase.as_deref();
+    // A terminal phase is final (Kubernetes never leaves Succeeded or Failed).
+    let phase = match old_phase {
+        Some(p @ ("Succeeded" | "Failed")) => {
+            if p == "Succeeded" {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        }
+        _ => phase(pod, &statuses),
+    };
+
+    let unready: Vec<&str> = statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    let (ready, ready_reason, ready_message) = if phase == "Succeeded" {
+        (false, Some("PodCompleted"), None)
+    } else if unready.is_empty() {
+        (true, None, None)
+    } else {
+        (false, Some("ContainersNotReady"), Some(format!("containers with unready status: [{}]", unready.join(" "))))
+    };
+    let scheduled = old_conditions
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+        .cloned()
+        .unwrap_or_else(|| condition(&old_conditions, "PodScheduled", true, None, None, now));
+    let initialized_reason = if phase == "Succeeded" { Some("PodCompleted") } else { None };
+    let conditions = vec![
+        condition(&old_conditions, "PodReadyToStartContainers", rt.sandbox_ready, None, None, now),
+        condition(&old_conditions, "Initialized", true, initialized_reason, None, now),
+        condition(&old_conditions, "Ready", ready, ready_reason, ready_message.clone(), now),
+        condition(&old_conditions, "ContainersReady", ready, ready_reason, ready_message, now),
+        scheduled,
+    ];
+
+    let host_ip = (!rt.host_ip.is_empty()).then(|| rt.host_ip.clone());
+    PodStatus {
+        phase: Some(phase.to_string()),
+        conditions: Some(conditions),
+        container_statuses: Some(statuses),
+        start_time: old.start_time.clone().or(rt.start_time.map(|t| time(truncate(t)))),
+        host_ips: host_ip.as_ref().map(|ip| vec![HostIP { ip: ip.clone() }]),
+        host_ip,
+        pod_ip: rt.pod_ip.clone(),
+        pod_ips: rt.pod_ip.as_ref().map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip: ip.clone() }]),
+        qos_class: old.qos_class.clone(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(policy: &str, containers: &[&str]) -> Pod {
+        let cs: Vec<_> = containers.iter().map(|n| json!({"name": n, "image": "busybox:1"})).collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+            "spec": {"restartPolicy": policy, "containers": cs},
+        }))
+        .unwrap()
+    }
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + s).unwrap()
+    }
+
+    fn waiting(reason: &str) -> ContainerRuntimeState {
+        ContainerRuntimeState {
+            current: Current::Waiting { reason: reason.into(), message: None },
+            ..Default::default()
+        }
+    }
+
+    fn running() -> ContainerRuntimeState {
+        ContainerRuntimeState {
+            container_id: Some("skiff://abc".into()),
+            image_id: Some("docker.io/library/busybox@sha256:1".into()),
+            current: Current::Running { started_at: ts(1) },
+            ..Default::default()
+        }
+    }
+
+    fn exited(code: i32) -> ContainerRuntimeState {
+        ContainerRuntimeState {
+            current: Current::Terminated(Terminated {
+                exit_code: code,
+                signal: None,
+                reason: Terminated::reason_for(code, false).into(),
+                message: None,
+                started_at: Some(ts(1)),
+                finished_at: ts(2),
+                container_id: Some("skiff://abc".into()),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn restarting(code: i32) -> ContainerRuntimeState {
+        let Current::Terminated(t) = exited(code).current else { unreachable!() };
+        ContainerRuntimeState {
+            restart_count: 1,
+            last_terminated: Some(t),
+            current: Current::Waiting { reason: "CrashLoopBackOff".into(), message: None },
+            ..Default::default()
+        }
+    }
+
+    fn state(sandbox: bool, containers: Vec<(&str, ContainerRuntimeState)>) -> PodRuntimeState {
+        PodRuntimeState {
+            sandbox_ready: sandbox,
+            start_time: Some(ts(0)),
+            host_ip: "10.0.0.5".into(),
+            pod_ip: None,
+            containers: containers.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
+        }
+    }
+
+    fn cond<'a>(status: &'a PodStatus, type_: &str) -> &'a PodCondition {
+        status.conditions.as_ref().unwrap().iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn phase_follows_kubernetes_get_phase() {
+        // (restart policy, container states, phase)
+        let cases: Vec<(&str, Vec<(&str, ContainerRuntimeState)>, &str)> = vec![
+            ("Always", vec![("a", waiting("ContainerCreating"))], "Pending"),
+            ("Always", vec![("a", running()), ("b", waiting("ErrImagePull"))], "Pending"),
+            ("Always", vec![("a", running()), ("b", running())], "Running"),
+            ("Always", vec![("a", exited(0))], "Running"),
+            ("Always", vec![("a", restarting(1))], "Running"),
+            ("Never", vec![("a", exited(0)), ("b", exited(0))], "Succeeded"),
+            ("Never", vec![("a", exited(0)), ("b", exited(2))], "Failed"),
+            ("Never", vec![("a", running()), ("b", exited(2))], "Running"),
+            ("OnFailure", vec![("a", exited(0))], "Succeeded"),
+            ("OnFailure", vec![("a", restarting(1))], "Running"),
+            ("OnFailure", vec![("a", exited(3))], "Running"),
+        ];
+        for (policy, containers, want) in cases {
+            let names: Vec<&str> = containers.iter().map(|(n, _)| *n).collect();
+            let p = pod(policy, &names);
+            let status = generate(&p, &state(true, containers.clone()), ts(5));
+            assert_eq!(status.phase.as_deref(), Some(want), "{policy} {containers:?}");
+        }
+    }
+
+    #[test]
+    fn running_pod_is_ready_with_all_five_conditions_in_kubernetes_order() {
+        let p = pod("Always", &["app"]);
+        let status = generate(&p, &state(true, vec![("app", running())]), ts(5));
+        let types: Vec<&str> = status.conditions.as_ref().unwrap().iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"]);
+        assert!(status.conditions.as_ref().unwrap().iter().all(|c| c.status == "True"));
+        let cs = &status.container_statuses.as_ref().unwrap()[0];
+        assert!(cs.ready);
+        assert_eq!(cs.started, Some(true));
+        assert_eq!(cs.container_id.as_deref(), Some("skiff://abc"));
+        assert_eq!(cs.image, "busybox:1");
+        assert_eq!(cs.image_id, "docker.io/library/busybox@sha256:1");
+        assert_eq!(status.host_ip.as_deref(), Some("10.0.0.5"));
+        assert_eq!(status.start_time, Some(Time(ts(0))));
+        assert_eq!(serde_json::to_value(&cs.last_state).unwrap(), json!({}));
+    }
+
+    #[test]
+    fn unready_containers_are_named_in_the_ready_condition() {
+        let p = pod("Always", &["a", "b", "c"]);
+        let status = generate(
+            &p,
+            &state(true, vec![("a", running()), ("b", waiting("ContainerCreating")), ("c", exited(1))]),
+            ts(5),
+        );
+        let ready = cond(&status, "Ready");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("ContainersNotReady"));
+        assert_eq!(ready.message.as_deref(), Some("containers with unready status: [b c]"));
+        assert_eq!(cond(&status, "ContainersReady").message, ready.message);
+    }
+
+    #[test]
+    fn completed_pod_reports_pod_completed_and_terminated_reasons() {
+        let p = pod("Never", &["job"]);
+        let status = generate(&p, &state(false, vec![("job", exited(0))]), ts(5));
+        assert_eq!(status.phase.as_deref(), Some("Succeeded"));
+        assert_eq!(cond(&status, "Ready").reason.as_deref(), Some("PodCompleted"));
+        assert_eq!(cond(&status, "PodReadyToStartContainers").status, "False");
+        let t = status.container_statuses.as_ref().unwrap()[0].state.as_ref().unwrap().terminated.clone().unwrap();
+        assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+        assert_eq!(t.finished_at, Some(Time(ts(2))));
+    }
+
+    #[test]
+    fn restarted_container_shows_last_state_and_restart_count() {
+        let p = pod("Always", &["app"]);
+        let status = generate(&p, &state(true, vec![("app", restarting(1))]), ts(5));
+        let cs = &status.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(cs.restart_count, 1);
+        assert_eq!(cs.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("CrashLoopBackOff"));
+        let last = cs.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!((last.exit_code, last.reason.as_deref()), (1, Some("Error")));
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_changes() {
+        let mut p = pod("Always", &["app"]);
+        let first = generate(&p, &state(true, vec![("app", waiting("ContainerCreating"))]), ts(5));
+        p.status = Some(first.clone());
+        let second = generate(&p, &state(true, vec![("app", running())]), ts(9));
+        assert_eq!(cond(&second, "Ready").last_transition_time, Some(Time(ts(9))));
+        assert_eq!(cond(&second, "Initialized").last_transition_time, Some(Time(ts(5))));
+        assert_eq!(cond(&second, "PodReadyToStartContainers").last_transition_time, Some(Time(ts(5))));
+        p.status = Some(second.clone());
+        assert_eq!(
+            generate(&p, &state(true, vec![("app", running())]), ts(20)),
+            second,
+            "nothing changed, nothing moves"
+        );
+    }
+
+    #[test]
+    fn terminal_phase_is_never_left() {
+        let mut p = pod("Never", &["job"]);
+        p.status = Some(PodStatus { phase: Some("Failed".into()), ..Default::default() });
+        let status = generate(&p, &state(false, vec![("job", waiting("ContainerCreating"))]), ts(5));
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+    }
+
+    #[test]
+    fn oom_kill_is_reported_as_oom_killed() {
+        assert_eq!(Terminated::reason_for(137, true), "OOMKilled");
+        assert_eq!(Terminated::reason_for(137, false), "Error");
+        assert_eq!(Terminated::reason_for(0, false), "Completed");
+    }
+}

@@ -1,0 +1,366 @@
+//! Node registration and heartbeat: the Node object (labels, capacity, conditions, addresses,
+//! nodeInfo) read off this machine, a Lease in `kube-node-lease` renewed every 10 s, and the
+//! Ready condition's `lastHeartbeatTime` refreshed every 40 s.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use serde_json::{Value, json};
+use skiff_api::{Api, ApiClient, ApiError, PatchKind, ResourceKind};
+use tokio_util::sync::CancellationToken;
+
+pub const KUBELET_VERSION: &str = "v1.33.0+skiff";
+pub const RUNTIME_VERSION: &str = "skiff://0.1.0";
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+pub const LEASE_RENEW: Duration = Duration::from_secs(10);
+pub const STATUS_REFRESH: Duration = Duration::from_secs(40);
+/// The pods a node takes, as the kubelet's default `maxPods`.
+pub const MAX_PODS: u32 = 110;
+/// Kept back from allocatable memory, as the kubelet's default hard eviction threshold.
+const EVICTION_MEMORY_KI: u64 = 100 * 1024;
+
+/// What registration reports about this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostInfo {
+    pub cpus: u32,
+    pub memory_ki: u64,
+    pub ephemeral_storage_ki: u64,
+    pub kernel_version: String,
+    pub os_image: String,
+    pub internal_ip: String,
+    pub hostname: String,
+    pub machine_id: String,
+    pub boot_id: String,
+    pub system_uuid: String,
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// `MemTotal` in KiB from /proc/meminfo text.
+pub fn mem_total_ki(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `PRETTY_NAME` from /etc/os-release text.
+pub fn pretty_name(os_release: &str) -> Option<String> {
+    os_release.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim().trim_matches('"').to_string())
+}
+
+fn filesystem_ki(path: &Path) -> u64 {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return 0 };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    (st.f_blocks as u64).saturating_mul(st.f_frsize as u64) / 1024
+}
+
+/// The first non-loopback IPv4 address of an interface that is up, else 127.0.0.1.
+pub fn internal_ip() -> String {
+    let mut found = None;
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `ifap` with a list we only read and then free with freeifaddrs.
+    unsafe {
+        if libc::getifaddrs(&mut ifap) == 0 {
+            let mut cur = ifap;
+            while !cur.is_null() {
+                let ifa = &*cur;
+                let up = ifa.ifa_flags & libc::IFF_UP as u32 != 0;
+                let loopback = ifa.ifa_flags & libc::IFF_LOOPBACK as u32 != 0;
+                if up && !loopback && !ifa.ifa_addr.is_null() && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string());
+                    break;
+                }
+                cur = ifa.ifa_next;
+            }
+            libc::freeifaddrs(ifap);
+        }
+    }
+    found.unwrap_or_else(|| "127.0.0.1".to_string())
+}
+
+/// Kubernetes' name of the machine architecture.
+pub fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "s390x" => "s390x",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+impl HostInfo {
+    /// Reads this machine; `root` is the kubelet's directory (its filesystem is ephemeral storage).
+    pub fn read(root: &Path) -> Self {
+        Self {
+            cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            memory_ki: mem_total_ki(&read_trim("/proc/meminfo")).unwrap_or(0),
+            ephemeral_storage_ki: filesystem_ki(root),
+            kernel_version: read_trim("/proc/sys/kernel/osrelease"),
+            os_image: pretty_name(&read_trim("/etc/os-release")).unwrap_or_else(|| "Linux".to_string()),
+            internal_ip: internal_ip(),
+            hostname: read_trim("/proc/sys/kernel/hostname"),
+            machine_id: read_trim("/etc/machine-id"),
+            boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
+            system_uuid: read_trim("/sys/class/dmi/id/product_uuid"),
+        }
+    }
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str, heartbeat: &str, transition: &str) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message,
+           "lastHeartbeatTime": heartbeat, "lastTransitionTime": transition})
+}
+
+/// The node's conditions: no pressure, Ready. `transition` is when the kubelet came up.
+pub fn conditions(heartbeat: Timestamp, transition: Timestamp) -> Value {
+    let (h, t) = (heartbeat.to_string(), transition.to_string());
+    json!([
+        condition(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+            &h,
+            &t
+        ),
+        condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &h, &t),
+        condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", &h, &t),
+        condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &h, &t),
+    ])
+}
+
+pub fn labels(node_name: &str) -> Value {
+    json!({
+        "beta.kubernetes.io/arch": arch(),
+        "beta.kubernetes.io/os": "linux",
+        "kubernetes.io/arch": arch(),
+        "kubernetes.io/hostname": node_name,
+        "kubernetes.io/os": "linux",
+        "node-role.kubernetes.io/control-plane": "true",
+    })
+}
+
+/// The `status` of the Node.
+pub fn node_status(info: &HostInfo, node_name: &str, now: Timestamp, since: Timestamp) -> Value {
+    let capacity = json!({
+        "cpu": info.cpus.to_string(),
+        "memory": format!("{}Ki", info.memory_ki),
+        "pods": MAX_PODS.to_string(),
+        "ephemeral-storage": format!("{}Ki", info.ephemeral_storage_ki),
+        "hugepages-1Gi": "0",
+        "hugepages-2Mi": "0",
+    });
+    let allocatable = json!({
+        "cpu": info.cpus.to_string(),
+        "memory": format!("{}Ki", info.memory_ki.saturating_sub(EVICTION_MEMORY_KI)),
+        "pods": MAX_PODS.to_string(),
+        // The default nodefs.available<10% eviction threshold, in bytes as the kubelet writes it.
+        "ephemeral-storage": (info.ephemeral_storage_ki * 1024 / 10 * 9).to_string(),
+        "hugepages-1Gi": "0",
+        "hugepages-2Mi": "0",
+    });
+    json!({
+        "capacity": capacity,
+        "allocatable": allocatable,
+        "conditions": conditions(now, since),
+        "addresses": [
+            {"type": "InternalIP", "address": info.internal_ip},
+            {"type": "Hostname", "address": node_name},
+        ],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {
+            "machineID": info.machine_id,
+            "systemUUID": info.system_uuid,
+            "bootID": info.boot_id,
+            "kernelVersion": info.kernel_version,
+            "osImage": info.os_image,
+            "containerRuntimeVersion": RUNTIME_VERSION,
+            "kubeletVersion": KUBELET_VERSION,
+            "kubeProxyVersion": KUBELET_VERSION,
+            "operatingSystem": "linux",
+            "architecture": arch(),
+        },
+    })
+}
+
+fn now() -> Timestamp {
+    crate::generate::truncate(Timestamp::now())
+}
+
+/// Creates the Node (or takes over an existing one: labels merged, status replaced).
+/// Returns the stored node.
+pub async fn register(
+    client: &Arc<dyn ApiClient>,
+    node_name: &str,
+    info: &HostInfo,
+    since: Timestamp,
+) -> Result<Node, ApiError> {
+    let nodes = ResourceKind::of::<Node>();
+    let status = node_status(info, node_name, now(), since);
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": node_name, "labels": labels(node_name), "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+        "spec": {},
+        "status": status,
+    });
+    match client.create(nodes, None, object).await {
+        Ok(_) => {}
+        Err(e) if e.is_already_exists() => {
+            let patch = json!({"metadata": {"labels": labels(node_name)}});
+            client.patch(nodes, None, node_name, None, PatchKind::Merge, patch).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    // The create may drop status (as for most kinds); write it through the subresource.
+    let stored =
+        client.patch(nodes, None, node_name, Some("status"), PatchKind::Merge, json!({"status": status})).await?;
+    serde_json::from_value(stored).map_err(|e| ApiError::internal(format!("decoding node: {e}")))
+}
+
+/// Creates or renews the node's Lease.
+pub async fn renew_lease(client: &Arc<dyn ApiClient>, node: &Node) -> Result<(), ApiError> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let renew = MicroTime(Timestamp::now());
+    match leases.get_opt(&name).await? {
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            spec.renew_time = Some(renew);
+            spec.holder_identity = Some(name.clone());
+            spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+            leases.replace(&name, &lease).await?;
+        }
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(LEASE_NAMESPACE.to_string()),
+                    owner_references: node.metadata.uid.as_ref().map(|uid| {
+                        vec![OwnerReference {
+                            api_version: "v1".into(),
+                            kind: "Node".into(),
+                            name: name.clone(),
+                            uid: uid.clone(),
+                            ..Default::default()
+                        }]
+                    }),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.clone()),
+                    lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+                    renew_time: Some(renew),
+                    ..Default::default()
+                }),
+            };
+            leases.create(&lease).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Renews the lease every 10 s and the node's conditions every 40 s, until `shutdown`.
+pub async fn heartbeat(
+    client: Arc<dyn ApiClient>,
+    node: Node,
+    info: HostInfo,
+    since: Timestamp,
+    shutdown: CancellationToken,
+) {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let nodes = ResourceKind::of::<Node>();
+    let mut lease_tick = tokio::time::interval(LEASE_RENEW);
+    let mut status_tick = tokio::time::interval(STATUS_REFRESH);
+    status_tick.tick().await; // registration just wrote it
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = lease_tick.tick() => {
+                if let Err(e) = renew_lease(&client, &node).await {
+                    tracing::warn!(node = %name, "renewing lease: {e}");
+                }
+            }
+            _ = status_tick.tick() => {
+                let status = node_status(&info, &name, now(), since);
+                let result = client.patch(nodes, None, &name, Some("status"), PatchKind::Merge, json!({"status": status})).await;
+                if let Err(e) = result {
+                    tracing::warn!(node = %name, "updating node status: {e}");
+                    if e.is_not_found() {
+                        // Deleted behind our back (kubectl delete node): register again.
+                        if let Err(e) = register(&client, &name, &info, since).await {
+                            tracing::warn!(node = %name, "re-registering: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_and_os_release_are_read_like_the_kubelet() {
+        assert_eq!(mem_total_ki("MemTotal:       24567808 kB\nMemFree: 1 kB\n"), Some(24_567_808));
+        assert_eq!(mem_total_ki("nothing"), None);
+        assert_eq!(
+            pretty_name("NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
+    }
+
+    #[test]
+    fn node_status_reports_capacity_conditions_and_node_info() {
+        let info = HostInfo {
+            cpus: 2,
+            memory_ki: 24_567_808,
+            ephemeral_storage_ki: 1000,
+            kernel_version: "6.18.0".into(),
+            os_image: "Debian GNU/Linux 12 (bookworm)".into(),
+            internal_ip: "10.1.2.3".into(),
+            hostname: "box".into(),
+            machine_id: String::new(),
+            boot_id: String::new(),
+            system_uuid: String::new(),
+        };
+        let t = Timestamp::from_second(1_700_000_000).unwrap();
+        let s = node_status(&info, "box", t, t);
+        assert_eq!(s["capacity"]["cpu"], "2");
+        assert_eq!(s["capacity"]["memory"], "24567808Ki");
+        assert_eq!(s["allocatable"]["memory"], "24465408Ki");
+        assert_eq!(s["capacity"]["pods"], "110");
+        let ready = &s["conditions"][3];
+        assert_eq!((ready["type"].as_str(), ready["status"].as_str()), (Some("Ready"), Some("True")));
+        assert_eq!(ready["reason"], "KubeletReady");
+        assert_eq!(ready["message"], "kubelet is posting ready status");
+        assert_eq!(s["addresses"][0], json!({"type": "InternalIP", "address": "10.1.2.3"}));
+        assert_eq!(s["nodeInfo"]["containerRuntimeVersion"], "skiff://0.1.0");
+        assert_eq!(s["nodeInfo"]["kubeletVersion"], "v1.33.0+skiff");
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": "box"}, "status": s})).unwrap();
+        assert_eq!(node.status.unwrap().conditions.unwrap().len(), 4);
+    }
+
+    #[test]
+    fn internal_ip_is_an_ipv4_address() {
+        assert!(internal_ip().parse::<std::net::Ipv4Addr>().is_ok());
+    }
+}

@@ -1,0 +1,256 @@
+//! The three lifecycle steps of a pod worker: `sync_pod` (pod.rs), `sync_terminating`
+//! (terminating.rs) and `sync_terminated` plus the final delete (terminated.rs); this file holds
+//! the worker's state and what they share: adoption after a restart, exits, status writes.
+
+mod pod;
+mod terminated;
+mod terminating;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use skiff_runtime::{ContainerState, ExitStatus};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::Kubelet;
+use crate::backoff::Backoff;
+use crate::generate::{self, Current, PodRuntimeState, Terminated};
+use crate::pod_workers::WorkerState;
+
+/// A container's exit, reported by its waiter task.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub name: String,
+    pub id: String,
+    pub result: Result<ExitStatus, String>,
+}
+
+/// The kubelet's bookkeeping for one container name, beyond what status shows.
+#[derive(Debug, Default)]
+pub(crate) struct ContainerTrack {
+    /// The runtime id of the current container.
+    pub id: Option<String>,
+    pub log_path: Option<PathBuf>,
+    pub exited_at: Option<Instant>,
+    pub restart_backoff: Backoff,
+    pub pull_backoff: Backoff,
+    pub pull_failed_at: Option<Instant>,
+    /// When a configuration or create error may be retried.
+    pub retry_at: Option<Instant>,
+}
+
+pub(crate) struct PodWorker {
+    kubelet: Arc<Kubelet>,
+    pub uid: String,
+    rt: PodRuntimeState,
+    tracks: HashMap<String, ContainerTrack>,
+    exits: mpsc::UnboundedSender<Exit>,
+}
+
+pub(crate) fn timestamp(t: SystemTime) -> Timestamp {
+    generate::truncate(Timestamp::try_from(t).unwrap_or_else(|_| Timestamp::now()))
+}
+
+pub(crate) fn terminated_from_exit(status: &ExitStatus, id: &str) -> Terminated {
+    Terminated {
+        exit_code: status.code,
+        signal: None,
+        reason: Terminated::reason_for(status.code, status.oom_killed).to_string(),
+        message: None,
+        started_at: Some(timestamp(status.started_at)),
+        finished_at: timestamp(status.finished_at),
+        container_id: Some(format!("skiff://{id}")),
+    }
+}
+
+fn terminated_from_status(t: &ContainerStateTerminated) -> Terminated {
+    Terminated {
+        exit_code: t.exit_code,
+        signal: t.signal,
+        reason: t.reason.clone().unwrap_or_else(|| Terminated::reason_for(t.exit_code, false).to_string()),
+        message: t.message.clone(),
+        started_at: t.started_at.as_ref().map(|t| t.0),
+        finished_at: t.finished_at.as_ref().map(|t| t.0).unwrap_or_else(|| generate::truncate(Timestamp::now())),
+        container_id: t.container_id.clone(),
+    }
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+}
+
+impl PodWorker {
+    pub(crate) fn new(kubelet: Arc<Kubelet>, uid: String, exits: mpsc::UnboundedSender<Exit>) -> Self {
+        let rt = PodRuntimeState { host_ip: kubelet.host_ip.clone(), ..Default::default() };
+        Self { kubelet, uid, rt, tracks: HashMap::new(), exits }
+    }
+
+    pub(crate) fn kubelet(&self) -> &Arc<Kubelet> {
+        &self.kubelet
+    }
+
+    fn pod_names(pod: &Pod) -> (&str, &str) {
+        (pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or_default())
+    }
+
+    /// Takes over what the runtime already has for this pod (after a server restart) and what
+    /// the pod's status says of earlier runs. A terminal pod goes straight to cleanup.
+    pub(crate) async fn adopt(&mut self, pod: &Pod) -> WorkerState {
+        let k = self.kubelet.clone();
+        let status = pod.status.clone().unwrap_or_default();
+        self.rt.start_time = status.start_time.as_ref().map(|t| t.0);
+        // What the status recorded, so restart counts and last states carry on.
+        for cs in status.container_statuses.iter().flatten() {
+            let st = self.rt.containers.entry(cs.name.clone()).or_default();
+            st.restart_count = cs.restart_count;
+            st.image_id = (!cs.image_id.is_empty()).then(|| cs.image_id.clone());
+            st.container_id = cs.container_id.clone();
+            st.last_terminated = cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).map(terminated_from_status);
+            let state = cs.state.as_ref();
+            if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+                st.current = Current::Terminated(terminated_from_status(t));
+            } else if cs.container_id.is_some() && state.and_then(|s| s.running.as_ref()).is_some() {
+                // Running when the kubelet stopped; if the runtime no longer has it (below
+                // overrides this), it was lost.
+                st.current = Current::Terminated(Terminated {
+                    exit_code: 137,
+                    signal: None,
+                    reason: "ContainerStatusUnknown".into(),
+                    message: Some("The container could not be located when the pod was terminated".into()),
+                    started_at: None,
+                    finished_at: generate::truncate(Timestamp::now()),
+                    container_id: cs.container_id.clone(),
+                });
+            }
+        }
+        self.rt.sandbox_ready = k.runtime.list_sandboxes().map(|s| s.contains(&self.uid)).unwrap_or(false);
+        let spec_names: Vec<String> =
+            pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
+        let mut found = match k.runtime.list_containers() {
+            Ok(list) => list.into_iter().filter(|c| c.sandbox_id == self.uid).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(pod = %self.uid, "listing containers for adoption: {e}");
+                Vec::new()
+            }
+        };
+        // Running ones first, so a stale exited duplicate of a name is the one removed.
+        found.sort_by_key(|c| !matches!(c.state, ContainerState::Running { .. }));
+        let (ns, name) = Self::pod_names(pod);
+        for info in found {
+            let adoptable = spec_names.contains(&info.name)
+                && !self.tracks.contains_key(&info.name)
+                && !matches!(info.state, ContainerState::Created)
+                && !is_terminal(pod);
+            if !adoptable {
+                self.discard_container(&info.id).await;
+                continue;
+            }
+            let st = self.rt.containers.entry(info.name.clone()).or_default();
+            st.container_id = Some(format!("skiff://{}", info.id));
+            let log_path =
+                crate::logs::container_log_path(&k.config.root, ns, name, &self.uid, &info.name, st.restart_count);
+            let track = self.tracks.entry(info.name.clone()).or_default();
+            track.id = Some(info.id.clone());
+            track.log_path = Some(log_path.clone());
+            match info.state {
+                ContainerState::Running { started_at, .. } => {
+                    st.current = Current::Running { started_at: timestamp(started_at) };
+                    k.logs.started(&log_path);
+                    self.spawn_waiter(&info.name, &info.id, log_path);
+                }
+                ContainerState::Exited(exit) => {
+                    st.current = Current::Terminated(terminated_from_exit(&exit, &info.id));
+                    track.exited_at = Some(Instant::now());
+                }
+                ContainerState::Created => unreachable!("filtered above"),
+            }
+            tracing::info!(pod = %format!("{ns}/{name}"), container = %info.name, "adopted container {}", info.id);
+        }
+        // Exited containers known only from status count as just exited, for the back-off.
+        for (cname, st) in &self.rt.containers {
+            if matches!(st.current, Current::Terminated(_)) {
+                self.tracks.entry(cname.clone()).or_default().exited_at.get_or_insert_with(Instant::now);
+            }
+        }
+        if is_terminal(pod) {
+            WorkerState::Terminating { grace: std::time::Duration::ZERO }
+        } else {
+            WorkerState::Syncing
+        }
+    }
+
+    async fn discard_container(&self, id: &str) {
+        let rt = &self.kubelet.runtime;
+        if let Ok(skiff_runtime::ContainerInfo { state: ContainerState::Running { .. }, .. }) = rt.container(id) {
+            if let Err(e) = rt.stop_container(id, std::time::Duration::ZERO).await {
+                tracing::warn!(container = %id, "stopping: {e}");
+            }
+        }
+        if let Err(e) = rt.remove_container(id).await {
+            tracing::warn!(container = %id, "removing: {e}");
+        }
+    }
+
+    /// Waits for the container's exit in a task of its own, marks its log file finished, and
+    /// tells the worker.
+    fn spawn_waiter(&self, name: &str, id: &str, log_path: PathBuf) {
+        let (k, tx, name, id) = (self.kubelet.clone(), self.exits.clone(), name.to_string(), id.to_string());
+        tokio::spawn(async move {
+            let result = k.runtime.wait_container(&id).await.map_err(|e| e.to_string());
+            k.logs.exited(&log_path);
+            let _ = tx.send(Exit { name, id, result });
+        });
+    }
+
+    pub(crate) async fn handle_exit(&mut self, exit: Exit) {
+        let Some(track) = self.tracks.get_mut(&exit.name) else { return };
+        if track.id.as_deref() != Some(exit.id.as_str()) {
+            return; // an older container of this name
+        }
+        track.exited_at = Some(Instant::now());
+        let terminated = match exit.result {
+            Ok(status) => terminated_from_exit(&status, &exit.id),
+            Err(e) => match self.kubelet.runtime.container(&exit.id) {
+                Ok(skiff_runtime::ContainerInfo { state: ContainerState::Exited(status), .. }) => {
+                    terminated_from_exit(&status, &exit.id)
+                }
+                _ => Terminated {
+                    exit_code: 137,
+                    signal: None,
+                    reason: "ContainerStatusUnknown".into(),
+                    message: Some(format!("waiting for the container failed: {e}")),
+                    started_at: None,
+                    finished_at: generate::truncate(Timestamp::now()),
+                    container_id: Some(format!("skiff://{}", exit.id)),
+                },
+            },
+        };
+        let st = self.rt.containers.entry(exit.name).or_default();
+        if let Current::Running { started_at } = st.current {
+            let ran = terminated.finished_at.duration_since(started_at);
+            if ran.as_secs() >= crate::backoff::RESET_AFTER.as_secs() as i64 {
+                track.restart_backoff.reset();
+            }
+        }
+        st.current = Current::Terminated(terminated);
+    }
+
+    /// Generates the status and writes it if it changed. Returns the phase.
+    pub(crate) async fn write_status(&mut self, pod: &Pod) -> Option<String> {
+        let status = generate::generate(pod, &self.rt, Timestamp::now());
+        if self.rt.start_time.is_none() {
+            self.rt.start_time = status.start_time.as_ref().map(|t| t.0);
+        }
+        if let Err(e) = self.kubelet.status.set(pod, &status).await {
+            if !e.is_not_found() {
+                tracing::warn!(pod = %self.uid, "writing pod status: {e}");
+            }
+        }
+        status.phase
+    }
+}

@@ -1,0 +1,63 @@
+//! `sync_terminating`: stop every container of the pod (SIGTERM, SIGKILL once the grace period
+//! has passed), then remove the containers and the sandbox. It works from the runtime's own
+//! list of the pod's containers, so nothing a cancelled sync created is left behind.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use skiff_runtime::ContainerState;
+
+use super::{PodWorker, terminated_from_exit};
+use crate::events::container_ref;
+use crate::generate::Current;
+
+impl PodWorker {
+    pub(crate) async fn sync_terminating(&mut self, pod: &Pod, grace: Duration) {
+        let k = self.kubelet.clone();
+        let containers = match k.runtime.list_containers() {
+            Ok(list) => list.into_iter().filter(|c| c.sandbox_id == self.uid).collect::<Vec<_>>(),
+            Err(e) => {
+                tracing::warn!(pod = %self.uid, "listing containers to stop: {e}");
+                Vec::new()
+            }
+        };
+        let running: Vec<_> = containers
+            .iter()
+            .filter(|c| matches!(c.state, ContainerState::Running { .. } | ContainerState::Created))
+            .collect();
+        for c in &running {
+            k.recorder.normal(&container_ref(pod, &c.name), "Killing", &format!("Stopping container {}", c.name)).await;
+        }
+        let stops = running.iter().map(|c| {
+            let k = k.clone();
+            async move { (c.name.clone(), c.id.clone(), k.runtime.stop_container(&c.id, grace).await) }
+        });
+        for (name, id, result) in futures::future::join_all(stops).await {
+            match result {
+                Ok(status) => {
+                    let current = self.tracks.get(&name).and_then(|t| t.id.as_deref()) == Some(id.as_str());
+                    if current {
+                        let st = self.rt.containers.entry(name).or_default();
+                        st.current = Current::Terminated(terminated_from_exit(&status, &id));
+                    }
+                }
+                Err(e) => tracing::warn!(pod = %self.uid, container = %id, "stopping: {e}"),
+            }
+        }
+        for c in &containers {
+            if let Some(path) = self.tracks.get(&c.name).and_then(|t| t.log_path.clone()) {
+                k.logs.exited(&path);
+            }
+            if let Err(e) = k.runtime.remove_container(&c.id).await {
+                tracing::warn!(pod = %self.uid, container = %c.id, "removing: {e}");
+            }
+        }
+        for track in self.tracks.values_mut() {
+            track.id = None;
+        }
+        if let Err(e) = k.runtime.remove_sandbox(&self.uid).await {
+            tracing::warn!(pod = %self.uid, "removing sandbox: {e}");
+        }
+        self.rt.sandbox_ready = false;
+    }
+}

@@ -1,0 +1,541 @@
+//! The verbs on Kubernetes resources: decode the request, call the [`ApiClient`](skiff_api::ApiClient),
+//! and shape the reply (object, List, Table, watch stream, log stream).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use skiff_api::{ApiError, DeleteOptions, ListOptions, PatchKind, ResourceKind, WatchEventType};
+
+use super::State;
+use super::logs;
+use super::query::Query;
+use super::reply::{self, Body};
+use super::route::Target;
+use super::strict::{self, FieldValidation};
+use super::table::{self, TableRequest};
+
+/// The largest request body accepted, as Kubernetes' default `MaxRequestBodyBytes`.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target) -> Result<Response<Body>, ApiError> {
+    let query = Query::parse(req.uri().query());
+    let method = req.method().clone();
+    let write = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+    if write && query.get("dryRun").is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::bad_request("dryRun is not supported by this server yet"));
+    }
+    let ns = t.namespace.as_deref();
+    let res = t.res;
+    match (&method, t.name.as_deref(), t.subresource.as_deref()) {
+        (&Method::GET, name, None) if t.watch_prefix || query.bool("watch")? => {
+            watch(state, req.headers(), res, ns, name, &query).await
+        }
+        (&Method::GET, None, None) => list(state, req.headers(), res, ns, &query).await,
+        (&Method::GET, Some(name), None | Some("status")) => {
+            let object = state.api.get(res, ns, name).await?;
+            Ok(object_reply(StatusCode::OK, res, object, req.headers(), &query)?)
+        }
+        (&Method::GET, Some(name), Some("scale")) => {
+            let object = state.api.get(res, ns, name).await?;
+            Ok(reply::json(StatusCode::OK, &scale_of(&object)))
+        }
+        (&Method::GET, Some(name), Some("log")) => {
+            let ns = ns.ok_or_else(|| ApiError::bad_request("pods/log needs a namespace"))?;
+            logs::logs(state, res, ns, name, &query).await
+        }
+        (_, Some(_), Some(sub @ ("exec" | "attach" | "portforward"))) => {
+            Err(ApiError::bad_request(format!("{}/{sub} is not supported by this server yet", res.plural)))
+        }
+        (&Method::POST, None, None) => {
+            if res.namespaced() && ns.is_none() {
+                return Err(method_not_allowed(&method, res));
+            }
+            let headers = req.headers().clone();
+            let (content_type, body) = read_body(req).await?;
+            let mut object = decode_object(&content_type, &body)?;
+            prepare_object(res, ns, None, &mut object)?;
+            let warnings = strict::check(res, &object, FieldValidation::parse(query.get("fieldValidation"))?)?;
+            let created = state.api.create(res, ns, object).await?;
+            let mut reply = object_reply(StatusCode::CREATED, res, created, &headers, &query)?;
+            add_warnings(&mut reply, &warnings);
+            Ok(reply)
+        }
+        (&Method::POST, Some(name), Some(sub)) => {
+            let (content_type, body) = read_body(req).await?;
+            let object = decode_object(&content_type, &body)?;
+            let result = state.api.create_subresource(res, ns, name, sub, object).await?;
+            Ok(reply::json(StatusCode::CREATED, &result))
+        }
+        (&Method::PUT, Some(name), sub) => {
+            let headers = req.headers().clone();
+            let (content_type, body) = read_body(req).await?;
+            let mut object = decode_object(&content_type, &body)?;
+            let warnings = if sub.is_none() {
+                prepare_object(res, ns, Some(name), &mut object)?;
+                strict::check(res, &object, FieldValidation::parse(query.get("fieldValidation"))?)?
+            } else {
+                Vec::new()
+            };
+            let updated = state.api.update(res, ns, name, sub, object).await?;
+            let mut reply = if sub == Some("scale") {
+                reply::json(StatusCode::OK, &updated)
+            } else {
+                object_reply(StatusCode::OK, res, updated, &headers, &query)?
+            };
+            add_warnings(&mut reply, &warnings);
+            Ok(reply)
+        }
+        (&Method::PATCH, Some(name), sub) => patch(state, req, res, ns, name, sub, &query).await,
+        (&Method::DELETE, Some(name), None) => {
+            let headers = req.headers().clone();
+            let (_, body) = read_body(req).await?;
+            let opts = delete_options(&query, &body)?;
+            let deleted = state.api.delete(res, ns, name, &opts).await?;
+            object_reply(StatusCode::OK, res, deleted, &headers, &query)
+        }
+        (&Method::DELETE, None, None) => {
+            let (_, body) = read_body(req).await?;
+            let opts = delete_options(&query, &body)?;
+            let listed = state.api.list(res, ns, &query.list_options()?).await?;
+            let mut deleted = Vec::new();
+            for item in listed.items {
+                let name = item["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let item_ns = item["metadata"]["namespace"].as_str().map(String::from);
+                match state.api.delete(res, item_ns.as_deref().or(ns), &name, &opts).await {
+                    Ok(object) => deleted.push(with_type_meta(res, object)),
+                    // Deleted meanwhile by someone else: the collection is still gone.
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let list = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
+                              "metadata": {"resourceVersion": listed.resource_version}, "items": deleted});
+            Ok(reply::json(StatusCode::OK, &list))
+        }
+        _ => Err(method_not_allowed(&method, res)),
+    }
+}
+
+fn method_not_allowed(method: &Method, res: &ResourceKind) -> ApiError {
+    ApiError::method_not_allowed(format!(
+        "the server does not allow this method on the requested resource ({method} {})",
+        res.qualified_plural()
+    ))
+}
+
+/// Sets `kind` and `apiVersion` when the stored object lacks them, as Kubernetes always sends them.
+fn with_type_meta(res: &ResourceKind, mut object: Value) -> Value {
+    if let Some(map) = object.as_object_mut() {
+        if !map.get("kind").is_some_and(Value::is_string) {
+            map.insert("kind".into(), json!(res.kind));
+        }
+        if !map.get("apiVersion").is_some_and(Value::is_string) {
+            map.insert("apiVersion".into(), json!(res.api_version()));
+        }
+    }
+    object
+}
+
+/// One object, as itself or as a one-row Table when the client asked for one.
+fn object_reply(
+    code: StatusCode,
+    res: &ResourceKind,
+    object: Value,
+    headers: &HeaderMap,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let object = with_type_meta(res, object);
+    // A delete can answer with a Status (object already gone): never print that as a row.
+    if object["kind"] == res.kind
+        && let Some(request) = TableRequest::from_request(headers, query.get("includeObject"))?
+    {
+        let metadata = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+        let t = table::table(res, request, std::slice::from_ref(&object), metadata, true, jiff::Timestamp::now());
+        return Ok(reply::json(code, &t));
+    }
+    Ok(reply::json(code, &object))
+}
+
+async fn list(
+    state: &State,
+    headers: &HeaderMap,
+    res: &'static ResourceKind,
+    ns: Option<&str>,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let list = state.api.list(res, ns, &query.list_options()?).await?;
+    let mut metadata = json!({"resourceVersion": list.resource_version});
+    if let Some(token) = list.continue_token.filter(|t| !t.is_empty()) {
+        metadata["continue"] = json!(token);
+    }
+    let items: Vec<Value> = list.items.into_iter().map(|i| with_type_meta(res, i)).collect();
+    if let Some(request) = TableRequest::from_request(headers, query.get("includeObject"))? {
+        let t = table::table(res, request, &items, metadata, true, jiff::Timestamp::now());
+        return Ok(reply::json(StatusCode::OK, &t));
+    }
+    let body = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": metadata, "items": items});
+    Ok(reply::json(StatusCode::OK, &body))
+}
+
+async fn watch(
+    state: &State,
+    headers: &HeaderMap,
+    res: &'static ResourceKind,
+    ns: Option<&str>,
+    name: Option<&str>,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let mut opts: ListOptions = query.list_options()?;
+    // Watching one object is watching its collection filtered by name.
+    if let Some(name) = name {
+        let by_name = format!("metadata.name={name}");
+        opts.field_selector = Some(match opts.field_selector.take() {
+            Some(existing) => format!("{existing},{by_name}"),
+            None => by_name,
+        });
+    }
+    let table = TableRequest::from_request(headers, query.get("includeObject"))?;
+    let events = state.api.watch(res, ns, &opts).await?;
+    let shutdown = state.shutdown.clone();
+    let timeout = opts.timeout_seconds.map(std::time::Duration::from_secs);
+    let stop = async move {
+        match timeout {
+            Some(t) => tokio::select! { _ = shutdown.cancelled() => {}, _ = tokio::time::sleep(t) => {} },
+            None => shutdown.cancelled().await,
+        }
+    };
+    let mut first = true;
+    let lines = events
+        .map(move |event| {
+            let object = match (event.kind, table) {
+                (WatchEventType::Added | WatchEventType::Modified | WatchEventType::Deleted, Some(request)) => {
+                    let object = with_type_meta(res, event.object);
+                    let metadata = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+                    let t = table::table(res, request, &[object], metadata, first, jiff::Timestamp::now());
+                    first = false;
+                    t
+                }
+                (WatchEventType::Error, _) => event.object,
+                _ => with_type_meta(res, event.object),
+            };
+            let mut line = serde_json::to_vec(&json!({"type": event.kind.as_str(), "object": object}))
+                .expect("serde_json::Value always serialises");
+            line.push(b'\n');
+            Ok(Bytes::from(line))
+        })
+        .take_until(stop)
+        .boxed();
+    Ok(reply::stream(reply::JSON, lines))
+}
+
+/// Reads the whole body, refusing more than [`MAX_BODY`] bytes. Returns the media type
+/// (without parameters) and the bytes.
+async fn read_body(req: Request<Incoming>) -> Result<(String, Bytes), ApiError> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let body = Limited::new(req.into_body(), MAX_BODY).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ApiError::too_large("the request body is larger than the 3 MiB limit")
+        } else {
+            ApiError::bad_request(format!("reading the request body: {e}"))
+        }
+    })?;
+    Ok((content_type, body.to_bytes()))
+}
+
+fn decode_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
+}
+
+/// A body in JSON or YAML, by its media type.
+fn decode_value(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    match content_type {
+        ""
+        | "application/json"
+        | "application/json-patch+json"
+        | "application/merge-patch+json"
+        | "application/strategic-merge-patch+json"
+        | "*/*" => serde_json::from_slice(body).map_err(decode_error),
+        "application/yaml" | "application/apply-patch+yaml" | "text/yaml" => {
+            let text = std::str::from_utf8(body).map_err(decode_error)?;
+            serde_saphyr::from_str(text).map_err(decode_error)
+        }
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let value = decode_value(content_type, body)?;
+    if !value.is_object() {
+        return Err(decode_error("expected an object"));
+    }
+    Ok(value)
+}
+
+/// Reconciles the object with its URL: namespace and name from the URL when missing, a 400 when
+/// they differ; `kind`/`apiVersion` filled in when missing.
+fn prepare_object(
+    res: &ResourceKind,
+    ns: Option<&str>,
+    name: Option<&str>,
+    object: &mut Value,
+) -> Result<(), ApiError> {
+    let api_version = res.api_version();
+    match object["apiVersion"].as_str() {
+        None => object["apiVersion"] = json!(api_version),
+        Some(v) if v != api_version => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )));
+        }
+        Some(_) => {}
+    }
+    match object["kind"].as_str() {
+        None => object["kind"] = json!(res.kind),
+        Some(k) if k != res.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )));
+        }
+        Some(_) => {}
+    }
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    let meta = &mut object["metadata"];
+    if let Some(ns) = ns {
+        match meta["namespace"].as_str() {
+            None | Some("") => meta["namespace"] = json!(ns),
+            Some(body_ns) if body_ns != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(name) = name {
+        match meta["name"].as_str() {
+            None | Some("") => meta["name"] = json!(name),
+            Some(body_name) if body_name != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn add_warnings(reply: &mut Response<Body>, warnings: &[String]) {
+    for w in warnings {
+        let value = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            reply.headers_mut().append("warning", v);
+        }
+    }
+}
+
+/// Drops strategic-merge directives (`$patch`, `$setElementOrder/…`, `$retainKeys`…) so what is
+/// left can be checked against the object's schema.
+fn without_directives(patch: &Value) -> Value {
+    match patch {
+        Value::Object(map) => Value::Object(
+            map.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), without_directives(v))).collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_directives).collect()),
+        other => other.clone(),
+    }
+}
+
+async fn patch(
+    state: &State,
+    req: Request<Incoming>,
+    res: &'static ResourceKind,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    query: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let headers = req.headers().clone();
+    let (content_type, body) = read_body(req).await?;
+    let kind = match content_type.as_str() {
+        "application/json-patch+json" => PatchKind::Json,
+        "application/merge-patch+json" => PatchKind::Merge,
+        "application/strategic-merge-patch+json" => PatchKind::StrategicMerge,
+        "application/apply-patch+yaml" => {
+            let field_manager = query.string("fieldManager").ok_or_else(|| {
+                ApiError::new(
+                    422,
+                    skiff_api::StatusReason::Invalid,
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                )
+            })?;
+            PatchKind::Apply { field_manager, force: query.bool("force")? }
+        }
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let patch = decode_value(&content_type, &body)?;
+    let validation = FieldValidation::parse(query.get("fieldValidation"))?;
+    let warnings = match (&kind, sub) {
+        (PatchKind::Json, _) | (_, Some(_)) => Vec::new(),
+        (PatchKind::Apply { .. }, None) => {
+            let mut object = patch.clone();
+            prepare_object(res, ns, Some(name), &mut object)?;
+            strict::check(res, &object, validation)?
+        }
+        (_, None) => strict::check(res, &without_directives(&patch), validation)?,
+    };
+    // Server-side apply creates what does not exist, and then the answer is 201: the trait
+    // returns only the object, so look first.
+    let existed = match kind {
+        PatchKind::Apply { .. } => match state.api.get(res, ns, name).await {
+            Ok(_) => true,
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e),
+        },
+        _ => true,
+    };
+    let patched = state.api.patch(res, ns, name, sub, kind, patch).await?;
+    let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    let mut reply = if sub == Some("scale") {
+        reply::json(code, &patched)
+    } else {
+        object_reply(code, res, patched, &headers, query)?
+    };
+    add_warnings(&mut reply, &warnings);
+    Ok(reply)
+}
+
+/// DeleteOptions from the body (kubectl sends `{"propagationPolicy":"Background"}`) and the query.
+fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let mut opts = DeleteOptions::default();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: Value = serde_json::from_slice(body).map_err(decode_error)?;
+        opts.grace_period_seconds = v["gracePeriodSeconds"].as_i64();
+        opts.propagation_policy = v["propagationPolicy"].as_str().map(String::from);
+        if opts.propagation_policy.is_none() {
+            opts.propagation_policy = match v["orphanDependents"].as_bool() {
+                Some(true) => Some("Orphan".into()),
+                Some(false) => Some("Background".into()),
+                None => None,
+            };
+        }
+        opts.precondition_uid = v["preconditions"]["uid"].as_str().map(String::from);
+        opts.precondition_resource_version = v["preconditions"]["resourceVersion"].as_str().map(String::from);
+    }
+    if let Some(grace) = query.int("gracePeriodSeconds")? {
+        opts.grace_period_seconds = Some(grace);
+    }
+    if let Some(policy) = query.string("propagationPolicy") {
+        opts.propagation_policy = Some(policy);
+    }
+    if let Some(policy) = &opts.propagation_policy
+        && !matches!(policy.as_str(), "Background" | "Foreground" | "Orphan")
+    {
+        return Err(ApiError::bad_request(format!(
+            "propagationPolicy: Unsupported value: \"{policy}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+        )));
+    }
+    Ok(opts)
+}
+
+/// The `autoscaling/v1` Scale of a Deployment, ReplicaSet or StatefulSet.
+fn scale_of(object: &Value) -> Value {
+    let meta = &object["metadata"];
+    let selector = table::format_label_selector(&object["spec"]["selector"]);
+    let selector = if selector == "<none>" { String::new() } else { selector };
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pods() -> &'static ResourceKind {
+        ResourceKind::by_plural("", "v1", "pods").unwrap()
+    }
+
+    #[test]
+    fn objects_take_namespace_and_type_from_the_url_and_refuse_a_mismatch() {
+        let mut pod = json!({"metadata": {"name": "web"}});
+        prepare_object(pods(), Some("default"), None, &mut pod).unwrap();
+        assert_eq!((pod["kind"].as_str(), pod["apiVersion"].as_str()), (Some("Pod"), Some("v1")));
+        assert_eq!(pod["metadata"]["namespace"], "default");
+        let mut other_ns = json!({"metadata": {"name": "web", "namespace": "prod"}});
+        assert_eq!(prepare_object(pods(), Some("default"), None, &mut other_ns).unwrap_err().code, 400);
+        let mut renamed = json!({"metadata": {"name": "a"}});
+        let err = prepare_object(pods(), Some("default"), Some("b"), &mut renamed).unwrap_err();
+        assert_eq!(err.message, "the name of the object (a) does not match the name on the URL (b)");
+        let mut wrong_kind = json!({"kind": "Service", "metadata": {"name": "a"}});
+        assert_eq!(prepare_object(pods(), Some("default"), None, &mut wrong_kind).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn bodies_decode_from_json_or_yaml_and_protobuf_is_unsupported() {
+        let json = decode_object("application/json", br#"{"metadata":{"name":"a"}}"#).unwrap();
+        let yaml = decode_object("application/yaml", b"metadata:\n  name: a\n").unwrap();
+        assert_eq!(json, yaml);
+        let err = decode_object("application/vnd.kubernetes.protobuf", b"k8s\0").unwrap_err();
+        assert_eq!(err.code, 415);
+        assert_eq!(decode_object("application/json", b"[1]").unwrap_err().code, 400);
+        assert_eq!(decode_object("application/json", b"{").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn delete_options_come_from_body_and_query() {
+        let opts = delete_options(
+            &Query::parse(Some("gracePeriodSeconds=0")),
+            br#"{"propagationPolicy":"Foreground","preconditions":{"uid":"u1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(opts.propagation_policy.as_deref(), Some("Foreground"));
+        assert_eq!(opts.grace_period_seconds, Some(0));
+        assert_eq!(opts.precondition_uid.as_deref(), Some("u1"));
+        assert_eq!(delete_options(&Query::default(), b"").unwrap(), DeleteOptions::default());
+        assert_eq!(delete_options(&Query::parse(Some("propagationPolicy=Sideways")), b"").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn strategic_merge_directives_are_not_unknown_fields() {
+        let patch = json!({"spec": {"$setElementOrder/containers": [{"name": "a"}], "containers": [{"name": "a", "image": "x"}]}});
+        assert_eq!(without_directives(&patch), json!({"spec": {"containers": [{"name": "a", "image": "x"}]}}));
+    }
+
+    #[test]
+    fn scale_reports_replicas_and_selector() {
+        let d = json!({"metadata": {"name": "web", "namespace": "default", "uid": "u", "resourceVersion": "9"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}}, "status": {"replicas": 2}});
+        let s = scale_of(&d);
+        assert_eq!(s["spec"]["replicas"], 3);
+        assert_eq!(s["status"], json!({"replicas": 2, "selector": "app=web"}));
+        assert_eq!(s["metadata"]["resourceVersion"], "9");
+    }
+}

@@ -1,0 +1,431 @@
+//! The HTTP layer end to end: a real TLS server on 127.0.0.1:0 over an in-memory `ApiClient`
+//! test double, driven by the real `/usr/bin/kubectl`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use skiff_api::{
+    ApiClient, ApiError, ByteStream, DeleteOptions, FieldSelector, LabelSelector, ListOptions, LogOptions, ObjectList,
+    PatchKind, PodStreams, ResourceKind, WatchEvent, WatchEventType, WatchStream,
+};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Objects in a map, one revision counter, a broadcast of changes: just enough of an API
+/// server's behaviour to exercise the wire, with none of the registry's rules.
+type Key = (String, String, String);
+
+struct MemoryApi {
+    /// The last resourceVersion, and the objects by (plural, namespace, name).
+    objects: Mutex<(u64, BTreeMap<Key, Value>)>,
+    changes: broadcast::Sender<(&'static str, WatchEvent<Value>)>,
+}
+
+impl MemoryApi {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { objects: Mutex::new((1, BTreeMap::new())), changes: broadcast::channel(64).0 })
+    }
+
+    fn key(res: &ResourceKind, ns: Option<&str>, name: &str) -> Key {
+        (res.plural.to_string(), ns.unwrap_or("").to_string(), name.to_string())
+    }
+
+    fn store(&self, res: &'static ResourceKind, ns: Option<&str>, mut object: Value, kind: WatchEventType) -> Value {
+        let mut guard = self.objects.lock().unwrap();
+        guard.0 += 1;
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        object["metadata"]["resourceVersion"] = json!(guard.0.to_string());
+        object["kind"] = json!(res.kind);
+        object["apiVersion"] = json!(res.api_version());
+        guard.1.insert(Self::key(res, ns, &name), object.clone());
+        let _ = self.changes.send((res.plural, WatchEvent { kind, object: object.clone() }));
+        object
+    }
+
+    fn matches(object: &Value, ns: Option<&str>, opts: &ListOptions) -> bool {
+        let in_ns = ns.is_none_or(|ns| object["metadata"]["namespace"] == ns);
+        let labels =
+            opts.label_selector.as_deref().is_none_or(|s| LabelSelector::parse(s).unwrap().matches_object(object));
+        let fields =
+            opts.field_selector.as_deref().is_none_or(|s| FieldSelector::parse(s).unwrap().matches_object(object));
+        in_ns && labels && fields
+    }
+}
+
+#[async_trait::async_trait]
+impl ApiClient for MemoryApi {
+    async fn get(&self, res: &'static ResourceKind, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        let guard = self.objects.lock().unwrap();
+        guard.1.get(&Self::key(res, ns, name)).cloned().ok_or_else(|| ApiError::not_found(res, name))
+    }
+
+    async fn list(
+        &self,
+        res: &'static ResourceKind,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ObjectList, ApiError> {
+        let guard = self.objects.lock().unwrap();
+        let items = guard
+            .1
+            .iter()
+            .filter(|((plural, _, _), o)| plural == res.plural && Self::matches(o, ns, opts))
+            .map(|(_, o)| o.clone())
+            .collect();
+        Ok(ObjectList { resource_version: guard.0.to_string(), items, continue_token: None })
+    }
+
+    async fn watch(
+        &self,
+        res: &'static ResourceKind,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<WatchStream, ApiError> {
+        let rx = self.changes.subscribe();
+        let ns = ns.map(String::from);
+        let opts = opts.clone();
+        let initial = if opts.resource_version.as_deref().is_none_or(|rv| rv == "0") {
+            self.list(res, ns.as_deref(), &opts).await?.items
+        } else {
+            Vec::new()
+        };
+        let initial =
+            futures::stream::iter(initial.into_iter().map(|object| WatchEvent { kind: WatchEventType::Added, object }));
+        let changes = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |change| {
+            let keep = match change {
+                Ok((plural, event)) if plural == res.plural && Self::matches(&event.object, ns.as_deref(), &opts) => {
+                    Some(event)
+                }
+                _ => None,
+            };
+            async move { keep }
+        });
+        Ok(initial.chain(changes).boxed())
+    }
+
+    async fn create(&self, res: &'static ResourceKind, ns: Option<&str>, mut object: Value) -> Result<Value, ApiError> {
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if self.get(res, ns, &name).await.is_ok() {
+            return Err(ApiError::already_exists(res, &name));
+        }
+        object["metadata"]["uid"] = json!(format!("uid-{name}"));
+        object["metadata"]["creationTimestamp"] = json!(jiff::Timestamp::now().to_string());
+        Ok(self.store(res, ns, object, WatchEventType::Added))
+    }
+
+    async fn create_subresource(
+        &self,
+        res: &'static ResourceKind,
+        _ns: Option<&str>,
+        _name: &str,
+        sub: &str,
+        _body: Value,
+    ) -> Result<Value, ApiError> {
+        Err(ApiError::bad_request(format!("{}/{sub} is not in the test double", res.plural)))
+    }
+
+    async fn update(
+        &self,
+        res: &'static ResourceKind,
+        ns: Option<&str>,
+        name: &str,
+        _sub: Option<&str>,
+        object: Value,
+    ) -> Result<Value, ApiError> {
+        self.get(res, ns, name).await?;
+        Ok(self.store(res, ns, object, WatchEventType::Modified))
+    }
+
+    async fn patch(
+        &self,
+        res: &'static ResourceKind,
+        ns: Option<&str>,
+        name: &str,
+        _sub: Option<&str>,
+        kind: PatchKind,
+        patch: Value,
+    ) -> Result<Value, ApiError> {
+        let mut object = match (self.get(res, ns, name).await, &kind) {
+            (Ok(object), _) => object,
+            (Err(e), PatchKind::Apply { .. }) if e.is_not_found() => {
+                return self.create(res, ns, patch).await;
+            }
+            (Err(e), _) => return Err(e),
+        };
+        json_patch::merge(&mut object, &patch);
+        Ok(self.store(res, ns, object, WatchEventType::Modified))
+    }
+
+    async fn delete(
+        &self,
+        res: &'static ResourceKind,
+        ns: Option<&str>,
+        name: &str,
+        _opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        let object = self
+            .objects
+            .lock()
+            .unwrap()
+            .1
+            .remove(&Self::key(res, ns, name))
+            .ok_or_else(|| ApiError::not_found(res, name))?;
+        let _ = self.changes.send((res.plural, WatchEvent { kind: WatchEventType::Deleted, object: object.clone() }));
+        Ok(object)
+    }
+}
+
+/// Logs are the container name and the options, so a test sees what reached the kubelet side.
+struct EchoLogs;
+
+#[async_trait::async_trait]
+impl PodStreams for EchoLogs {
+    async fn logs(&self, namespace: &str, name: &str, _uid: &str, opts: &LogOptions) -> Result<ByteStream, ApiError> {
+        let text = format!("log of {namespace}/{name}/{} tail={:?}\n", opts.container, opts.tail_lines);
+        Ok(futures::stream::iter([Ok(bytes::Bytes::from(text))]).boxed())
+    }
+}
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// A running server, its kubeconfig and a private HOME for kubectl's cache. Stops on drop.
+struct Server {
+    api: Arc<MemoryApi>,
+    streams: Arc<OnceLock<Arc<dyn PodStreams>>>,
+    dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn write_kubeconfig(path: &Path, port: u16, ca_pem: &str, token: &str) {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: skiff\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: skiff\n  context:\n    cluster: skiff\n    user: admin\n    namespace: default\ncurrent-context: skiff\n"
+    );
+    std::fs::write(path, config).unwrap();
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = super::load_or_create_tls(&dir.path().join("tls"), &[]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        write_kubeconfig(&dir.path().join("kubeconfig"), port, &tls.ca_pem, TOKEN);
+        write_kubeconfig(&dir.path().join("bad-kubeconfig"), port, &tls.ca_pem, "wrong");
+        let api = MemoryApi::new();
+        let streams = Arc::new(OnceLock::new());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(super::serve(
+            listener,
+            tls.server_config,
+            TOKEN.to_string(),
+            api.clone() as Arc<dyn ApiClient>,
+            streams.clone(),
+            shutdown.clone(),
+        ));
+        let task = tokio::spawn(async move { task.await.unwrap().unwrap() });
+        Server { api, streams, dir, shutdown, task: Some(task), port }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// Runs kubectl; returns (success, stdout, stderr).
+    async fn kubectl_with(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
+        cmd.arg("--kubeconfig").arg(kubeconfig).args(args).env("HOME", self.dir.path()).env_remove("KUBECONFIG");
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.kill_on_drop(true);
+        let mut child = cmd.spawn().expect("kubectl at /usr/bin/kubectl");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).await.unwrap();
+        }
+        drop(input);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("kubectl finished within a minute")
+            .unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+        (out.status.success(), stdout, stderr)
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.kubectl_with(&self.kubeconfig(), args, None).await;
+        assert!(ok, "kubectl {args:?} failed:\n{stdout}\n{stderr}");
+        stdout
+    }
+
+    async fn seed(&self, plural: &str, ns: Option<&str>, object: Value) {
+        let res = skiff_api::RESOURCES.iter().find(|r| r.plural == plural).unwrap();
+        self.api.create(res, ns, object).await.unwrap();
+    }
+}
+
+fn running_pod(name: &str, ns: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns, "labels": {"app": "web"}},
+        "spec": {"nodeName": "node1", "containers": [{"name": "app", "image": "nginx"}]},
+        "status": {"phase": "Running", "podIPs": [{"ip": "10.42.0.7"}],
+                   "conditions": [{"type": "Ready", "status": "True"}],
+                   "containerStatuses": [{"name": "app", "ready": true, "restartCount": 0, "image": "nginx", "imageID": "",
+                                          "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}})
+}
+
+fn header_and_rows(out: &str) -> Vec<Vec<String>> {
+    out.lines().map(|l| l.split_whitespace().map(String::from).collect()).collect()
+}
+
+#[tokio::test]
+async fn kubectl_version_and_api_resources_work_against_the_server() {
+    let server = Server::start().await;
+    let version: Value = serde_json::from_str(&server.kubectl(&["version", "-o", "json"]).await).unwrap();
+    assert_eq!(version["serverVersion"]["gitVersion"], "v1.33.0+skiff");
+    assert_eq!(version["serverVersion"]["minor"], "33");
+
+    let resources = server.kubectl(&["api-resources"]).await;
+    let pods = resources.lines().find(|l| l.starts_with("pods ")).expect("pods listed");
+    assert_eq!(pods.split_whitespace().collect::<Vec<_>>(), ["pods", "po", "v1", "true", "Pod"]);
+    let deploy = resources.lines().find(|l| l.starts_with("deployments ")).expect("deployments listed");
+    assert_eq!(
+        deploy.split_whitespace().collect::<Vec<_>>(),
+        ["deployments", "deploy", "apps/v1", "true", "Deployment"]
+    );
+    assert!(resources.lines().any(|l| l.starts_with("nodes ") && l.contains("false")));
+}
+
+#[tokio::test]
+async fn kubectl_get_prints_the_servers_tables() {
+    let server = Server::start().await;
+    server.seed("pods", Some("default"), running_pod("web-1", "default")).await;
+    server.seed("pods", Some("other"), running_pod("web-2", "other")).await;
+
+    let rows = header_and_rows(&server.kubectl(&["get", "pods"]).await);
+    assert_eq!(rows[0], ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    assert_eq!(rows[1][..4], ["web-1", "1/1", "Running", "0"]);
+    assert_eq!(rows.len(), 2);
+
+    let wide = header_and_rows(&server.kubectl(&["get", "pods", "-o", "wide"]).await);
+    assert_eq!(
+        wide[0],
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED", "NODE", "READINESS", "GATES"]
+    );
+    assert_eq!(wide[1][5..], ["10.42.0.7", "node1", "<none>", "<none>"]);
+
+    let all = header_and_rows(&server.kubectl(&["get", "pods", "-A", "--show-labels"]).await);
+    assert_eq!(all[0][0], "NAMESPACE");
+    assert_eq!(all[0].last().unwrap(), "LABELS");
+    assert!(all.iter().any(|r| r[..2] == ["other", "web-2"] && r.last().unwrap() == "app=web"));
+
+    let one = header_and_rows(&server.kubectl(&["get", "pod", "web-1"]).await);
+    assert_eq!((one.len(), one[1][0].as_str()), (2, "web-1"));
+    let selected = header_and_rows(&server.kubectl(&["get", "pods", "-A", "-l", "app!=web"]).await);
+    assert!(selected.is_empty(), "{selected:?}");
+
+    let yaml = server.kubectl(&["get", "pod", "web-1", "-o", "yaml"]).await;
+    assert!(yaml.contains("kind: Pod") && yaml.contains("name: web-1"), "{yaml}");
+    let list: Value = serde_json::from_str(&server.kubectl(&["get", "pods", "-o", "json"]).await).unwrap();
+    assert_eq!(list["items"][0]["kind"], "Pod");
+
+    let (ok, _, stderr) = server.kubectl_with(&server.kubeconfig(), &["get", "pod", "nope"], None).await;
+    assert!(!ok);
+    assert!(stderr.contains("Error from server (NotFound): pods \"nope\" not found"), "{stderr}");
+    let (ok, _, stderr) = server.kubectl_with(&server.kubeconfig(), &["get", "frobnicators"], None).await;
+    assert!(!ok);
+    assert!(stderr.contains("the server doesn't have a resource type \"frobnicators\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn kubectl_apply_creates_with_strict_validation_and_delete_removes() {
+    let server = Server::start().await;
+    let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: b\n";
+    let out = server.kubectl_with(&server.kubeconfig(), &["apply", "-f", "-"], Some(manifest)).await;
+    assert!(out.0, "{out:?}");
+    assert!(out.1.contains("configmap/settings created"), "{out:?}");
+    let rows = header_and_rows(&server.kubectl(&["get", "configmaps"]).await);
+    assert_eq!(rows[0], ["NAME", "DATA", "AGE"]);
+    assert_eq!(rows[1][..2], ["settings", "1"]);
+
+    let typo = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndata:\n  a: b\ndatta:\n  c: d\n";
+    let (ok, _, stderr) = server.kubectl_with(&server.kubeconfig(), &["apply", "-f", "-"], Some(typo)).await;
+    assert!(!ok);
+    assert!(stderr.contains("strict decoding error: unknown field \"datta\""), "{stderr}");
+
+    let ssa = server
+        .kubectl_with(
+            &server.kubeconfig(),
+            &["apply", "--server-side", "-f", "-"],
+            Some(&manifest.replace("settings", "ssa")),
+        )
+        .await;
+    assert!(ssa.0 && ssa.1.contains("configmap/ssa serverside-applied"), "{ssa:?}");
+
+    let deleted = server.kubectl(&["delete", "configmap", "settings"]).await;
+    assert!(deleted.contains("configmap \"settings\" deleted"), "{deleted}");
+    let cms = skiff_api::ResourceKind::by_plural("", "v1", "configmaps").unwrap();
+    assert!(server.api.get(cms, Some("default"), "settings").await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn kubectl_logs_reaches_pod_streams_once_they_are_wired() {
+    let server = Server::start().await;
+    server.seed("pods", Some("default"), running_pod("web-1", "default")).await;
+    let (ok, _, stderr) = server.kubectl_with(&server.kubeconfig(), &["logs", "web-1"], None).await;
+    assert!(!ok);
+    assert!(stderr.contains("the kubelet is not ready to serve logs yet"), "{stderr}");
+    let _ = server.streams.set(Arc::new(EchoLogs));
+    let out = server.kubectl(&["logs", "web-1", "--tail=5"]).await;
+    assert_eq!(out, "log of default/web-1/app tail=Some(5)\n");
+}
+
+#[tokio::test]
+async fn watch_streams_one_json_event_per_line_until_its_timeout() {
+    let server = Server::start().await;
+    server.seed("pods", Some("default"), running_pod("web-1", "default")).await;
+    let out = server.kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=1"]).await;
+    let events: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "web-1");
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_but_health_checks_are_open() {
+    let server = Server::start().await;
+    let bad = server.dir.path().join("bad-kubeconfig");
+    let (ok, _, stderr) = server.kubectl_with(&bad, &["get", "pods"], None).await;
+    assert!(!ok);
+    assert!(stderr.contains("You must be logged in to the server"), "{stderr}");
+    let (ok, stdout, _) = server.kubectl_with(&bad, &["get", "--raw", "/readyz"], None).await;
+    assert!(ok);
+    assert_eq!(stdout, "ok");
+    let (ok, _, stderr) = server.kubectl_with(&server.kubeconfig(), &["get", "--raw", "/openapi/v2"], None).await;
+    assert!(!ok, "{stderr}");
+    assert!(server.port > 0);
+}
+
+#[tokio::test]
+async fn kubectl_explain_finds_kinds_in_openapi_v3() {
+    let server = Server::start().await;
+    let out = server.kubectl(&["explain", "deployments"]).await;
+    assert!(out.contains("KIND:") && out.contains("Deployment"), "{out}");
+}

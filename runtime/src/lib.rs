@@ -15,12 +15,38 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+mod cgroups;
+mod container;
+mod image;
+mod log;
+mod mount;
+mod rootfs;
+mod sandbox;
+mod shim;
+mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use cgroups::{CgroupManager, Layout as cgroups_layout};
+pub use image::reference::{Reference, ReferenceError};
+pub use log::{CriStream, format_cri_line, rfc3339_nano};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     HostUnsupported(String),
     #[error("image pull failed for {reference}: {message}")]
     Pull { reference: String, message: String },
+    /// The registry answered that the manifest (tag or digest) or the repository does not exist.
+    #[error("image pull failed for {reference}: not found: {message}")]
+    ImageNotFound { reference: String, message: String },
+    /// The reference cannot be parsed (Kubernetes: InvalidImageName).
+    #[error("invalid image reference {reference:?}: {source}")]
+    InvalidReference {
+        reference: String,
+        #[source]
+        source: ReferenceError,
+    },
     #[error("no such sandbox {0}")]
     NoSandbox(String),
     #[error("no such container {0}")]
@@ -39,7 +65,7 @@ impl Error {
     /// True when a pull failed because the image or tag does not exist (kubelet: ErrImagePull
     /// with "not found"), as opposed to a transport failure.
     pub fn is_image_not_found(&self) -> bool {
-        todo!()
+        matches!(self, Error::ImageNotFound { .. })
     }
 }
 
@@ -64,7 +90,7 @@ pub struct RegistryAuth {
 }
 
 /// The parts of an image config a container start needs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImageConfig {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
@@ -75,7 +101,7 @@ pub struct ImageConfig {
 }
 
 /// A pulled image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Image {
     /// Fully qualified: `docker.io/library/busybox:latest`, `127.0.0.1:5000/busybox:1`.
     pub reference: String,
@@ -152,14 +178,35 @@ pub struct ContainerInfo {
 
 pub struct Runtime {
     config: RuntimeConfig,
+    images: std::sync::Arc<image::store::ImageStore>,
+    cgroups: CgroupManager,
 }
 
 impl Runtime {
     /// Opens (or creates) the runtime's state under `config.root`. Fails with `HostUnsupported`
     /// when the kernel lacks overlayfs or namespaces, or the process is not root.
     pub fn new(config: RuntimeConfig) -> Result<Self> {
-        let _ = &config;
-        todo!()
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::HostUnsupported("the container runtime must run as root".into()));
+        }
+        let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        if !filesystems.lines().any(|l| l.split_whitespace().last() == Some("overlay")) {
+            return Err(Error::HostUnsupported("the kernel has no overlay filesystem (see /proc/filesystems)".into()));
+        }
+        for ns in ["net", "ipc", "uts", "pid", "mnt"] {
+            if !std::path::Path::new("/proc/self/ns").join(ns).exists() {
+                return Err(Error::HostUnsupported(format!("the kernel lacks {ns} namespaces")));
+            }
+        }
+        let cgroups =
+            CgroupManager::detect(&config.cgroup_root).map_err(|e| Error::HostUnsupported(format!("cgroups: {e}")))?;
+        for d in ["containers", "sandboxes"] {
+            let p = config.root.join(d);
+            std::fs::create_dir_all(&p).map_err(state::io_ctx(format!("creating {}", p.display())))?;
+        }
+        let images = std::sync::Arc::new(image::store::ImageStore::open(&config.root.join("images"))?);
+        Ok(Runtime { config, images, cgroups })
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -169,77 +216,249 @@ impl Runtime {
     /// Pulls `reference` (short names resolve to docker.io/library; registries on 127.0.0.0/8
     /// over plain HTTP) unless every blob is already present.
     pub async fn pull_image(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<Image> {
-        let _ = (reference, auth);
-        todo!()
+        let r = Reference::parse(reference)
+            .map_err(|source| Error::InvalidReference { reference: reference.to_string(), source })?;
+        // A digest pins the content: a complete local copy is the image, no registry needed.
+        if r.digest.is_some()
+            && let Some(image) =
+                self.find_image(reference).filter(|i| i.layers.iter().all(|l| self.images.has_layer(l)))
+        {
+            return Ok(image);
+        }
+        image::pull::pull(&self.images, &r, auth).await
     }
 
     /// The stored image of `reference`, if present.
     pub fn find_image(&self, reference: &str) -> Option<Image> {
-        let _ = reference;
-        todo!()
+        let Ok(r) = Reference::parse(reference) else {
+            // Image IDs (`sha256:…`) are not references but identify an image too.
+            return self.images.find(reference);
+        };
+        self.images.find(&r.to_string()).or_else(|| {
+            let digest = r.digest.as_ref()?;
+            self.images.find(&format!("{}@{digest}", r.name()))
+        })
+    }
+
+    /// Every stored image (one entry per reference).
+    pub fn list_images(&self) -> Vec<Image> {
+        self.images.list()
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.config.root.join("sandboxes").join(id)
+    }
+
+    fn container_dir(&self, id: &str) -> rootfs::ContainerDir {
+        rootfs::ContainerDir(self.config.root.join("containers").join(id))
     }
 
     /// Creates the pod's shared namespaces and parent cgroup. Idempotent for an existing id.
     pub async fn run_sandbox(&self, spec: &SandboxSpec) -> Result<()> {
-        let _ = spec;
-        todo!()
+        check_id("sandbox", &spec.id)?;
+        let dir = self.sandbox_dir(&spec.id);
+        let pod = self.cgroups.pod_path(&spec.id);
+        let cgroups = self.cgroups.clone();
+        let spec = spec.clone();
+        blocking(move || {
+            cgroups.create(&pod, &Resources::default()).map_err(cgroup_err)?;
+            sandbox::create(&dir, &spec)
+        })
+        .await
     }
 
     /// Kills what is left in the sandbox and removes its namespaces, mounts and cgroups.
     /// Idempotent: removing a missing sandbox is not an error.
     pub async fn remove_sandbox(&self, id: &str) -> Result<()> {
-        let _ = id;
-        todo!()
+        check_id("sandbox", id)?;
+        let dir = self.sandbox_dir(id);
+        let pod = self.cgroups.pod_path(id);
+        let cgroups = self.cgroups.clone();
+        blocking(move || {
+            cgroups.kill_and_remove(&pod, Duration::from_secs(10)).map_err(cgroup_err)?;
+            sandbox::destroy(&dir)
+        })
+        .await
     }
 
     /// Prepares a container (rootfs, cgroup, shim) without starting the user's process.
     /// Returns the container id.
     pub async fn create_container(&self, sandbox_id: &str, spec: &ContainerSpec) -> Result<String> {
-        let _ = (sandbox_id, spec);
-        todo!()
+        check_id("sandbox", sandbox_id)?;
+        let sandbox_dir = self.sandbox_dir(sandbox_id);
+        let Some(sandbox) = sandbox::record(&sandbox_dir)? else {
+            return Err(Error::NoSandbox(sandbox_id.to_string()));
+        };
+        if spec.argv.is_empty() {
+            return Err(Error::Spawn("no command: neither the container nor its image names one".into()));
+        }
+        if let Some(image) = &spec.image
+            && let Some(missing) = image.layers.iter().find(|l| !self.images.has_layer(l))
+        {
+            return Err(Error::Spawn(format!("image {} is missing layer {missing}: pull it again", image.reference)));
+        }
+        let id = state::random_id()?;
+        let dir = self.container_dir(&id);
+        let cgroup = self.cgroups.container_path(sandbox_id, &id);
+        let result = async {
+            for d in [dir.upper(), dir.work(), dir.rootfs(), dir.empty_lower()] {
+                std::fs::create_dir_all(&d).map_err(state::io_ctx(format!("creating {}", d.display())))?;
+            }
+            let oci = container::build_spec(
+                &dir,
+                &sandbox_dir,
+                sandbox_id,
+                &sandbox.hostname,
+                &cgroup,
+                &self.images.layers_root(),
+                spec,
+            )?;
+            oci.save(dir.file(rootfs::CONFIG)).map_err(|e| Error::Io {
+                context: format!("writing {}", dir.file(rootfs::CONFIG).display()),
+                source: std::io::Error::other(e),
+            })?;
+            self.cgroups.create(&cgroup, &spec.resources).map_err(cgroup_err)?;
+            container::spawn_shim(&self.config.shim_exe, &dir).await
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                let _ = container::kill_and_wait(&dir, &id, Duration::from_secs(5)).await;
+                let _ = self.cgroups.kill_and_remove(&cgroup, Duration::from_secs(5));
+                let _ = std::fs::remove_dir_all(dir.path());
+                Err(e)
+            }
+        }
     }
 
+    /// Runs the user's process of a created container. An exec failure (missing or
+    /// non-executable file) is returned as [`Error::Spawn`] with Go's wording
+    /// (`exec: "nope": executable file not found in $PATH`), and the container is then exited
+    /// with code 128, as Kubernetes shows a `StartError`.
     pub async fn start_container(&self, id: &str) -> Result<()> {
-        let _ = id;
-        todo!()
+        check_id("container", id)?;
+        let dir = self.container_dir(id);
+        match container::state(&dir)? {
+            ContainerState::Created => {}
+            ContainerState::Running { .. } => return Err(Error::Spawn(format!("container {id} is already running"))),
+            ContainerState::Exited(_) => return Err(Error::Spawn(format!("container {id} has already exited"))),
+        }
+        let rec: shim::ShimRecord =
+            state::read_json(&dir.file(rootfs::SHIM_STATE))?.ok_or_else(|| Error::NoContainer(id.to_string()))?;
+        blocking(move || container::release_init(&dir, rec.init)).await
     }
 
     /// Resolves when the container has exited.
     pub async fn wait_container(&self, id: &str) -> Result<ExitStatus> {
-        let _ = id;
-        todo!()
+        check_id("container", id)?;
+        container::wait_exit(&self.container_dir(id), id).await
     }
 
     /// SIGTERM, then SIGKILL once `grace` has passed; returns once it has exited.
     pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<ExitStatus> {
-        let _ = (id, grace);
-        todo!()
+        check_id("container", id)?;
+        let dir = self.container_dir(id);
+        if let ContainerState::Exited(status) = container::state(&dir)? {
+            return Ok(status);
+        }
+        let rec: shim::ShimRecord =
+            state::read_json(&dir.file(rootfs::SHIM_STATE))?.ok_or_else(|| Error::NoContainer(id.to_string()))?;
+        container::signal(rec.init, libc::SIGTERM);
+        match tokio::time::timeout(grace, container::wait_exit(&dir, id)).await {
+            Ok(status) => status,
+            Err(_) => {
+                container::signal(rec.init, libc::SIGKILL);
+                container::wait_exit(&dir, id).await
+            }
+        }
     }
 
     /// Removes an exited container's rootfs, cgroup and state (its log file is the kubelet's).
+    /// A container still running is killed first; removing a missing one is not an error.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
-        let _ = id;
-        todo!()
+        check_id("container", id)?;
+        let dir = self.container_dir(id);
+        if !dir.path().exists() {
+            return Ok(());
+        }
+        container::kill_and_wait(&dir, id, Duration::from_secs(10)).await?;
+        let spec = oci_spec::runtime::Spec::load(dir.file(rootfs::CONFIG)).ok();
+        let cgroups = self.cgroups.clone();
+        blocking(move || {
+            if let Some(meta) = spec.as_ref().and_then(|s| container::Meta::from_spec(s).ok()) {
+                cgroups.kill_and_remove(&meta.cgroup_rel, Duration::from_secs(10)).map_err(cgroup_err)?;
+            }
+            // The overlay is mounted only inside the container's own mount namespace, which died
+            // with it; a detach here covers an older layout or a manual mount.
+            let _ = nix::mount::umount2(&dir.rootfs(), nix::mount::MntFlags::MNT_DETACH);
+            std::fs::remove_dir_all(dir.path()).map_err(state::io_ctx(format!("removing {}", dir.path().display())))
+        })
+        .await
     }
 
     pub fn container(&self, id: &str) -> Result<ContainerInfo> {
-        let _ = id;
-        todo!()
+        check_id("container", id)?;
+        container::info(&self.container_dir(id), id)
     }
 
     /// Everything the runtime has on disk, for adoption and cleanup after a restart.
     pub fn list_containers(&self) -> Result<Vec<ContainerInfo>> {
-        todo!()
+        let root = self.config.root.join("containers");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&root).map_err(state::io_ctx(format!("reading {}", root.display())))?.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            match container::info(&self.container_dir(&id), &id) {
+                Ok(info) => out.push(info),
+                // Half-created (no config yet) or removed meanwhile.
+                Err(Error::NoContainer(_)) => {}
+                Err(e) => tracing::warn!(container = %id, error = %e, "unreadable container state"),
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 
     pub fn list_sandboxes(&self) -> Result<Vec<String>> {
-        todo!()
+        let root = self.config.root.join("sandboxes");
+        let mut out: Vec<String> = std::fs::read_dir(&root)
+            .map_err(state::io_ctx(format!("reading {}", root.display())))?
+            .flatten()
+            .filter(|e| sandbox::is_ready(&e.path()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        Ok(out)
     }
 }
 
-/// Entry point of `skiff shim …`: the binary calls this when re-executed by the runtime.
+/// Ids become path components: refuse anything that could leave its directory.
+fn check_id(what: &str, id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else if what == "sandbox" {
+        Err(Error::NoSandbox(id.to_string()))
+    } else {
+        Err(Error::NoContainer(id.to_string()))
+    }
+}
+
+fn cgroup_err(e: cgroups::Error) -> Error {
+    Error::Io { context: "cgroups".into(), source: std::io::Error::other(e) }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Spawn(format!("runtime task failed: {e}")))?
+}
+
+/// Entry point of `skiff shim …`: the binary calls this when re-executed by the runtime, with
+/// the arguments after `skiff` (a leading `shim` is accepted too): `shim container <dir>`.
+/// Call it before starting any threads or async runtime: the shim forks the container's init.
 /// Never returns.
 pub fn shim_main(args: Vec<String>) -> ! {
-    let _ = args;
-    todo!()
+    shim::main(args)
 }

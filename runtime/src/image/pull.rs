@@ -1,0 +1,258 @@
+//! Pulls over the OCI distribution API with `oci-client`: manifest (an index resolves to this
+//! host's platform), config, then each layer not yet unpacked, downloaded to a temp file and
+//! handed to the store, which verifies and unpacks it once.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use oci_client::client::{ClientConfig, ClientProtocol, current_platform_resolver};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
+    OciDescriptor, OciManifest,
+};
+use oci_client::secrets::RegistryAuth as OciAuth;
+
+use super::reference::Reference;
+use super::store::ImageStore;
+use crate::{Error, Image, ImageConfig, RegistryAuth, Result};
+
+const ACCEPT: &[&str] =
+    &[OCI_IMAGE_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
+
+/// Layers downloaded at once.
+const PARALLEL_LAYERS: usize = 3;
+
+/// rustls needs one process-wide crypto provider; Skiff uses ring (no C build of aws-lc).
+pub(crate) fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Another part of the binary may have installed it already, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+pub(crate) fn client_for(reference: &Reference) -> oci_client::Client {
+    install_crypto_provider();
+    let protocol = if reference.is_loopback_registry() { ClientProtocol::Http } else { ClientProtocol::Https };
+    oci_client::Client::new(ClientConfig {
+        protocol,
+        platform_resolver: Some(Box::new(current_platform_resolver)),
+        ..Default::default()
+    })
+}
+
+pub(crate) fn oci_reference(r: &Reference) -> oci_client::Reference {
+    match (&r.tag, &r.digest) {
+        (Some(t), Some(d)) => {
+            oci_client::Reference::with_tag_and_digest(r.registry.clone(), r.repository.clone(), t.clone(), d.clone())
+        }
+        (_, Some(d)) => oci_client::Reference::with_digest(r.registry.clone(), r.repository.clone(), d.clone()),
+        (t, None) => oci_client::Reference::with_tag(
+            r.registry.clone(),
+            r.repository.clone(),
+            t.clone().unwrap_or_else(|| super::reference::DEFAULT_TAG.into()),
+        ),
+    }
+}
+
+pub(crate) fn oci_auth(auth: Option<&RegistryAuth>) -> OciAuth {
+    match auth {
+        Some(a) => OciAuth::Basic(a.username.clone(), a.password.clone()),
+        None => OciAuth::Anonymous,
+    }
+}
+
+pub async fn pull(store: &Arc<ImageStore>, r: &Reference, auth: Option<&RegistryAuth>) -> Result<Image> {
+    let reference = r.to_string();
+    let err = |e: OciDistributionError| map_error(&reference, e);
+    let client = client_for(r);
+    let oci_ref = oci_reference(r);
+    let auth = oci_auth(auth);
+
+    let (body, digest) = client.pull_manifest_raw(&oci_ref, &auth, ACCEPT).await.map_err(err)?;
+    store.put_blob(&digest, &body)?;
+    let (manifest, manifest_digest, list_digest) = match parse_manifest(&reference, &body)? {
+        OciManifest::Image(m) => (m, digest, None),
+        OciManifest::ImageIndex(index) => {
+            let chosen = current_platform_resolver(&index.manifests).ok_or_else(|| Error::ImageNotFound {
+                reference: reference.clone(),
+                message: format!("no manifest for {}/{} in the image index", std::env::consts::OS, go_arch()),
+            })?;
+            let (body, d) =
+                client.pull_manifest_raw(&oci_ref.clone_with_digest(chosen), &auth, ACCEPT).await.map_err(err)?;
+            store.put_blob(&d, &body)?;
+            match parse_manifest(&reference, &body)? {
+                OciManifest::Image(m) => (m, d, Some(digest)),
+                OciManifest::ImageIndex(_) => {
+                    return Err(Error::Pull { reference, message: "an image index points to another index".into() });
+                }
+            }
+        }
+    };
+
+    let config_digest = manifest.config.digest.clone();
+    let config_bytes = match store.read_blob(&config_digest) {
+        Some(b) => b,
+        None => {
+            let mut buf = Vec::with_capacity(manifest.config.size.max(0) as usize);
+            client.pull_blob(&oci_ref, &manifest.config, &mut buf).await.map_err(err)?;
+            store.put_blob(&config_digest, &buf)?;
+            buf
+        }
+    };
+    let (config, diff_ids) = parse_config(&reference, &config_bytes)?;
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(Error::Pull {
+            reference,
+            message: format!(
+                "manifest has {} layers but config lists {} diff IDs",
+                manifest.layers.len(),
+                diff_ids.len()
+            ),
+        });
+    }
+
+    futures::stream::iter(manifest.layers.iter().zip(&diff_ids))
+        .map(|(layer, diff_id)| fetch_layer(store, &client, &oci_ref, &reference, layer, diff_id))
+        .buffer_unordered(PARALLEL_LAYERS)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    let size = manifest.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>() + config_bytes.len() as u64;
+    let image = Image {
+        reference: reference.clone(),
+        id: config_digest,
+        repo_digest: format!("{}@{}", r.name(), list_digest.unwrap_or(manifest_digest)),
+        config,
+        layers: diff_ids,
+        size,
+    };
+    store.put_image(&image)?;
+    Ok(image)
+}
+
+async fn fetch_layer(
+    store: &Arc<ImageStore>,
+    client: &oci_client::Client,
+    oci_ref: &oci_client::Reference,
+    reference: &str,
+    layer: &OciDescriptor,
+    diff_id: &str,
+) -> Result<()> {
+    if store.has_layer(diff_id) {
+        return Ok(());
+    }
+    let tmp = store.temp_path("blob");
+    let file =
+        tokio::fs::File::create(&tmp).await.map_err(crate::state::io_ctx(format!("creating {}", tmp.display())))?;
+    let download = client.pull_blob(oci_ref, layer, file).await.map_err(|e| map_error(reference, e));
+    let result = match download {
+        Ok(()) => {
+            let (store, blob, blob_digest, diff_id) =
+                (store.clone(), tmp.clone(), layer.digest.clone(), diff_id.to_string());
+            tokio::task::spawn_blocking(move || store.commit_layer(&blob, &blob_digest, &diff_id))
+                .await
+                .map_err(|e| Error::Pull { reference: reference.into(), message: format!("unpack task failed: {e}") })?
+        }
+        Err(e) => Err(e),
+    };
+    let _ = tokio::fs::remove_file(&tmp).await;
+    result
+}
+
+fn parse_manifest(reference: &str, body: &[u8]) -> Result<OciManifest> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Pull { reference: reference.into(), message: format!("unreadable manifest: {e}") })
+}
+
+/// The image config's runtime defaults and `rootfs.diff_ids`.
+pub fn parse_config(reference: &str, bytes: &[u8]) -> Result<(ImageConfig, Vec<String>)> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        #[serde(default)]
+        config: Option<Runtime>,
+        rootfs: RootFs,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(rename_all = "PascalCase")]
+    struct Runtime {
+        entrypoint: Option<Vec<String>>,
+        cmd: Option<Vec<String>>,
+        env: Option<Vec<String>>,
+        working_dir: Option<String>,
+        user: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RootFs {
+        diff_ids: Vec<String>,
+    }
+    let f: File = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Pull { reference: reference.into(), message: format!("unreadable image config: {e}") })?;
+    let c = f.config.unwrap_or_default();
+    let config = ImageConfig {
+        entrypoint: c.entrypoint.unwrap_or_default(),
+        cmd: c.cmd.unwrap_or_default(),
+        env: c.env.unwrap_or_default(),
+        working_dir: c.working_dir.filter(|w| !w.is_empty()),
+        user: c.user.filter(|u| !u.is_empty()),
+    };
+    Ok((config, f.rootfs.diff_ids))
+}
+
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Registry answers that mean "no such image" become [`Error::ImageNotFound`]; the rest are
+/// pull failures (transport, auth, bad content).
+fn map_error(reference: &str, e: OciDistributionError) -> Error {
+    let not_found = match &e {
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|x| matches!(x.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown))
+        }
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        _ => false,
+    };
+    if not_found {
+        Error::ImageNotFound { reference: reference.into(), message: e.to_string() }
+    } else {
+        Error::Pull { reference: reference.into(), message: e.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_config_defaults_and_diff_ids_are_read() {
+        let cfg = br#"{"architecture":"amd64","os":"linux",
+            "config":{"Env":["PATH=/bin"],"Cmd":["sh"],"WorkingDir":"","User":"1000"},
+            "rootfs":{"type":"layers","diff_ids":["sha256:a","sha256:b"]}}"#;
+        let (c, ids) = parse_config("r", cfg).unwrap();
+        assert_eq!(c.env, ["PATH=/bin"]);
+        assert_eq!(c.cmd, ["sh"]);
+        assert_eq!(c.working_dir, None);
+        assert_eq!(c.user.as_deref(), Some("1000"));
+        assert_eq!(ids, ["sha256:a", "sha256:b"]);
+    }
+
+    #[test]
+    fn manifest_unknown_is_not_found_and_other_failures_are_pull_errors() {
+        let envelope: oci_client::errors::OciEnvelope =
+            serde_json::from_str(r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#).unwrap();
+        let e = map_error("r", OciDistributionError::RegistryError { envelope, url: "u".into() });
+        assert!(e.is_image_not_found());
+        let envelope: oci_client::errors::OciEnvelope =
+            serde_json::from_str(r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known"}]}"#)
+                .unwrap();
+        assert!(map_error("r", OciDistributionError::RegistryError { envelope, url: "u".into() }).is_image_not_found());
+        assert!(!map_error("r", OciDistributionError::UnauthorizedError { url: "u".into() }).is_image_not_found());
+    }
+}

@@ -1,0 +1,243 @@
+//! Layer unpacking: a (gzip'd) tar becomes a directory an overlay mount can use as a lower dir.
+//! OCI whiteouts become overlay's own: `.wh.NAME` a 0/0 character device `NAME`, and
+//! `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory.
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+const OPAQUE: &str = ".wh..wh..opq";
+const WHITEOUT_PREFIX: &str = ".wh.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("reading layer: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("unpacking {path}: {source}")]
+    Entry {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("layer entry {0} escapes the layer root")]
+    Escape(PathBuf),
+    #[error("zstd-compressed layers are not supported")]
+    Zstd,
+    #[error("layer digest mismatch: expected {expected}, got {actual}")]
+    Digest { expected: String, actual: String },
+}
+
+/// Hex sha256 of everything read through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader { inner, hasher: Sha256::new() }
+    }
+
+    /// Reads what is left (tar leaves its end padding unread); returns `sha256:<hex>` of all of
+    /// it and the inner reader.
+    pub fn finish(mut self) -> std::io::Result<(String, R)> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok((format!("sha256:{}", hex::encode(self.hasher.finalize())), self.inner))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// What [`unpack_layer`] verified: the digests of the blob and of its uncompressed tar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    pub blob_digest: String,
+    pub diff_id: String,
+}
+
+/// Unpacks `blob` (gzip'd or plain tar, told apart by magic bytes) into `dest`, which must exist
+/// and be empty, and returns the digests it computed on the way.
+pub fn unpack_layer(blob: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
+    let mut compressed = BufReader::with_capacity(256 * 1024, HashingReader::new(blob));
+    let magic = compressed.fill_buf().map_err(UnpackError::Read)?;
+    if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err(UnpackError::Zstd);
+    }
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        let tar = unpack_tar(HashingReader::new(flate2::bufread::GzDecoder::new(compressed)), dest)?;
+        let (diff_id, gz) = tar.finish().map_err(UnpackError::Read)?;
+        let (blob_digest, _) = gz.into_inner().into_inner().finish().map_err(UnpackError::Read)?;
+        Ok(Unpacked { blob_digest, diff_id })
+    } else {
+        let tar = unpack_tar(compressed, dest)?;
+        let (diff_id, _) = tar.into_inner().finish().map_err(UnpackError::Read)?;
+        Ok(Unpacked { blob_digest: diff_id.clone(), diff_id })
+    }
+}
+
+fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<R, UnpackError> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+    for entry in archive.entries().map_err(UnpackError::Read)? {
+        let mut entry = entry.map_err(UnpackError::Read)?;
+        let path = entry.path().map_err(UnpackError::Read)?.into_owned();
+        let rel = clean(&path)?;
+        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
+        let entry_err = |source| UnpackError::Entry { path: path.clone(), source };
+        if name == OPAQUE {
+            std::fs::create_dir_all(&parent).map_err(entry_err)?;
+            set_xattr(&parent, "trusted.overlay.opaque", b"y").map_err(entry_err)?;
+        } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            std::fs::create_dir_all(&parent).map_err(entry_err)?;
+            whiteout(&parent.join(hidden)).map_err(entry_err)?;
+        } else {
+            entry.unpack_in(dest).map_err(entry_err)?;
+        }
+    }
+    Ok(archive.into_inner())
+}
+
+/// The entry path relative to the layer root, refusing `..` that would leave it.
+fn clean(path: &Path) -> Result<PathBuf, UnpackError> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => return Err(UnpackError::Escape(path.to_path_buf())),
+        }
+    }
+    Ok(out)
+}
+
+/// Overlay's whiteout: a character device 0/0 in place of the hidden name.
+pub fn whiteout(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path)?,
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(_) => {}
+    }
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let n = CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: valid C strings and a buffer of `value.len()` bytes.
+    let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    fn tar_of(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            match data {
+                Some(d) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len() as u64);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, path, *d).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    b.append_data(&mut h, path, &[][..]).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn sha(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_char_devices_and_opaque_xattrs() {
+        let tar = tar_of(&[
+            ("etc/", None),
+            ("etc/.wh.passwd", Some(b"")),
+            ("./opt/app/", None),
+            ("opt/app/.wh..wh..opq", Some(b"")),
+            ("opt/app/new", Some(b"kept")),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let out = unpack_layer(&tar[..], dir.path()).unwrap();
+        assert_eq!(out.diff_id, sha(&tar));
+        assert_eq!(out.blob_digest, out.diff_id);
+
+        let wh = std::fs::symlink_metadata(dir.path().join("etc/passwd")).unwrap();
+        assert!(wh.file_type().is_char_device());
+        assert_eq!(wh.rdev(), 0);
+        assert!(!dir.path().join("etc/.wh.passwd").exists());
+
+        let mut buf = [0u8; 8];
+        let p = CString::new(dir.path().join("opt/app").as_os_str().as_bytes()).unwrap();
+        let n = CString::new("trusted.overlay.opaque").unwrap();
+        // SAFETY: valid strings and buffer.
+        let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(&buf[..len.max(0) as usize], b"y");
+        assert!(!dir.path().join("opt/app/.wh..wh..opq").exists());
+        assert_eq!(std::fs::read(dir.path().join("opt/app/new")).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn gzip_layers_report_both_the_blob_digest_and_the_diff_id() {
+        let tar = tar_of(&[("hello.txt", Some(b"hi\n"))]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = unpack_layer(&blob[..], dir.path()).unwrap();
+        assert_eq!(out, Unpacked { blob_digest: sha(&blob), diff_id: sha(&tar) });
+        assert_eq!(std::fs::read(dir.path().join("hello.txt")).unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn entries_escaping_the_layer_root_are_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        // append_data refuses `..`, so the name is written into the header directly.
+        h.as_gnu_mut().unwrap().name[..16].copy_from_slice(b"../.wh.outside\0\0");
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(unpack_layer(&tar[..], dir.path()), Err(UnpackError::Escape(_))));
+    }
+}

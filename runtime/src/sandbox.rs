@@ -1,0 +1,142 @@
+//! Sandboxes: the namespaces a pod's containers share (net with loopback up, ipc, uts with the
+//! pod's hostname), kept alive by bind mounts of their nsfs files, and the pod's parent cgroup.
+//!
+//! ```text
+//! <root>/sandboxes/<id>/
+//!   sandbox.json     id, hostname, creation time
+//!   ns/net ns/ipc ns/uts   bind mounts of the namespaces (no holder process to babysit)
+//!   hostname hosts   bind-mounted into each container at /etc/hostname and /etc/hosts
+//! ```
+//! The namespaces are made on a short-lived thread of our own: unsharing net, ipc and uts is a
+//! per-thread operation the kernel allows in a multi-threaded process, and the thread exits
+//! afterwards, so no server thread is left inside a pod's namespaces.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+
+use crate::state::{io_ctx, read_json, write_json};
+use crate::{Error, Result, SandboxSpec};
+
+pub const NAMESPACES: &[(&str, CloneFlags)] =
+    &[("net", CloneFlags::CLONE_NEWNET), ("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS)];
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub hostname: String,
+    pub created_at: u64,
+}
+
+pub fn ns_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("ns").join(name)
+}
+
+pub fn is_ready(dir: &Path) -> bool {
+    dir.join("sandbox.json").is_file()
+}
+
+/// Creates the sandbox's namespaces and files. Blocking; idempotent for a complete sandbox.
+pub fn create(dir: &Path, spec: &SandboxSpec) -> Result<()> {
+    if is_ready(dir) {
+        return Ok(());
+    }
+    // A sandbox left half-made by a crash is redone from scratch.
+    destroy_namespaces(dir);
+    let ns_dir = dir.join("ns");
+    std::fs::create_dir_all(&ns_dir).map_err(io_ctx(format!("creating {}", ns_dir.display())))?;
+    for (name, _) in NAMESPACES {
+        let p = ns_path(dir, name);
+        std::fs::File::create(&p).map_err(io_ctx(format!("creating {}", p.display())))?;
+    }
+    std::fs::write(dir.join("hostname"), format!("{}\n", spec.hostname))
+        .map_err(io_ctx(format!("writing {}/hostname", dir.display())))?;
+    std::fs::write(dir.join("hosts"), hosts_file(&spec.hostname))
+        .map_err(io_ctx(format!("writing {}/hosts", dir.display())))?;
+
+    let (d, hostname) = (dir.to_path_buf(), spec.hostname.clone());
+    let made = std::thread::spawn(move || make_namespaces(&d, &hostname))
+        .join()
+        .map_err(|_| Error::Spawn("sandbox namespace thread panicked".into()))?;
+    if let Err(e) = made {
+        destroy_namespaces(dir);
+        return Err(e);
+    }
+    let record = SandboxRecord {
+        id: spec.id.clone(),
+        hostname: spec.hostname.clone(),
+        created_at: crate::state::to_nanos(std::time::SystemTime::now()),
+    };
+    write_json(&dir.join("sandbox.json"), &record)
+}
+
+pub fn hosts_file(hostname: &str) -> String {
+    format!(
+        "# Kubernetes-managed hosts file (Skiff).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+    )
+}
+
+/// Runs on its own thread: unshare, configure, pin each namespace with a bind mount.
+fn make_namespaces(dir: &Path, hostname: &str) -> Result<()> {
+    let flags = NAMESPACES.iter().fold(CloneFlags::empty(), |f, (_, n)| f | *n);
+    unshare(flags).map_err(|e| Error::Spawn(format!("unshare net/ipc/uts: {e}")))?;
+    nix::unistd::sethostname(hostname).map_err(|e| Error::Spawn(format!("sethostname {hostname:?}: {e}")))?;
+    loopback_up().map_err(io_ctx("bringing up lo in the pod network namespace"))?;
+    for (name, _) in NAMESPACES {
+        let target = ns_path(dir, name);
+        let source = format!("/proc/thread-self/ns/{name}");
+        mount(Some(source.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| Error::Io {
+            context: format!("bind-mounting {source} on {}", target.display()),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: plain socket/ioctl calls on a zeroed ifreq that names "lo".
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            ifr.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr);
+        if rc == 0 {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr);
+        }
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+fn destroy_namespaces(dir: &Path) {
+    for (name, _) in NAMESPACES {
+        // Not mounted (EINVAL) or absent (ENOENT) are both fine here.
+        let _ = umount2(&ns_path(dir, name), MntFlags::MNT_DETACH);
+    }
+}
+
+/// Unmounts the namespaces and removes the directory. The caller has emptied the cgroup.
+pub fn destroy(dir: &Path) -> Result<()> {
+    destroy_namespaces(dir);
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_ctx(format!("removing {}", dir.display()))(e)),
+    }
+}
+
+pub fn record(dir: &Path) -> Result<Option<SandboxRecord>> {
+    read_json(&dir.join("sandbox.json"))
+}

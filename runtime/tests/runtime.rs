@@ -1,0 +1,340 @@
+//! Privileged runtime tests: real namespaces, overlay mounts and cgroups, as root. Each test has
+//! its own temp root, its own cgroup root (`skiff-test-<pid>-<n>`) and its own local registry,
+//! so they run in parallel; the `Fixture` guard kills and removes everything on drop, also when
+//! a test fails.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use skiff_runtime::testing::{LocalRegistry, OciImage, build_busybox_image, push};
+use skiff_runtime::{
+    CgroupManager, ContainerSpec, ContainerState, Error, Image, Resources, Runtime, RuntimeConfig, SandboxSpec,
+};
+
+fn busybox() -> &'static OciImage {
+    static IMAGE: OnceLock<OciImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        build_busybox_image(dir.path()).unwrap()
+    })
+}
+
+struct Fixture {
+    rt: Option<Runtime>,
+    root: tempfile::TempDir,
+    cgroup_root: String,
+    registry: LocalRegistry,
+    image: Image,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        Self::with_registry(LocalRegistry::start().expect("start docker-registry")).await
+    }
+
+    async fn with_registry(registry: LocalRegistry) -> Fixture {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let cgroup_root = format!("skiff-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let root = tempfile::Builder::new().prefix("skiff-rt-").tempdir().unwrap();
+        let rt = Runtime::new(config(root.path(), &cgroup_root)).expect("runtime on this host");
+        let reference = push(&registry, "busybox:1", busybox()).await.expect("push busybox");
+        let image = rt.pull_image(&reference, registry.auth().as_ref()).await.expect("pull busybox");
+        Fixture { rt: Some(rt), root, cgroup_root, registry, image }
+    }
+
+    fn rt(&self) -> &Runtime {
+        self.rt.as_ref().unwrap()
+    }
+
+    fn spec(&self, name: &str, argv: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            name: name.into(),
+            image: Some(self.image.clone()),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: self.image.config.env.clone(),
+            working_dir: None,
+            log_path: self.root.path().join("logs").join(format!("{name}.log")),
+            resources: Resources::default(),
+        }
+    }
+
+    async fn sandbox(&self, id: &str, hostname: &str) {
+        self.rt().run_sandbox(&SandboxSpec { id: id.into(), hostname: hostname.into() }).await.unwrap();
+    }
+
+    /// create + start + wait; returns (id, exit code, log text).
+    async fn run(&self, sandbox: &str, spec: ContainerSpec) -> (String, skiff_runtime::ExitStatus, String) {
+        let id = self.rt().create_container(sandbox, &spec).await.unwrap();
+        self.rt().start_container(&id).await.unwrap();
+        let status =
+            tokio::time::timeout(Duration::from_secs(30), self.rt().wait_container(&id)).await.unwrap().unwrap();
+        let log = std::fs::read_to_string(&spec.log_path).unwrap_or_default();
+        (id, status, log)
+    }
+}
+
+fn config(root: &Path, cgroup_root: &str) -> RuntimeConfig {
+    RuntimeConfig {
+        root: root.to_path_buf(),
+        shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_skiff-runtime-shim")),
+        cgroup_root: cgroup_root.into(),
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let rt = self.rt.take().unwrap();
+        let cgroup_root = self.cgroup_root.clone();
+        // Drop runs inside the test's tokio runtime, which cannot block: clean up on a thread
+        // with its own runtime.
+        std::thread::spawn(move || {
+            let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            tokio.block_on(async {
+                for c in rt.list_containers().unwrap_or_default() {
+                    let _ = rt.remove_container(&c.id).await;
+                }
+                for s in rt.list_sandboxes().unwrap_or_default() {
+                    let _ = rt.remove_sandbox(&s).await;
+                }
+            });
+            if let Ok(m) = CgroupManager::detect(&cgroup_root) {
+                let _ = m.kill_and_remove(Path::new(&cgroup_root), Duration::from_secs(10));
+            }
+        })
+        .join()
+        .unwrap();
+        let _ = &self.registry;
+    }
+}
+
+fn log_lines(log: &str) -> Vec<(String, String, String)> {
+    log.lines()
+        .map(|l| {
+            let mut p = l.splitn(4, ' ');
+            let (_ts, stream, tag, text) =
+                (p.next().unwrap(), p.next().unwrap(), p.next().unwrap(), p.next().unwrap_or(""));
+            (stream.to_string(), tag.to_string(), text.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_hello_is_logged_in_cri_format_and_exits_zero() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-echo", "echo-pod").await;
+    let (_, status, log) = f.run("pod-echo", f.spec("echo", &["echo", "hello"])).await;
+    assert_eq!(status.code, 0);
+    assert_eq!(status.signal, None);
+    assert!(status.finished_at >= status.started_at);
+    assert_eq!(log_lines(&log), vec![("stdout".into(), "F".into(), "hello".into())]);
+    let ts = log.split(' ').next().unwrap();
+    assert!(ts.len() == 30 && ts.ends_with('Z'), "RFC3339Nano timestamp: {ts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_stderr_and_a_partial_last_line_are_reported() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-exit", "exit-pod").await;
+    let (_, status, log) =
+        f.run("pod-exit", f.spec("three", &["sh", "-c", "echo oops >&2; printf partial; exit 3"])).await;
+    assert_eq!(status.code, 3);
+    let mut lines = log_lines(&log);
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec![("stderr".into(), "F".into(), "oops".into()), ("stdout".into(), "P".into(), "partial".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_container_that_ignores_sigterm_is_killed_with_137() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-kill", "kill-pod").await;
+    let id = f.rt().create_container("pod-kill", &f.spec("sleeper", &["sleep", "1000"])).await.unwrap();
+    assert_eq!(f.rt().container(&id).unwrap().state, ContainerState::Created);
+    f.rt().start_container(&id).await.unwrap();
+    let ContainerState::Running { pid, .. } = f.rt().container(&id).unwrap().state else { panic!("not running") };
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // sleep as pid 1 has no SIGTERM handler, so only the SIGKILL after the grace ends it.
+    let started = std::time::Instant::now();
+    let status = f.rt().stop_container(&id, Duration::from_millis(300)).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!((status.code, status.signal, status.oom_killed), (137, Some(9), false));
+    assert!(matches!(f.rt().container(&id).unwrap().state, ContainerState::Exited(ref s) if s.code == 137));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_written_to_the_container_cgroup_and_oom_is_reported() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-mem", "mem-pod").await;
+    let mut spec = f.spec("limited", &["sh", "-c", "cat /proc/self/cgroup; sleep 1000"]);
+    spec.resources =
+        Resources { memory_limit_bytes: Some(32 << 20), cpu_limit_millis: Some(500), cpu_request_millis: Some(250) };
+    let id = f.rt().create_container("pod-mem", &spec).await.unwrap();
+    let mgr = CgroupManager::detect(&f.cgroup_root).unwrap();
+    let rel = mgr.container_path("pod-mem", &id);
+    let dirs = mgr.dirs(&rel);
+    let read = |file: &str| {
+        dirs.iter()
+            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .unwrap_or_else(|| panic!("{file} in {dirs:?}"))
+    };
+    match mgr.layout() {
+        skiff_runtime::cgroups_layout::V1 { .. } => {
+            assert_eq!(read("memory.limit_in_bytes").trim(), (32u64 << 20).to_string());
+            assert_eq!(read("cpu.cfs_quota_us").trim(), "50000");
+            assert_eq!(read("cpu.shares").trim(), "256");
+        }
+        skiff_runtime::cgroups_layout::V2 { .. } => {
+            assert_eq!(read("memory.max").trim(), (32u64 << 20).to_string());
+            assert_eq!(read("cpu.max").trim(), "50000 100000");
+        }
+    }
+    f.rt().start_container(&id).await.unwrap();
+    let ContainerState::Running { pid, .. } = f.rt().container(&id).unwrap().state else { panic!("not running") };
+    assert!(read("cgroup.procs").lines().any(|l| l.trim() == pid.to_string()), "init {pid} is in its cgroup");
+    f.rt().stop_container(&id, Duration::ZERO).await.unwrap();
+
+    // A shell variable of 64 MiB under a 16 MiB limit: the kernel OOM-kills the container.
+    let mut spec = f.spec("hog", &["sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo survived"]);
+    spec.resources.memory_limit_bytes = Some(16 << 20);
+    let (_, status, _) = f.run("pod-mem", spec).await;
+    assert_eq!((status.code, status.oom_killed), (137, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whiteouts_of_the_upper_layer_hide_lower_files() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-wh", "wh-pod").await;
+    let script = "ls /etc/skiff | sort | tr '\\n' ' '; echo; ls /etc/skiff/opaque; cat /etc/skiff/kept-hardlink";
+    let (_, status, log) = f.run("pod-wh", f.spec("ls", &["sh", "-c", script])).await;
+    assert_eq!(status.code, 0, "{log}");
+    let out: Vec<String> = log_lines(&log).into_iter().map(|(_, _, t)| t).collect();
+    assert_eq!(out, ["kept kept-hardlink layer2 opaque ", "new", "kept"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_sees_the_sandbox_hostname_and_is_pid_1() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-host", "web-0").await;
+    let script = "hostname; cat /etc/hostname; echo $$; cat /proc/1/cmdline | tr '\\0' ' '; echo; ip link 2>/dev/null | grep -c '^[0-9]'; cat /sys/class/net/lo/operstate";
+    let (_, status, log) = f.run("pod-host", f.spec("host", &["sh", "-c", script])).await;
+    assert_eq!(status.code, 0, "{log}");
+    let out: Vec<String> = log_lines(&log).into_iter().map(|(_, _, t)| t).collect();
+    assert_eq!(out[0], "web-0");
+    assert_eq!(out[1], "web-0");
+    assert_eq!(out[2], "1");
+    assert!(out[3].starts_with("sh -c hostname"), "{out:?}");
+    assert_eq!(out[4], "1", "only loopback in the pod network namespace");
+    assert_eq!(out[5], "unknown", "lo is up (operstate of lo reads unknown)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_pod_share_ipc_and_net_but_not_pids() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-share", "share").await;
+    let a = f.rt().create_container("pod-share", &f.spec("a", &["sleep", "1000"])).await.unwrap();
+    f.rt().start_container(&a).await.unwrap();
+    let ContainerState::Running { pid, .. } = f.rt().container(&a).unwrap().state else { panic!() };
+    let script = "for p in /proc/[0-9]*; do cat $p/comm; done";
+    let (_, status, log) = f.run("pod-share", f.spec("b", &["sh", "-c", script])).await;
+    assert_eq!(status.code, 0);
+    let comms: Vec<String> = log_lines(&log).into_iter().map(|(_, _, t)| t).collect();
+    assert!(comms.contains(&"sh".to_string()) && !comms.contains(&"sleep".to_string()), "{comms:?}");
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: String| std::fs::metadata(p).unwrap().ino();
+    let pinned = |n: &str| f.root.path().join("sandboxes/pod-share/ns").join(n).display().to_string();
+    for n in ["net", "ipc", "uts"] {
+        assert_eq!(ino(format!("/proc/{pid}/ns/{n}")), ino(pinned(n)), "{n} is the sandbox's");
+        assert_ne!(ino(format!("/proc/{pid}/ns/{n}")), ino(format!("/proc/self/ns/{n}")), "{n} is not the host's");
+    }
+    assert_ne!(ino(format!("/proc/{pid}/ns/pid")), ino("/proc/self/ns/pid".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_executable_fails_start_like_runc() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-nope", "nope").await;
+    let id = f.rt().create_container("pod-nope", &f.spec("nope", &["nope"])).await.unwrap();
+    let err = f.rt().start_container(&id).await.unwrap_err();
+    assert!(matches!(err, Error::Spawn(_)));
+    assert_eq!(err.to_string(), r#"exec: "nope": executable file not found in $PATH"#);
+    let status = f.rt().wait_container(&id).await.unwrap();
+    assert_eq!(status.code, 128);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_leaves_no_mount_cgroup_or_process_behind() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-clean", "clean").await;
+    let id = f.rt().create_container("pod-clean", &f.spec("long", &["sleep", "1000"])).await.unwrap();
+    f.rt().start_container(&id).await.unwrap();
+    let ContainerState::Running { pid, .. } = f.rt().container(&id).unwrap().state else { panic!() };
+    let root = f.root.path().display().to_string();
+    let mountinfo = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mountinfo().contains(&root), "the sandbox's namespaces are pinned under the root");
+
+    f.rt().remove_container(&id).await.unwrap();
+    f.rt().remove_sandbox("pod-clean").await.unwrap();
+    assert!(!mountinfo().contains(&root), "a mount under {root} is left");
+    let mgr = CgroupManager::detect(&f.cgroup_root).unwrap();
+    for d in mgr.dirs(&mgr.pod_path("pod-clean")) {
+        assert!(!d.exists(), "{} is left", d.display());
+    }
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the container init is left");
+    let shims = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(&id))
+        .count();
+    assert_eq!(shims, 0, "a shim of {id} is left");
+    assert!(f.rt().list_containers().unwrap().is_empty());
+    assert!(f.rt().list_sandboxes().unwrap().is_empty());
+    assert!(matches!(f.rt().container(&id), Err(Error::NoContainer(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runtime_adopts_running_containers_and_finds_images() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-adopt", "adopt").await;
+    let id = f
+        .rt()
+        .create_container("pod-adopt", &f.spec("waiter", &["sh", "-c", "trap 'exit 7' TERM; sleep 1000 & wait"]))
+        .await
+        .unwrap();
+    f.rt().start_container(&id).await.unwrap();
+
+    let again = Runtime::new(config(f.root.path(), &f.cgroup_root)).unwrap();
+    assert_eq!(again.find_image(&f.image.reference), Some(f.image.clone()));
+    assert_eq!(again.find_image(&f.image.repo_digest).map(|i| i.id), Some(f.image.id.clone()));
+    let listed = again.list_containers().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].name.as_str(), listed[0].sandbox_id.as_str()),
+        (id.as_str(), "waiter", "pod-adopt")
+    );
+    assert!(matches!(listed[0].state, ContainerState::Running { .. }));
+    assert_eq!(again.list_sandboxes().unwrap(), ["pod-adopt"]);
+    let status = again.stop_container(&id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((status.code, status.signal), (7, None), "the adopted container got SIGTERM and exited on its own");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_authenticate_and_missing_tags_are_not_found() {
+    let f = Fixture::with_registry(LocalRegistry::start_with_auth("skiff", "s3cret").unwrap()).await;
+    assert_eq!(f.image.layers, busybox().diff_ids);
+    assert_eq!(f.image.id, busybox().config.digest);
+    assert_eq!(f.image.repo_digest, format!("{}/busybox@{}", f.registry.addr(), busybox().manifest.digest));
+    assert_eq!(f.image.config.cmd, ["sh"]);
+
+    let missing = format!("{}/busybox:nope", f.registry.addr());
+    let err = f.rt().pull_image(&missing, f.registry.auth().as_ref()).await.unwrap_err();
+    assert!(err.is_image_not_found(), "{err}");
+    let denied = f.rt().pull_image(&f.image.reference, None).await.unwrap_err();
+    assert!(!denied.is_image_not_found(), "{denied}");
+    let by_digest = format!("{}/busybox@{}", f.registry.addr(), busybox().manifest.digest);
+    assert_eq!(f.rt().pull_image(&by_digest, None).await.unwrap().id, f.image.id, "a stored digest needs no registry");
+}

@@ -6,14 +6,18 @@
 //! - [`deployment`]: rolls templates out through ReplicaSets, with history and rollback;
 //! - [`job`]: runs pods to completion, with back-off, deadlines and TTL after finishing;
 //! - [`cronjob`]: creates Jobs on a schedule;
+//! - [`namespace`]: empties and finalizes terminating namespaces, keeps `default` ServiceAccounts;
+//! - [`endpoints`]: the service endpoint table (Endpoints and EndpointSlices);
 //! - [`gc`]: deletes objects whose owners are gone (background cascading deletion).
 
 pub mod controller;
 pub mod cronjob;
 pub mod deployment;
+pub mod endpoints;
 mod expectations;
 pub mod gc;
 pub mod job;
+pub mod namespace;
 mod pods;
 pub mod replicaset;
 
@@ -29,6 +33,8 @@ pub async fn run_all(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
         deployment::DeploymentController::run(client.clone(), shutdown.clone()),
         job::JobController::run(client.clone(), shutdown.clone()),
         cronjob::CronJobController::run(client.clone(), shutdown.clone()),
+        namespace::NamespaceController::run(client.clone(), shutdown.clone()),
+        endpoints::EndpointsController::run(client.clone(), shutdown.clone()),
         gc::GarbageCollector::run(client, shutdown),
     );
 }

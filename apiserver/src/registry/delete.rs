@@ -57,22 +57,14 @@ pub fn delete(tx: &mut Tx<'_>, key: &Key, opts: &DeleteOptions) -> Result<Outcom
     let current_grace = object["metadata"]["deletionGracePeriodSeconds"].as_i64();
     let grace = grace_period(res, &object, opts);
 
-    // Cascading policies become finalizers the garbage collector removes (Kubernetes'
-    // `orphan` and `foregroundDeletion`), set only when deletion starts.
-    let mut fins = finalizers(&object);
-    if !deleting {
-        let added = match opts.propagation_policy.as_deref() {
-            Some("Orphan") => Some("orphan"),
-            Some("Foreground") => Some("foregroundDeletion"),
-            _ => None,
-        };
-        if let Some(f) = added
-            && !fins.iter().any(|x| x == f)
-        {
-            fins.push(f.to_string());
-            meta_mut(&mut object).insert("finalizers".into(), json!(fins));
-        }
+    // Orphaning happens here, in the same transaction, rather than through Kubernetes'
+    // `orphan` finalizer and the garbage collector: the dependents lose their owner reference
+    // before the owner goes, so the collector never sees them as garbage. (`Foreground` is
+    // treated as `Background`: the collector deletes dependents after the owner.)
+    if !deleting && opts.propagation_policy.as_deref() == Some("Orphan") {
+        orphan_dependents(tx, key, &object)?;
     }
+    let fins = finalizers(&object);
 
     if grace > 0 {
         // Graceful: mark now, the kubelet deletes with grace 0 once the containers stopped. A
@@ -105,4 +97,30 @@ pub fn delete(tx: &mut Tx<'_>, key: &Key, opts: &DeleteOptions) -> Result<Outcom
         return Ok(Outcome::of(tx.put(key, object)?));
     }
     Ok(Outcome::of(tx.delete(key, object)?))
+}
+
+/// Removes the owner references to `owner` from every object that could be its dependent: in
+/// its namespace, or anywhere for a cluster-scoped owner.
+fn orphan_dependents(tx: &mut Tx<'_>, key: &Key, owner: &Value) -> Result<(), ApiError> {
+    let Some(owner_uid) = uid(owner).map(String::from) else { return Ok(()) };
+    let namespace = key.res.namespaced().then_some(key.namespace.as_str());
+    for res in skiff_api::RESOURCES.iter().filter(|r| r.namespaced()) {
+        for mut dependent in tx.list(res, namespace)? {
+            let Some(refs) = dependent["metadata"]["ownerReferences"].as_array() else { continue };
+            if !refs.iter().any(|r| r["uid"] == owner_uid.as_str()) {
+                continue;
+            }
+            let kept: Vec<Value> = refs.iter().filter(|r| r["uid"] != owner_uid.as_str()).cloned().collect();
+            let meta = meta_mut(&mut dependent);
+            if kept.is_empty() {
+                meta.remove("ownerReferences");
+            } else {
+                meta.insert("ownerReferences".into(), Value::Array(kept));
+            }
+            let name = dependent["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let ns = dependent["metadata"]["namespace"].as_str().map(String::from);
+            tx.put(&Key::new(res, ns.as_deref(), &name), dependent)?;
+        }
+    }
+    Ok(())
 }

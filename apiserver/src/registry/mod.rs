@@ -6,6 +6,7 @@
 //! before the op writes, so no caller ever sees half an object.
 
 mod delete;
+mod events;
 mod object;
 mod read;
 mod services;
@@ -44,7 +45,7 @@ pub(crate) fn core(plural: &str) -> &'static ResourceKind {
 impl Registry {
     /// Opens (or creates) the store at `path`, usually `<data-dir>/db/state.redb`.
     pub fn open(path: &Path) -> Result<Arc<Registry>, Error> {
-        let store = Store::open(path, Arc::new(Hub::new(HISTORY)))?;
+        let store = Store::open(path, Arc::new(Hub::new(HISTORY)), Some(events::expiry_chore()))?;
         Ok(Arc::new(Registry { store, services: Mutex::new(ServiceNetwork::default()) }))
     }
 

@@ -492,3 +492,40 @@ async fn every_acknowledged_write_survives_a_reopen() {
     let next = f.reg.create(cms, Some("default"), json!({"metadata": {"name": "next"}})).await.unwrap();
     assert!(rv(&next) > *revisions.last().unwrap());
 }
+
+#[tokio::test]
+async fn orphan_deletion_releases_dependents_first() {
+    let f = Fixture::new().await;
+    let rs = ResourceKind::by_plural("apps", "v1", "replicasets").unwrap();
+    let owner = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+    let owner = f.reg.create(rs, Some("default"), owner).await.unwrap();
+    let mut dependent = pod("web-1");
+    dependent["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+        "uid": owner["metadata"]["uid"], "controller": true}]);
+    f.reg.create(pods(), Some("default"), dependent).await.unwrap();
+    let orphan = DeleteOptions { propagation_policy: Some("Orphan".into()), ..Default::default() };
+    f.reg.delete(rs, Some("default"), "web", &orphan).await.unwrap();
+    assert!(f.reg.get(rs, Some("default"), "web").await.unwrap_err().is_not_found());
+    let released = f.reg.get(pods(), Some("default"), "web-1").await.unwrap();
+    assert!(released["metadata"].get("ownerReferences").is_none());
+}
+
+#[tokio::test]
+async fn events_expire_an_hour_after_their_last_change() {
+    let f = Fixture::new().await;
+    let events = core("events");
+    let event = json!({"metadata": {"name": "web.1"}, "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+                       "reason": "Started", "message": "m", "type": "Normal"});
+    f.reg.create(events, Some("default"), event).await.unwrap();
+    let now = jiff::Timestamp::now();
+    let sweep = |at: jiff::Timestamp| -> crate::storage::Op {
+        Box::new(move |tx| super::events::expire(tx, at, super::events::EVENT_TTL))
+    };
+    f.reg.store.write(sweep(now)).await.unwrap();
+    assert!(f.reg.get(events, Some("default"), "web.1").await.is_ok());
+    let later = now + jiff::SignedDuration::from_hours(2);
+    let out = f.reg.store.write(sweep(later)).await.unwrap();
+    assert_eq!(out.object["expired"], 1);
+    assert!(f.reg.get(events, Some("default"), "web.1").await.unwrap_err().is_not_found());
+}

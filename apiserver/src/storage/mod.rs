@@ -84,6 +84,12 @@ impl Outcome {
 /// its first `put`/`delete`; if it fails anyway, its writes are undone.
 pub type Op = Box<dyn FnOnce(&mut Tx<'_>) -> Result<Outcome, ApiError> + Send>;
 
+/// A periodic op the writer runs by itself (expiring events), at most once per `every`.
+pub struct Chore {
+    pub every: std::time::Duration,
+    pub op: Box<dyn Fn() -> Op + Send>,
+}
+
 struct Job {
     op: Op,
     reply: oneshot::Sender<Result<Outcome, ApiError>>,
@@ -192,7 +198,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(path: &Path, hub: Arc<Hub>) -> Result<Self, Error> {
+    pub fn open(path: &Path, hub: Arc<Hub>, chore: Option<Chore>) -> Result<Self, Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir { path: dir.to_path_buf(), source })?;
         }
@@ -226,7 +232,7 @@ impl Store {
             let (db, hub) = (db.clone(), hub.clone());
             std::thread::Builder::new()
                 .name("skiff-store-writer".into())
-                .spawn(move || writer_loop(&db, &hub, rx))
+                .spawn(move || writer_loop(&db, &hub, rx, chore))
                 .map_err(Error::SpawnWriter)?
         };
         Ok(Self { db, jobs: Some(jobs), writer: Some(writer), hub })
@@ -322,9 +328,32 @@ impl Drop for Store {
     }
 }
 
-fn writer_loop(db: &Database, hub: &Hub, jobs: mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
+fn writer_loop(db: &Database, hub: &Hub, jobs: mpsc::Receiver<Job>, chore: Option<Chore>) {
+    let mut chore_due = chore.as_ref().map(|c| std::time::Instant::now() + c.every);
+    loop {
+        let first = match chore_due {
+            Some(due) => match jobs.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match jobs.recv() {
+                Ok(job) => Some(job),
+                Err(_) => break,
+            },
+        };
+        let mut batch: Vec<Job> = first.into_iter().collect();
+        if let (Some(c), Some(due)) = (&chore, chore_due)
+            && std::time::Instant::now() >= due
+        {
+            // Nobody waits for a chore's answer.
+            let (reply, _) = oneshot::channel();
+            batch.push(Job { op: (c.op)(), reply });
+            chore_due = Some(std::time::Instant::now() + c.every);
+        }
+        if batch.is_empty() {
+            continue;
+        }
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
@@ -410,7 +439,7 @@ mod tests {
         let path = dir.path().join("db/state.redb");
         let mut last = 0;
         {
-            let store = Store::open(&path, Arc::new(Hub::new(100))).unwrap();
+            let store = Store::open(&path, Arc::new(Hub::new(100)), None).unwrap();
             for name in ["a", "b", "c"] {
                 let key = Key::new(pods(), Some("default"), name);
                 let out = store.write(put_op(key, json!({"metadata": {"name": name}}))).await.unwrap();
@@ -420,7 +449,7 @@ mod tests {
             }
             assert_eq!(store.revision().unwrap(), last);
         }
-        let store = Store::open(&path, Arc::new(Hub::new(100))).unwrap();
+        let store = Store::open(&path, Arc::new(Hub::new(100)), None).unwrap();
         assert_eq!(store.revision().unwrap(), last);
         let b = store.get(&Key::new(pods(), Some("default"), "b")).unwrap().unwrap();
         assert_eq!(b["metadata"]["name"], "b");
@@ -434,7 +463,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_op_leaves_nothing_behind_and_its_batch_neighbours_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state.redb"), Arc::new(Hub::new(100))).unwrap();
+        let store = Store::open(&dir.path().join("state.redb"), Arc::new(Hub::new(100)), None).unwrap();
         let before = store.revision().unwrap();
         let failing: Op = Box::new(|tx| {
             tx.put(&Key::new(pods(), Some("default"), "half"), json!({"metadata": {"name": "half"}}))?;
@@ -451,7 +480,7 @@ mod tests {
     #[tokio::test]
     async fn scan_pages_by_key_and_reports_more() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state.redb"), Arc::new(Hub::new(100))).unwrap();
+        let store = Store::open(&dir.path().join("state.redb"), Arc::new(Hub::new(100)), None).unwrap();
         for name in ["a", "b", "c", "d"] {
             store.write(put_op(Key::new(pods(), Some("ns"), name), json!({"metadata": {"name": name}}))).await.unwrap();
         }
@@ -462,5 +491,22 @@ mod tests {
         let names: Vec<_> = second.items.iter().map(|(_, o)| o["metadata"]["name"].clone()).collect();
         assert_eq!(names, [json!("c"), json!("d")]);
         assert!(!second.more);
+    }
+
+    #[tokio::test]
+    async fn the_writer_runs_its_chore_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let chore = Chore {
+            every: std::time::Duration::from_millis(20),
+            op: Box::new(|| put_op(Key::new(pods(), Some("ns"), "chore"), json!({"metadata": {"name": "chore"}}))),
+        };
+        let store = Store::open(&dir.path().join("state.redb"), Arc::new(Hub::new(100)), Some(chore)).unwrap();
+        for _ in 0..100 {
+            if store.get(&Key::new(pods(), Some("ns"), "chore")).unwrap().is_some() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the chore never ran");
     }
 }

@@ -43,7 +43,7 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target
         }
         (&Method::GET, Some(name), Some("scale")) => {
             let object = state.api.get(res, ns, name).await?;
-            Ok(reply::json(StatusCode::OK, &scale_of(&object)))
+            Ok(reply::json(StatusCode::OK, &crate::registry::scale_of(&object)))
         }
         (&Method::GET, Some(name), Some("log")) => {
             let ns = ns.ok_or_else(|| ApiError::bad_request("pods/log needs a namespace"))?;
@@ -458,23 +458,6 @@ fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError>
     Ok(opts)
 }
 
-/// The `autoscaling/v1` Scale of a Deployment, ReplicaSet or StatefulSet.
-fn scale_of(object: &Value) -> Value {
-    let meta = &object["metadata"];
-    let selector = table::format_label_selector(&object["spec"]["selector"]);
-    let selector = if selector == "<none>" { String::new() } else { selector };
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
-            "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
-        },
-        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
-        "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,15 +510,5 @@ mod tests {
     fn strategic_merge_directives_are_not_unknown_fields() {
         let patch = json!({"spec": {"$setElementOrder/containers": [{"name": "a"}], "containers": [{"name": "a", "image": "x"}]}});
         assert_eq!(without_directives(&patch), json!({"spec": {"containers": [{"name": "a", "image": "x"}]}}));
-    }
-
-    #[test]
-    fn scale_reports_replicas_and_selector() {
-        let d = json!({"metadata": {"name": "web", "namespace": "default", "uid": "u", "resourceVersion": "9"},
-            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}}, "status": {"replicas": 2}});
-        let s = scale_of(&d);
-        assert_eq!(s["spec"]["replicas"], 3);
-        assert_eq!(s["status"], json!({"replicas": 2, "selector": "app=web"}));
-        assert_eq!(s["metadata"]["resourceVersion"], "9");
     }
 }

@@ -193,7 +193,7 @@ const TOKEN: &str = "test-token-0123456789";
 
 /// A running server, its kubeconfig and a private HOME for kubectl's cache. Stops on drop.
 struct Server {
-    api: Arc<MemoryApi>,
+    api: Arc<dyn ApiClient>,
     streams: Arc<OnceLock<Arc<dyn PodStreams>>>,
     dir: tempfile::TempDir,
     shutdown: CancellationToken,
@@ -220,21 +220,39 @@ fn write_kubeconfig(path: &Path, port: u16, ca_pem: &str, token: &str) {
 }
 
 impl Server {
+    /// A server over the in-memory test double.
     async fn start() -> Server {
+        Self::start_with(|_| MemoryApi::new() as Arc<dyn ApiClient>).await
+    }
+
+    /// A server over the real registry on a temp redb, bootstrapped as `skiff server` does.
+    async fn start_registry() -> Server {
+        let mut registry = None;
+        let server = Self::start_with(|dir| {
+            let r = crate::Registry::open(&dir.join("state.redb")).unwrap();
+            registry = Some(r.clone());
+            r as Arc<dyn ApiClient>
+        })
+        .await;
+        registry.unwrap().bootstrap("10.43.0.1").await.unwrap();
+        server
+    }
+
+    async fn start_with(make_api: impl FnOnce(&Path) -> Arc<dyn ApiClient>) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let tls = super::load_or_create_tls(&dir.path().join("tls"), &[]).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         write_kubeconfig(&dir.path().join("kubeconfig"), port, &tls.ca_pem, TOKEN);
         write_kubeconfig(&dir.path().join("bad-kubeconfig"), port, &tls.ca_pem, "wrong");
-        let api = MemoryApi::new();
+        let api = make_api(dir.path());
         let streams = Arc::new(OnceLock::new());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(super::serve(
             listener,
             tls.server_config,
             TOKEN.to_string(),
-            api.clone() as Arc<dyn ApiClient>,
+            api.clone(),
             streams.clone(),
             shutdown.clone(),
         ));
@@ -428,4 +446,154 @@ async fn kubectl_explain_finds_kinds_in_openapi_v3() {
     let server = Server::start().await;
     let out = server.kubectl(&["explain", "deployments"]).await;
     assert!(out.contains("KIND:") && out.contains("Deployment"), "{out}");
+}
+
+// ---- Against the real registry ----
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    tier: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: app
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+";
+
+#[tokio::test]
+async fn kubectl_apply_configure_scale_and_delete_a_deployment_through_the_registry() {
+    let server = Server::start_registry().await;
+    let apply = |manifest: String| {
+        let server = &server;
+        async move { server.kubectl_with(&server.kubeconfig(), &["apply", "-f", "-"], Some(&manifest)).await }
+    };
+    let out = apply(DEPLOYMENT.to_string()).await;
+    assert!(out.0 && out.1.contains("deployment.apps/web created"), "{out:?}");
+    let out = apply(DEPLOYMENT.to_string()).await;
+    assert!(out.0 && out.1.contains("deployment.apps/web unchanged"), "{out:?}");
+    let out = apply(DEPLOYMENT.replace("nginx:1.27", "nginx:1.28")).await;
+    assert!(out.0 && out.1.contains("deployment.apps/web configured"), "{out:?}");
+    let image =
+        server.kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]).await;
+    assert_eq!(image, "nginx:1.28");
+
+    let rows = header_and_rows(&server.kubectl(&["get", "deployments"]).await);
+    assert_eq!(rows[0], ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert_eq!(rows[1][..4], ["web", "0/2", "0", "0"]);
+
+    let scaled = server.kubectl(&["scale", "deployment", "web", "--replicas=3"]).await;
+    assert!(scaled.contains("deployment.apps/web scaled"), "{scaled}");
+    let replicas = server.kubectl(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]).await;
+    assert_eq!(replicas, "3");
+
+    let typo = DEPLOYMENT.replace("  replicas: 2", "  replicas: 2\n  replicaz: 3");
+    let (ok, _, stderr) = apply(typo).await;
+    assert!(!ok);
+    assert!(stderr.contains("unknown field \"spec.replicaz\""), "{stderr}");
+
+    let deleted = server.kubectl(&["delete", "deployment", "web"]).await;
+    assert!(deleted.contains("deployment.apps \"web\" deleted"), "{deleted}");
+    let (ok, _, stderr) = server.kubectl_with(&server.kubeconfig(), &["get", "deployment", "web"], None).await;
+    assert!(!ok && stderr.contains("NotFound"), "{stderr}");
+}
+
+#[tokio::test]
+async fn server_side_apply_creates_then_updates_and_tables_show_services_and_namespaces() {
+    let server = Server::start_registry().await;
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n";
+    let args = ["apply", "--server-side", "-f", "-"];
+    let out = server.kubectl_with(&server.kubeconfig(), &args, Some(svc)).await;
+    assert!(out.0 && out.1.contains("service/web serverside-applied"), "{out:?}");
+    let relabelled = svc.replace("  name: web\n", "  name: web\n  labels:\n    tier: front\n");
+    let out = server.kubectl_with(&server.kubeconfig(), &args, Some(&relabelled)).await;
+    assert!(out.0 && out.1.contains("service/web serverside-applied"), "{out:?}");
+    let tier = server.kubectl(&["get", "svc", "web", "-o", "jsonpath={.metadata.labels.tier}"]).await;
+    assert_eq!(tier, "front");
+
+    let rows = header_and_rows(&server.kubectl(&["get", "services", "-o", "wide"]).await);
+    assert_eq!(rows[0], ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE", "SELECTOR"]);
+    let kubernetes = rows.iter().find(|r| r[0] == "kubernetes").unwrap();
+    assert_eq!(kubernetes[1..5], ["ClusterIP", "10.43.0.1", "<none>", "443/TCP"]);
+    let web = rows.iter().find(|r| r[0] == "web").unwrap();
+    assert_eq!((web[4].as_str(), web[6].as_str()), ("80/TCP", "app=web"));
+    assert!(web[2].starts_with("10.43."), "{web:?}");
+
+    let rows = header_and_rows(&server.kubectl(&["get", "namespaces"]).await);
+    assert_eq!(rows[0], ["NAME", "STATUS", "AGE"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(rows.iter().any(|r| r[..2] == [ns, "Active"]), "{ns} in {rows:?}");
+    }
+}
+
+#[tokio::test]
+async fn kubectl_run_then_get_describe_and_delete_a_pending_pod() {
+    let server = Server::start_registry().await;
+    let out = server.kubectl(&["run", "web", "--image=nginx", "--labels=app=web"]).await;
+    assert!(out.contains("pod/web created"), "{out}");
+    let rows = header_and_rows(&server.kubectl(&["get", "pods"]).await);
+    assert_eq!(rows[1][..4], ["web", "0/1", "Pending", "0"]);
+    let described = server.kubectl(&["describe", "pod", "web"]).await;
+    assert!(described.contains("Name:") && described.contains("web") && described.contains("nginx"), "{described}");
+    let deleted = server.kubectl(&["delete", "pod", "web", "--wait=false"]).await;
+    assert!(deleted.contains("pod \"web\" deleted"), "{deleted}");
+}
+
+#[tokio::test]
+async fn kubectl_get_watch_prints_rows_as_objects_change() {
+    use tokio::io::AsyncBufReadExt;
+    let server = Server::start_registry().await;
+    let mut child = tokio::process::Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["get", "configmaps", "-w"])
+        .env("HOME", server.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let cms = ResourceKind::by_plural("", "v1", "configmaps").unwrap();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    for name in ["first", "second"] {
+        // Created after kubectl is already watching (it printed the header or a row before).
+        if name == "second" {
+            server
+                .api
+                .create(cms, Some("default"), json!({"metadata": {"name": name}, "data": {"k": "v"}}))
+                .await
+                .unwrap();
+        } else {
+            server.api.create(cms, Some("default"), json!({"metadata": {"name": name}})).await.unwrap();
+        }
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line())
+                .await
+                .expect("kubectl printed in time")
+                .unwrap()
+                .unwrap();
+            seen.push(line.clone());
+            if line.starts_with(name) {
+                break;
+            }
+        }
+    }
+    let rows = header_and_rows(&seen.join("\n"));
+    assert_eq!(rows[0], ["NAME", "DATA", "AGE"], "{seen:?}");
+    assert!(rows.iter().any(|r| r[..2] == ["second", "1"]), "{seen:?}");
+    child.kill().await.unwrap();
 }

@@ -9,8 +9,6 @@ use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use skiff_api::{ApiError, ResourceKind};
 
-pub(crate) use printers::format_label_selector;
-
 /// What each row's `object` carries (`includeObject`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Include {

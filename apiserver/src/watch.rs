@@ -117,7 +117,9 @@ impl Hub {
             return Err(ApiError::gone(format!("too old resource version: {rv} ({})", ring.floor)));
         }
         let replay = ring.events.iter().filter(|e| e.rv > rv).cloned().collect();
-        Ok(Start::Resume { replay, last: ring.last, rx: self.sender.subscribe() })
+        // A list may have read a commit the writer has not published yet: its changes are
+        // already in the client's hands, so the watch skips up to `rv` either way.
+        Ok(Start::Resume { replay, last: ring.last.max(rv), rx: self.sender.subscribe() })
     }
 }
 

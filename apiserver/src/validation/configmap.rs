@@ -28,6 +28,23 @@ pub fn validate(cm: &Value) -> Vec<Cause> {
     causes
 }
 
+/// An object marked `immutable: true` keeps its data (and stays immutable).
+pub fn validate_immutable(object: &Value, old: &Value, fields: &[&str]) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    if old["immutable"] != true {
+        return causes;
+    }
+    if object["immutable"] != true {
+        causes.push(Cause::forbidden("immutable", "field is immutable when `immutable` is set"));
+    }
+    for field in fields {
+        if object[*field] != old[*field] {
+            causes.push(Cause::forbidden(*field, "field is immutable when `immutable` is set"));
+        }
+    }
+    causes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,18 @@ pub fn validate_update(res: &ResourceKind, object: &Value, old: &Value) -> Vec<C
     let mut causes = metadata::validate_update(object, old);
     causes.extend(match (res.group, res.kind) {
         ("", "Pod") => pod::validate_update(object, old),
+        ("", "ConfigMap") => configmap::validate_immutable(object, old, &["data", "binaryData"]),
+        ("", "Secret") => {
+            let mut causes = configmap::validate_immutable(object, old, &["data"]);
+            if object["type"] != old["type"] {
+                causes.push(Cause::invalid(
+                    "type",
+                    quoted(object["type"].as_str().unwrap_or_default()),
+                    "field is immutable",
+                ));
+            }
+            causes
+        }
         ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") => {
             workloads::validate_apps_update(object, old)
         }

@@ -118,7 +118,11 @@ pub fn validate_job(job: &Value) -> Vec<Cause> {
 }
 
 pub fn validate_job_update(job: &Value, old: &Value) -> Vec<Cause> {
-    immutable_selector(job, old)
+    let mut causes = immutable_selector(job, old);
+    if job["spec"]["template"] != old["spec"]["template"] {
+        causes.push(Cause::invalid("spec.template", "core.PodTemplateSpec{...}", "field is immutable"));
+    }
+    causes
 }
 
 pub fn validate_cron_job(cj: &Value) -> Vec<Cause> {

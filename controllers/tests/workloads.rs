@@ -1,0 +1,256 @@
+//! The controllers against the real API server core on a temp redb, with a stand-in for the
+//! kubelet that reports pods Running and Ready (or Succeeded/Failed, by a label), so rollouts,
+//! healing, Jobs and garbage collection are checked without containers. The same flows run
+//! end to end with real containers and kubectl in the root crate's tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+use skiff_api::{Api, ApiClient, DeleteOptions, Informer, InformerEvent, ListOptions, PatchKind};
+use tokio_util::sync::CancellationToken;
+
+struct Cluster {
+    client: Arc<dyn ApiClient>,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// What the stand-in kubelet reports for a pod, from its `test/outcome` label.
+fn reported_status(pod: &Pod) -> serde_json::Value {
+    let now = jiff::Timestamp::now().to_string();
+    match pod.metadata.labels.as_ref().and_then(|l| l.get("test/outcome")).map(String::as_str) {
+        Some("succeed") => json!({"phase": "Succeeded", "conditions": [{"type": "Ready", "status": "False"}]}),
+        Some("fail") => json!({"phase": "Failed", "conditions": [{"type": "Ready", "status": "False"}]}),
+        _ => json!({"phase": "Running", "podIP": "10.242.0.9", "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": now}]}),
+    }
+}
+
+async fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = skiff_apiserver::Registry::open(&dir.path().join("state.redb")).unwrap();
+    registry.bootstrap("10.243.0.1").await.unwrap();
+    let client: Arc<dyn ApiClient> = registry;
+    let stop = CancellationToken::new();
+    tokio::spawn(skiff_controllers::run_all(client.clone(), stop.clone()));
+    let kubelet = client.clone();
+    let kubelet_stop = stop.clone();
+    tokio::spawn(async move {
+        let (_store, mut events, _h) = Informer::<Pod>::new(kubelet.clone(), None, ListOptions::default()).spawn();
+        loop {
+            tokio::select! {
+                _ = kubelet_stop.cancelled() => return,
+                Some(event) = events.recv() => if let InformerEvent::Applied(pod) = event {
+                    if pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p != "Pending") {
+                        continue;
+                    }
+                    let api: Api<Pod> = Api::namespaced(kubelet.clone(), pod.metadata.namespace.as_deref().unwrap());
+                    let _ = api.patch_status(pod.metadata.name.as_deref().unwrap(), PatchKind::Merge, json!({"status": reported_status(&pod)})).await;
+                },
+            }
+        }
+    });
+    Cluster { client, _dir: dir, stop }
+}
+
+/// Polls `check` until it returns `Some` or 30 s pass.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..600 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn deployment(replicas: i32, image: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                         "spec": {"containers": [{"name": "app", "image": image}]}}}
+    }))
+    .unwrap()
+}
+
+async fn live_ready_pods(client: &Arc<dyn ApiClient>) -> i64 {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let (items, _) = pods.list(&ListOptions::labels("app=web")).await.unwrap();
+    items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .count() as i64
+}
+
+async fn rolled_out(deployments: &Api<Deployment>, replicas: i32, image: &str) -> Option<Deployment> {
+    let d = deployments.get("web").await.ok()?;
+    let s = d.status.clone()?;
+    let image_now = d.spec.as_ref()?.template.spec.as_ref()?.containers[0].image.clone();
+    let done = s.observed_generation == d.metadata.generation
+        && s.updated_replicas == Some(replicas)
+        && s.replicas == Some(replicas)
+        && s.available_replicas == Some(replicas)
+        && image_now.as_deref() == Some(image)
+        && s.conditions.iter().flatten().any(|c| c.reason.as_deref() == Some("NewReplicaSetAvailable"));
+    done.then_some(d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_with_max_unavailable_zero_keeps_every_replica_ready_and_rolls_back() {
+    let c = cluster().await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    let replicasets: Api<ReplicaSet> = Api::namespaced(c.client.clone(), "default");
+    deployments.create(&deployment(3, "busybox:1")).await.unwrap();
+    eventually("first rollout", || rolled_out(&deployments, 3, "busybox:1")).await;
+
+    // Watch readiness through the whole update: it must never drop below 3.
+    let lowest = Arc::new(AtomicI64::new(i64::MAX));
+    let watching = CancellationToken::new();
+    let monitor = {
+        let (client, lowest, watching) = (c.client.clone(), lowest.clone(), watching.clone());
+        tokio::spawn(async move {
+            while !watching.is_cancelled() {
+                lowest.fetch_min(live_ready_pods(&client).await, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let image = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "busybox:2"}]}}}});
+    deployments.patch("web", PatchKind::StrategicMerge, image).await.unwrap();
+    let d = eventually("second rollout", || rolled_out(&deployments, 3, "busybox:2")).await;
+    watching.cancel();
+    monitor.await.unwrap();
+    assert!(lowest.load(Ordering::SeqCst) >= 3, "ready pods dropped to {}", lowest.load(Ordering::SeqCst));
+    assert_eq!(d.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"], "2");
+
+    let (sets, _) = replicasets.list(&ListOptions::labels("app=web")).await.unwrap();
+    let mut revisions: Vec<(String, i32)> = sets
+        .iter()
+        .map(|rs| {
+            (
+                rs.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"].clone(),
+                rs.spec.as_ref().unwrap().replicas.unwrap(),
+            )
+        })
+        .collect();
+    revisions.sort();
+    assert_eq!(revisions, vec![("1".to_string(), 0), ("2".to_string(), 3)]);
+
+    // Rollback as `kubectl rollout undo` does it: the old template comes back, and its
+    // ReplicaSet becomes revision 3.
+    let back = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "busybox:1"}]}}}});
+    deployments.patch("web", PatchKind::StrategicMerge, back).await.unwrap();
+    eventually("rollback", || rolled_out(&deployments, 3, "busybox:1")).await;
+    let (sets, _) = replicasets.list(&ListOptions::labels("app=web")).await.unwrap();
+    assert_eq!(sets.len(), 2, "the old ReplicaSet is reused, not copied");
+    let reused = sets.iter().find(|rs| rs.spec.as_ref().unwrap().replicas == Some(3)).unwrap();
+    assert_eq!(reused.metadata.annotations.as_ref().unwrap()["deployment.kubernetes.io/revision"], "3");
+
+    deployments.patch("web", PatchKind::Merge, json!({"spec": {"replicas": 5}})).await.unwrap();
+    eventually("scale to 5", || rolled_out(&deployments, 5, "busybox:1")).await;
+
+    // Deleting the Deployment removes its ReplicaSets and their pods.
+    deployments.delete("web", &DeleteOptions::default()).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    eventually("cascading delete", || async {
+        let (sets, _) = replicasets.list(&ListOptions::default()).await.unwrap();
+        let (left, _) = pods.list(&ListOptions::labels("app=web")).await.unwrap();
+        (sets.is_empty() && left.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pod_of_a_replicaset_is_replaced() {
+    let c = cluster().await;
+    let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), "default");
+    deployments.create(&deployment(2, "busybox:1")).await.unwrap();
+    eventually("rollout", || rolled_out(&deployments, 2, "busybox:1")).await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let (before, _) = pods.list(&ListOptions::labels("app=web")).await.unwrap();
+    let victim = before[0].metadata.name.clone().unwrap();
+    pods.delete(&victim, &DeleteOptions::default()).await.unwrap();
+    eventually("a replacement", || async {
+        let (now, _) = pods.list(&ListOptions::labels("app=web")).await.unwrap();
+        let names: Vec<_> = now.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        (names.len() == 2 && !names.contains(&victim) && live_ready_pods(&c.client).await == 2).then_some(())
+    })
+    .await;
+}
+
+fn job(name: &str, outcome: &str, completions: i32, parallelism: i32, backoff_limit: i32) -> Job {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"completions": completions, "parallelism": parallelism, "backoffLimit": backoff_limit,
+                 "template": {"metadata": {"labels": {"test/outcome": outcome}},
+                              "spec": {"restartPolicy": "Never", "containers": [{"name": "work", "image": "busybox:1"}]}}}
+    }))
+    .unwrap()
+}
+
+fn condition(job: &Job, type_: &str) -> Option<String> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .and_then(|c| c.reason.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_three_completions_at_parallelism_two_completes() {
+    let c = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
+    jobs.create(&job("work", "succeed", 3, 2, 6)).await.unwrap();
+    let done = eventually("job complete", || async {
+        jobs.get("work").await.ok().filter(|j| condition(j, "Complete").is_some())
+    })
+    .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.succeeded, Some(3));
+    assert!(status.completion_time.is_some());
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let (made, _) = pods.list(&ListOptions::labels("batch.kubernetes.io/job-name=work")).await.unwrap();
+    assert_eq!(made.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_ends_with_backoff_limit_exceeded() {
+    let c = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
+    jobs.create(&job("broken", "fail", 1, 1, 0)).await.unwrap();
+    let failed = eventually("job failed", || async {
+        jobs.get("broken").await.ok().filter(|j| condition(j, "Failed").is_some())
+    })
+    .await;
+    assert_eq!(condition(&failed, "Failed").as_deref(), Some("BackoffLimitExceeded"));
+    assert_eq!(failed.status.unwrap().failed, Some(1));
+}

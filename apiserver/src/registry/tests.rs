@@ -529,3 +529,69 @@ async fn events_expire_an_hour_after_their_last_change() {
     assert_eq!(out.object["expired"], 1);
     assert!(f.reg.get(events, Some("default"), "web.1").await.unwrap_err().is_not_found());
 }
+
+/// The writer half of `a_killed_server_keeps_every_acknowledged_write`: run as a child process
+/// of the test binary, it writes until it is killed, printing each acknowledged name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_child_writes_until_killed() {
+    use std::io::Write;
+    let Ok(path) = std::env::var("SKIFF_CRASH_CHILD_DB") else { return };
+    let reg = Registry::open(std::path::Path::new(&path)).unwrap();
+    reg.bootstrap("10.43.0.1").await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for writer in 0..4 {
+        let (reg, tx) = (reg.clone(), tx.clone());
+        tokio::spawn(async move {
+            for i in 0..100_000 {
+                let name = format!("cm-{writer}-{i}");
+                let cm = json!({"metadata": {"name": name}, "data": {"payload": "x".repeat(200)}});
+                reg.create(core("configmaps"), Some("default"), cm).await.unwrap();
+                tx.send(name).unwrap();
+            }
+        });
+    }
+    drop(tx);
+    let mut out = std::io::stdout().lock();
+    while let Some(name) = rx.recv().await {
+        writeln!(out, "acked {name}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_server_keeps_every_acknowledged_write() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "registry::tests::crash_child_writes_until_killed", "--nocapture", "--test-threads=1"])
+        .env("SKIFF_CRASH_CHILD_DB", &path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked = Vec::new();
+    while acked.len() < 400 {
+        let line = lines.next().expect("the child writes").unwrap();
+        if let Some(name) = line.strip_prefix("acked ") {
+            acked.push(name.to_string());
+        }
+    }
+    // SIGKILL mid-stream: commits in flight are lost, acknowledged ones must not be.
+    child.kill().unwrap();
+    for line in lines.map_while(Result::ok) {
+        if let Some(name) = line.strip_prefix("acked ") {
+            acked.push(name.to_string());
+        }
+    }
+    child.wait().unwrap();
+    let reg = Registry::open(&path).unwrap();
+    for name in &acked {
+        reg.get(core("configmaps"), Some("default"), name)
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged {name} was lost: {e}"));
+    }
+    // The store still takes writes after the crash.
+    reg.create(core("configmaps"), Some("default"), json!({"metadata": {"name": "after-crash"}})).await.unwrap();
+}

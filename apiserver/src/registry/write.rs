@@ -38,6 +38,8 @@ pub fn prepare_create(res: &ResourceKind, namespace: Option<&str>, mut body: Val
     }
     let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
     if !has_name && let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+        // Kubernetes keeps generated names within 63 characters: at most 58 of the prefix.
+        let prefix: String = prefix.chars().take(58).collect();
         let generated = format!("{prefix}{}", name_suffix());
         meta.insert("name".into(), json!(generated));
     }

@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -58,6 +58,8 @@ impl GarbageCollector {
         let (jobs, job_events, _j) = Informer::<Job>::new(client.clone(), None, all()).spawn();
         let (_deployments, d_events, _d) = Informer::<Deployment>::new(client.clone(), None, all()).spawn();
         let (_cronjobs, cj_events, _c) = Informer::<CronJob>::new(client.clone(), None, all()).spawn();
+        let (_daemonsets, ds_events, _ds) = Informer::<DaemonSet>::new(client.clone(), None, all()).spawn();
+        let (_statefulsets, sts_events, _sts) = Informer::<StatefulSet>::new(client.clone(), None, all()).spawn();
         let this = Arc::new(Self { client, pods, replicasets, jobs });
         let queue = WorkQueue::<Dependent>::new();
         let tasks = [
@@ -66,6 +68,8 @@ impl GarbageCollector {
             tokio::spawn(Self::forward(this.clone(), queue.clone(), job_events)),
             tokio::spawn(Self::forward(this.clone(), queue.clone(), d_events)),
             tokio::spawn(Self::forward(this.clone(), queue.clone(), cj_events)),
+            tokio::spawn(Self::forward(this.clone(), queue.clone(), ds_events)),
+            tokio::spawn(Self::forward(this.clone(), queue.clone(), sts_events)),
         ];
         controller::run(this, queue, 1, shutdown).await;
         for task in tasks {

@@ -4,6 +4,8 @@
 //!
 //! - [`replicaset`]: keeps `replicas` pods of a template;
 //! - [`deployment`]: rolls templates out through ReplicaSets, with history and rollback;
+//! - [`daemonset`]: one pod per eligible node;
+//! - [`statefulset`]: ordered pods with stable names and storage;
 //! - [`job`]: runs pods to completion, with back-off, deadlines and TTL after finishing;
 //! - [`cronjob`]: creates Jobs on a schedule;
 //! - [`namespace`]: empties and finalizes terminating namespaces, keeps `default` ServiceAccounts;
@@ -12,6 +14,7 @@
 
 pub mod controller;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 mod expectations;
@@ -20,6 +23,7 @@ pub mod job;
 pub mod namespace;
 mod pods;
 pub mod replicaset;
+pub mod statefulset;
 
 use std::sync::Arc;
 
@@ -33,6 +37,8 @@ pub async fn run_all(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
         deployment::DeploymentController::run(client.clone(), shutdown.clone()),
         job::JobController::run(client.clone(), shutdown.clone()),
         cronjob::CronJobController::run(client.clone(), shutdown.clone()),
+        daemonset::DaemonSetController::run(client.clone(), shutdown.clone()),
+        statefulset::StatefulSetController::run(client.clone(), shutdown.clone()),
         namespace::NamespaceController::run(client.clone(), shutdown.clone()),
         endpoints::EndpointsController::run(client.clone(), shutdown.clone()),
         gc::GarbageCollector::run(client, shutdown),

@@ -254,3 +254,82 @@ async fn a_failing_job_ends_with_backoff_limit_exceeded() {
     assert_eq!(condition(&failed, "Failed").as_deref(), Some("BackoffLimitExceeded"));
     assert_eq!(failed.status.unwrap().failed, Some(1));
 }
+
+async fn add_ready_node(client: &Arc<dyn ApiClient>, name: &str) {
+    use k8s_openapi::api::core::v1::Node;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}))
+            .unwrap();
+    nodes.create(&node).await.unwrap();
+    let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}});
+    nodes.patch_status(name, PatchKind::Merge, status).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemonset_runs_one_pod_per_node() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let c = cluster().await;
+    add_ready_node(&c.client, "node-a").await;
+    let sets: Api<DaemonSet> = Api::namespaced(c.client.clone(), "default");
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agent", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                 "template": {"metadata": {"labels": {"app": "agent"}},
+                              "spec": {"containers": [{"name": "a", "image": "busybox:1"}]}}}}))
+    .unwrap();
+    sets.create(&ds).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    eventually("one pod on the node, reported ready", || async {
+        let ds = sets.get("agent").await.ok()?;
+        let s = ds.status?;
+        (s.desired_number_scheduled == 1 && s.number_ready == 1).then_some(())
+    })
+    .await;
+    let (made, _) = pods.list(&ListOptions::labels("app=agent")).await.unwrap();
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].spec.as_ref().unwrap().node_name.as_deref(), Some("node-a"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_creates_ordered_pods_with_stable_claims_and_scales_down_from_the_top() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let c = cluster().await;
+    let sets: Api<StatefulSet> = Api::namespaced(c.client.clone(), "default");
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}},
+                              "spec": {"containers": [{"name": "db", "image": "busybox:1"}]}},
+                 "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}))
+    .unwrap();
+    sets.create(&sts).await.unwrap();
+    eventually("three ready replicas", || async {
+        let s = sets.get("db").await.ok()?.status?;
+        (s.ready_replicas == Some(3)).then_some(())
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let (made, _) = pods.list(&ListOptions::labels("app=db")).await.unwrap();
+    let mut names: Vec<_> = made.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1", "db-2"]);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.client.clone(), "default");
+    let (pvcs, _) = claims.list(&ListOptions::default()).await.unwrap();
+    let mut claim_names: Vec<_> = pvcs.iter().filter_map(|p| p.metadata.name.clone()).collect();
+    claim_names.sort();
+    assert_eq!(claim_names, ["data-db-0", "data-db-1", "data-db-2"]);
+
+    sets.patch("db", PatchKind::Merge, json!({"spec": {"replicas": 1}})).await.unwrap();
+    eventually("scaled down to db-0", || async {
+        let (left, _) = pods.list(&ListOptions::labels("app=db")).await.unwrap();
+        let names: Vec<_> = left.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        (names == ["db-0"]).then_some(())
+    })
+    .await;
+    // Stable storage outlives the pods.
+    let (pvcs, _) = claims.list(&ListOptions::default()).await.unwrap();
+    assert_eq!(pvcs.len(), 3);
+}

@@ -23,6 +23,7 @@ use crate::controller::{self, Action, Reconciler};
 use crate::pods::{controller_of, is_active};
 pub use history::{CHANGE_CAUSE, REVISION, TEMPLATE_HASH, template_hash};
 use history::{DESIRED_REPLICAS, MAX_REPLICAS, revision, same_template};
+pub use rollout::scaled_value;
 use rollout::{desired, new_rs_replicas, old_rs_scale_down, spec_replicas, surge_and_unavailable};
 
 pub struct DeploymentController {

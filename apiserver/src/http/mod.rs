@@ -14,6 +14,7 @@
 mod discovery;
 mod logs;
 mod openapi;
+mod protobuf;
 mod query;
 mod reply;
 mod resource;

@@ -14,6 +14,7 @@ use skiff_api::{ApiError, DeleteOptions, ListOptions, PatchKind, ResourceKind, W
 
 use super::State;
 use super::logs;
+use super::protobuf;
 use super::query::Query;
 use super::reply::{self, Body};
 use super::route::Target;
@@ -94,14 +95,14 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target
         (&Method::PATCH, Some(name), sub) => patch(state, req, res, ns, name, sub, &query).await,
         (&Method::DELETE, Some(name), None) => {
             let headers = req.headers().clone();
-            let (_, body) = read_body(req).await?;
-            let opts = delete_options(&query, &body)?;
+            let (content_type, body) = read_body(req).await?;
+            let opts = delete_options(&query, &content_type, &body)?;
             let deleted = state.api.delete(res, ns, name, &opts).await?;
             object_reply(StatusCode::OK, res, deleted, &headers, &query)
         }
         (&Method::DELETE, None, None) => {
-            let (_, body) = read_body(req).await?;
-            let opts = delete_options(&query, &body)?;
+            let (content_type, body) = read_body(req).await?;
+            let opts = delete_options(&query, &content_type, &body)?;
             let listed = state.api.list(res, ns, &query.list_options()?).await?;
             let mut deleted = Vec::new();
             for item in listed.items {
@@ -270,6 +271,7 @@ fn decode_value(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
             let text = std::str::from_utf8(body).map_err(decode_error)?;
             serde_saphyr::from_str(text).map_err(decode_error)
         }
+        "application/vnd.kubernetes.protobuf" => protobuf::decode_object(body),
         other => Err(ApiError::unsupported_media_type(other)),
     }
 }
@@ -426,10 +428,10 @@ async fn patch(
 }
 
 /// DeleteOptions from the body (kubectl sends `{"propagationPolicy":"Background"}`) and the query.
-fn delete_options(query: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+fn delete_options(query: &Query, content_type: &str, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     let mut opts = DeleteOptions::default();
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let v: Value = serde_json::from_slice(body).map_err(decode_error)?;
+        let v = decode_value(content_type, body)?;
         opts.grace_period_seconds = v["gracePeriodSeconds"].as_i64();
         opts.propagation_policy = v["propagationPolicy"].as_str().map(String::from);
         if opts.propagation_policy.is_none() {
@@ -482,11 +484,11 @@ mod tests {
     }
 
     #[test]
-    fn bodies_decode_from_json_or_yaml_and_protobuf_is_unsupported() {
+    fn bodies_decode_from_json_or_yaml_and_other_media_types_are_unsupported() {
         let json = decode_object("application/json", br#"{"metadata":{"name":"a"}}"#).unwrap();
         let yaml = decode_object("application/yaml", b"metadata:\n  name: a\n").unwrap();
         assert_eq!(json, yaml);
-        let err = decode_object("application/vnd.kubernetes.protobuf", b"k8s\0").unwrap_err();
+        let err = decode_object("application/x-protobuf", b"k8s\0").unwrap_err();
         assert_eq!(err.code, 415);
         assert_eq!(decode_object("application/json", b"[1]").unwrap_err().code, 400);
         assert_eq!(decode_object("application/json", b"{").unwrap_err().code, 400);
@@ -496,14 +498,15 @@ mod tests {
     fn delete_options_come_from_body_and_query() {
         let opts = delete_options(
             &Query::parse(Some("gracePeriodSeconds=0")),
+            "application/json",
             br#"{"propagationPolicy":"Foreground","preconditions":{"uid":"u1"}}"#,
         )
         .unwrap();
         assert_eq!(opts.propagation_policy.as_deref(), Some("Foreground"));
         assert_eq!(opts.grace_period_seconds, Some(0));
         assert_eq!(opts.precondition_uid.as_deref(), Some("u1"));
-        assert_eq!(delete_options(&Query::default(), b"").unwrap(), DeleteOptions::default());
-        assert_eq!(delete_options(&Query::parse(Some("propagationPolicy=Sideways")), b"").unwrap_err().code, 400);
+        assert_eq!(delete_options(&Query::default(), "", b"").unwrap(), DeleteOptions::default());
+        assert_eq!(delete_options(&Query::parse(Some("propagationPolicy=Sideways")), "", b"").unwrap_err().code, 400);
     }
 
     #[test]

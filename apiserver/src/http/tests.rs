@@ -597,3 +597,38 @@ async fn kubectl_get_watch_prints_rows_as_objects_change() {
     assert!(rows.iter().any(|r| r[..2] == ["second", "1"]), "{seen:?}");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn kubectl_create_secret_and_configmap_send_protobuf_that_the_server_decodes() {
+    let server = Server::start_registry().await;
+    let out = server.kubectl(&["create", "secret", "generic", "s", "--from-literal=a=b"]).await;
+    assert!(out.contains("secret/s created"), "{out}");
+    let out = server.kubectl(&["create", "configmap", "c", "--from-literal=k=v", "--from-literal=x="]).await;
+    assert!(out.contains("configmap/c created"), "{out}");
+    let out = server
+        .kubectl(&[
+            "create",
+            "secret",
+            "docker-registry",
+            "reg",
+            "--docker-server=r.example",
+            "--docker-username=u",
+            "--docker-password=p",
+        ])
+        .await;
+    assert!(out.contains("secret/reg created"), "{out}");
+
+    assert_eq!(server.kubectl(&["get", "secret", "s", "-o", "jsonpath={.data.a}"]).await, "Yg==");
+    let data: Value =
+        serde_json::from_str(&server.kubectl(&["get", "configmap", "c", "-o", "jsonpath={.data}"]).await).unwrap();
+    assert_eq!(data, json!({"k": "v", "x": ""}));
+    let rows = header_and_rows(&server.kubectl(&["get", "secrets"]).await);
+    assert_eq!(rows[0], ["NAME", "TYPE", "DATA", "AGE"]);
+    assert!(rows.iter().any(|r| r[..3] == ["s", "Opaque", "1"]), "{rows:?}");
+    assert!(rows.iter().any(|r| r[..3] == ["reg", "kubernetes.io/dockerconfigjson", "1"]), "{rows:?}");
+
+    let (ok, _, stderr) = server
+        .kubectl_with(&server.kubeconfig(), &["create", "secret", "generic", "s", "--from-literal=a=c"], None)
+        .await;
+    assert!(!ok && stderr.contains("already exists"), "{stderr}");
+}

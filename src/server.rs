@@ -1,0 +1,306 @@
+//! `skiff server`: host checks, then the parts of the node started in order, and a graceful stop.
+//!
+//! Start order, each step depending on the one before:
+//! 1. checks: root, the API port free, a kernel the runtime can use (`Runtime::new`);
+//! 2. the store (`<data-dir>/db/state.redb`) and its bootstrap objects;
+//! 3. TLS (`<data-dir>/tls`), the token (`<data-dir>/token`) and the admin kubeconfig;
+//! 4. the HTTPS API, the scheduler, the controllers, then the kubelet (which serves logs through the API).
+//!
+//! SIGTERM or SIGINT cancels one token that every part watches. Containers outlive the server:
+//! their shims are separate processes that a restarted server adopts.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use skiff_api::{ApiClient, PodStreams};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cidr::Cidr;
+use crate::kubeconfig;
+
+/// How long the parts get to stop after a signal before the process exits anyway.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// The server's settings, checked and with every default filled in (see `cli::server`).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub cluster_cidr: Cidr,
+    pub service_cidr: Cidr,
+    /// The first address of the service CIDR: Service `default/kubernetes`.
+    pub kubernetes_service_ip: Ipv4Addr,
+    pub cluster_dns: Ipv4Addr,
+    pub cluster_domain: String,
+    pub node_name: String,
+    pub kubeconfig_path: PathBuf,
+    pub kubeconfig_mode: u32,
+    pub disabled: Vec<String>,
+    pub cgroup_root: String,
+}
+
+impl ServerConfig {
+    /// What clients dial: a wildcard bind address is reached on loopback.
+    fn server_url(&self) -> String {
+        let ip = match self.listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("https://{}", SocketAddr::new(ip, self.listen.port()))
+    }
+
+    /// Names and addresses the serving certificate must cover: how kubectl reaches the node and
+    /// how pods reach Service `kubernetes`.
+    fn certificate_sans(&self) -> Vec<String> {
+        let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        if !self.listen.ip().is_unspecified() {
+            sans.push(self.listen.ip().to_string());
+        }
+        sans.push(self.node_name.clone());
+        sans.push(self.kubernetes_service_ip.to_string());
+        for name in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
+            sans.push(name.to_string());
+        }
+        sans.push(format!("kubernetes.default.svc.{}", self.cluster_domain));
+        let mut seen = std::collections::HashSet::new();
+        sans.retain(|san| seen.insert(san.clone()));
+        sans
+    }
+}
+
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    // 1. Checks, before anything is written.
+    if !nix::unistd::geteuid().is_root() {
+        bail!("skiff server must run as root");
+    }
+    let listener = bind(config.listen)?;
+    create_private_dir(&config.data_dir)?;
+    let runtime = skiff_runtime::Runtime::new(skiff_runtime::RuntimeConfig {
+        root: config.data_dir.join("runtime"),
+        shim_exe: std::env::current_exe().context("finding the skiff executable to run shims with")?,
+        cgroup_root: config.cgroup_root.clone(),
+    })
+    .map_err(|err| match err {
+        skiff_runtime::Error::HostUnsupported(why) => anyhow!("this host cannot run containers: {why}"),
+        other => anyhow!(other).context("starting the container runtime"),
+    })?;
+    let runtime = Arc::new(runtime);
+
+    // 2. The store.
+    let db_dir = config.data_dir.join("db");
+    create_private_dir(&db_dir)?;
+    let registry = skiff_apiserver::Registry::open(&db_dir.join("state.redb"))
+        .with_context(|| format!("opening the store {}", db_dir.join("state.redb").display()))?;
+    registry
+        .bootstrap(&config.kubernetes_service_ip.to_string())
+        .await
+        .context("creating the default namespaces and Service kubernetes")?;
+    let api: Arc<dyn ApiClient> = registry;
+
+    // 3. Credentials.
+    let tls = skiff_apiserver::http::load_or_create_tls(&config.data_dir.join("tls"), &config.certificate_sans())
+        .context("preparing TLS")?;
+    let token = kubeconfig::load_or_create_token(&config.data_dir.join("token"))?;
+    let kubeconfig_text = kubeconfig::render(&config.server_url(), &tls.ca_pem, &token);
+    kubeconfig::write_atomically(&config.kubeconfig_path, kubeconfig_text.as_bytes(), config.kubeconfig_mode)?;
+    info!(path = %config.kubeconfig_path.display(), "wrote kubeconfig");
+
+    // 4. The long-running parts.
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone())?;
+    let streams: Arc<OnceLock<Arc<dyn PodStreams>>> = Arc::new(OnceLock::new());
+    let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+
+    let serve = skiff_apiserver::http::serve(
+        listener,
+        tls.server_config,
+        token,
+        api.clone(),
+        streams.clone(),
+        shutdown.clone(),
+    );
+    parts.spawn(async move { ("api server", serve.await.map_err(anyhow::Error::from)) });
+    info!(url = %config.server_url(), "serving the Kubernetes API");
+
+    let scheduler = skiff_scheduler::run(api.clone(), shutdown.clone());
+    parts.spawn(async move {
+        scheduler.await;
+        ("scheduler", Ok(()))
+    });
+
+    let controllers = skiff_controllers::run_all(api.clone(), shutdown.clone());
+    parts.spawn(async move {
+        controllers.await;
+        ("controllers", Ok(()))
+    });
+
+    let controllers = skiff_controllers::run_all(api.clone(), shutdown.clone());
+    parts.spawn(async move {
+        controllers.await;
+        ("controllers", Ok(()))
+    });
+
+    let kubelet = skiff_kubelet::Kubelet::new(
+        skiff_kubelet::KubeletConfig { node_name: config.node_name.clone(), root: config.data_dir.join("kubelet") },
+        api.clone(),
+        runtime,
+    );
+    if streams.set(kubelet.clone()).is_err() {
+        unreachable!("the pod streams are set once, here");
+    }
+    let kubelet_run = kubelet.run(shutdown.clone());
+    parts.spawn(async move {
+        kubelet_run.await;
+        ("kubelet", Ok(()))
+    });
+    info!(
+        node = %config.node_name,
+        cluster_cidr = %config.cluster_cidr,
+        service_cidr = %config.service_cidr,
+        cluster_dns = %config.cluster_dns,
+        cluster_domain = %config.cluster_domain,
+        disabled = ?config.disabled,
+        "skiff is running"
+    );
+
+    supervise(parts, shutdown).await
+}
+
+/// Waits for the parts. One that stops or fails before shutdown stops the others, and the
+/// server exits with its error; after a signal, the parts get `STOP_GRACE` to finish.
+async fn supervise(
+    mut parts: JoinSet<(&'static str, anyhow::Result<()>)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut failure: Option<anyhow::Error> = None;
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::pin!(deadline);
+    loop {
+        let joined = tokio::select! {
+            joined = parts.join_next() => joined,
+            () = &mut deadline => {
+                warn!(left = parts.len(), "parts still running {}s after the stop signal: exiting", STOP_GRACE.as_secs());
+                parts.abort_all();
+                break;
+            }
+        };
+        let Some(joined) = joined else { break };
+        let err = match joined {
+            Ok((_, Ok(()))) if shutdown.is_cancelled() => continue,
+            Ok((name, Ok(()))) => anyhow!("{name} stopped on its own"),
+            Ok((name, Err(err))) => err.context(format!("{name} failed")),
+            Err(join_error) => anyhow!("a part of the server panicked: {join_error}"),
+        };
+        error!("{err:#}: stopping");
+        failure.get_or_insert(err);
+        shutdown.cancel();
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => {
+            info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Binds the API port now, so a busy port is reported before anything is written, and no other
+/// process can take it while the rest starts.
+fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|err| match err.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow!("port {} on {} is already in use", addr.port(), addr.ip()),
+        std::io::ErrorKind::AddrNotAvailable => {
+            anyhow!("address {} is not on this machine (--bind-address)", addr.ip())
+        }
+        _ => anyhow!(err).context(format!("listening on {addr}")),
+    })?;
+    listener.set_nonblocking(true).with_context(|| format!("making the listener on {addr} non-blocking"))?;
+    tokio::net::TcpListener::from_std(listener).with_context(|| format!("registering the listener on {addr}"))
+}
+
+fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// The first SIGTERM or SIGINT stops the server gracefully; a second one exits at once.
+fn watch_signals(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        for round in 0.. {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if round == 0 {
+                info!("{name}: stopping");
+                shutdown.cancel();
+            } else {
+                warn!("{name} again: exiting without waiting");
+                std::process::exit(1);
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str) -> ServerConfig {
+        ServerConfig {
+            data_dir: "/var/lib/skiff".into(),
+            listen: listen.parse().unwrap(),
+            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+            service_cidr: "10.43.0.0/16".parse().unwrap(),
+            kubernetes_service_ip: Ipv4Addr::new(10, 43, 0, 1),
+            cluster_dns: Ipv4Addr::new(10, 43, 0, 10),
+            cluster_domain: "cluster.local".into(),
+            node_name: "node1".into(),
+            kubeconfig_path: "/var/lib/skiff/kubeconfig.yaml".into(),
+            kubeconfig_mode: 0o600,
+            disabled: vec![],
+            cgroup_root: "skiff".into(),
+        }
+    }
+
+    #[test]
+    fn a_wildcard_bind_address_is_dialled_on_loopback() {
+        assert_eq!(config("0.0.0.0:6443").server_url(), "https://127.0.0.1:6443");
+        assert_eq!(config("[::]:6443").server_url(), "https://[::1]:6443");
+        assert_eq!(config("127.0.0.2:7000").server_url(), "https://127.0.0.2:7000");
+    }
+
+    #[test]
+    fn the_certificate_covers_loopback_the_node_and_service_kubernetes() {
+        let sans = config("127.0.0.1:6443").certificate_sans();
+        for want in ["localhost", "127.0.0.1", "node1", "10.43.0.1", "kubernetes.default.svc.cluster.local"] {
+            assert!(sans.iter().any(|s| s == want), "{want} missing from {sans:?}");
+        }
+        assert_eq!(sans.iter().filter(|s| *s == "127.0.0.1").count(), 1, "no duplicates");
+    }
+
+    #[tokio::test]
+    async fn a_busy_port_is_named_in_the_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = bind(addr).unwrap_err();
+        assert_eq!(err.to_string(), format!("port {} on 127.0.0.1 is already in use", addr.port()));
+    }
+}

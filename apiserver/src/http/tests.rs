@@ -632,3 +632,41 @@ async fn kubectl_create_secret_and_configmap_send_protobuf_that_the_server_decod
         .await;
     assert!(!ok && stderr.contains("already exists"), "{stderr}");
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_watches_and_serve_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = super::load_or_create_tls(dir.path(), &[]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    write_kubeconfig(&kubeconfig, port, &tls.ca_pem, TOKEN);
+    let shutdown = CancellationToken::new();
+    let api: Arc<dyn ApiClient> = MemoryApi::new();
+    let serve = tokio::spawn(super::serve(
+        listener,
+        tls.server_config,
+        TOKEN.into(),
+        api,
+        Arc::new(OnceLock::new()),
+        shutdown.clone(),
+    ));
+    let mut watcher = tokio::process::Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "--raw", "/api/v1/namespaces/default/configmaps?watch=true"])
+        .env("HOME", dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Let the watch get established before stopping.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(watcher.try_wait().unwrap().is_none(), "the watch is still open before shutdown");
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(8), serve).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "serve returned after shutdown: {stopped:?}");
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(8), watcher.wait()).await;
+    assert!(exited.is_ok(), "kubectl's watch ended with the server");
+}

@@ -1,11 +1,10 @@
 //! Patches: JSON patch (RFC 6902) and merge patch (RFC 7386) through `json-patch`, strategic
 //! merge patch by hand ([`strategic`]), and server-side apply.
 //!
-//! Server-side apply here merges the applied configuration over the live object with the
-//! strategic-merge rules (keyed lists merge by key, atomic lists are replaced). It does not yet
-//! track field managers, so it never reports conflicts and never removes fields that an
-//! earlier apply set and this one dropped.
+//! Server-side apply ([`apply`]) merges the applied configuration with the strategic-merge
+//! rules and tracks the fields each applier owns in `metadata.managedFields`.
 
+pub mod apply;
 pub mod strategic;
 
 use serde_json::Value;
@@ -34,7 +33,14 @@ pub fn apply(res: &ResourceKind, kind: &PatchKind, old: &Value, patch: &Value) -
             json_patch::merge(&mut doc, patch);
             Ok(doc)
         }
-        PatchKind::StrategicMerge | PatchKind::Apply { .. } => {
+        PatchKind::Apply { field_manager, force } => {
+            if !patch.is_object() {
+                return Err(ApiError::bad_request("an apply configuration must be an object"));
+            }
+            let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+            apply::apply(res, old, patch, field_manager, *force, &now)
+        }
+        PatchKind::StrategicMerge => {
             if !patch.is_object() {
                 return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
             }

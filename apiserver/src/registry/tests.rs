@@ -595,3 +595,39 @@ async fn a_killed_server_keeps_every_acknowledged_write() {
     // The store still takes writes after the crash.
     reg.create(core("configmaps"), Some("default"), json!({"metadata": {"name": "after-crash"}})).await.unwrap();
 }
+
+#[tokio::test]
+async fn server_side_apply_tracks_owners_across_requests() {
+    let f = Fixture::new().await;
+    let cms = core("configmaps");
+    let apply = |manager: &str, force: bool| PatchKind::Apply { field_manager: manager.into(), force };
+    let config =
+        |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data});
+    let (created, was_created) = f
+        .reg
+        .patch_with_status(cms, Some("default"), "c", None, apply("a", false), config(json!({"x": "1", "y": "2"})))
+        .await
+        .unwrap();
+    assert!(was_created);
+    assert_eq!(created["metadata"]["managedFields"][0]["manager"], "a");
+    assert_eq!(created["metadata"]["managedFields"][0]["fieldsV1"], json!({"f:data": {"f:x": {}, "f:y": {}}}));
+
+    let err =
+        f.reg.patch(cms, Some("default"), "c", None, apply("b", false), config(json!({"x": "9"}))).await.unwrap_err();
+    assert_eq!(err.code, 409);
+    assert_eq!(err.causes[0].field, ".data.x");
+    let forced =
+        f.reg.patch(cms, Some("default"), "c", None, apply("b", true), config(json!({"x": "9"}))).await.unwrap();
+    assert_eq!(forced["data"], json!({"x": "9", "y": "2"}));
+
+    // "a" drops y (it alone owns it) and x (now b's): y goes, x stays.
+    let dropped = f.reg.patch(cms, Some("default"), "c", None, apply("a", false), config(json!({}))).await.unwrap();
+    assert_eq!(dropped["data"], json!({"x": "9"}));
+
+    // A plain update keeps managedFields it leaves out.
+    let mut put = dropped.clone();
+    put["metadata"].as_object_mut().unwrap().remove("managedFields");
+    put["data"]["z"] = json!("3");
+    let put = f.reg.update(cms, Some("default"), "c", None, put).await.unwrap();
+    assert!(put["metadata"]["managedFields"].as_array().is_some_and(|m| !m.is_empty()));
+}

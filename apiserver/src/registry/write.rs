@@ -134,7 +134,8 @@ pub async fn patch(
             let old = tx.get(&key)?;
             let old = match (old, &kind, sub.as_deref()) {
                 (Some(old), _, _) => old,
-                (None, PatchKind::Apply { .. }, None) => {
+                (None, PatchKind::Apply { field_manager, .. }, None) => {
+                    let managed = patch::apply::managed_fields_for_create(res, &patch_body, field_manager, &now());
                     let mut body = patch_body;
                     let meta = meta_mut(&mut body);
                     match meta.get("name").and_then(Value::as_str) {
@@ -143,6 +144,7 @@ pub async fn patch(
                             meta.insert("name".into(), json!(key.name));
                         }
                     }
+                    meta.insert("managedFields".into(), managed);
                     let ns = res.namespaced().then_some(key.namespace.as_str());
                     let object = prepare_create(res, ns, body)?;
                     return create_in(tx, &key, object, &net);
@@ -250,6 +252,12 @@ pub fn update_in(
         };
     }
     meta.insert("resourceVersion".into(), old_meta["resourceVersion"].clone());
+    // An update that leaves managedFields out keeps them, as in Kubernetes.
+    if meta.get("managedFields").is_none_or(Value::is_null)
+        && let Some(fields) = old_meta.get("managedFields").filter(|f| !f.is_null())
+    {
+        meta.insert("managedFields".into(), fields.clone());
+    }
     meta.remove("selfLink");
     let mut object = normalize(res, object)?;
     defaulting::apply(res, &mut object);

@@ -359,12 +359,15 @@ impl Runtime {
     pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<ExitStatus> {
         check_id("container", id)?;
         let dir = self.container_dir(id);
-        if let ContainerState::Exited(status) = container::state(&dir)? {
+        let current = container::state(&dir)?;
+        if let ContainerState::Exited(status) = current {
             return Ok(status);
         }
         let rec: shim::ShimRecord =
             state::read_json(&dir.file(rootfs::SHIM_STATE))?.ok_or_else(|| Error::NoContainer(id.to_string()))?;
-        container::signal(rec.init, libc::SIGTERM);
+        // A created container has no user process yet to shut down gracefully.
+        let first = if current == ContainerState::Created { libc::SIGKILL } else { libc::SIGTERM };
+        container::signal(rec.init, first);
         match tokio::time::timeout(grace, container::wait_exit(&dir, id)).await {
             Ok(status) => status,
             Err(_) => {
@@ -461,4 +464,33 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 /// Never returns.
 pub fn shim_main(args: Vec<String>) -> ! {
     shim::main(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The kubelet drives the runtime from spawned tokio tasks, so every future must be Send.
+    #[allow(dead_code)]
+    fn runtime_futures_are_send(rt: &Runtime, spec: &ContainerSpec, sandbox: &SandboxSpec) {
+        assert_send(&rt.pull_image("busybox", None));
+        assert_send(&rt.run_sandbox(sandbox));
+        assert_send(&rt.remove_sandbox("s"));
+        assert_send(&rt.create_container("s", spec));
+        assert_send(&rt.start_container("c"));
+        assert_send(&rt.wait_container("c"));
+        assert_send(&rt.stop_container("c", Duration::ZERO));
+        assert_send(&rt.remove_container("c"));
+    }
+
+    #[test]
+    fn ids_that_could_leave_their_directory_are_refused() {
+        assert!(check_id("container", &"a".repeat(64)).is_ok());
+        assert!(check_id("sandbox", "6f1c2a7e-uid").is_ok());
+        for bad in ["", "..", "../x", "a/b", ".hidden"] {
+            assert!(check_id("container", bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -4,8 +4,8 @@
 //! as the init's parent: it copies stdout/stderr into the CRI log, waits, and records the exit
 //! status in `exit.json` so that a restarted server can read it.
 //!
-//! The init (the forked child) joins the sandbox's net/ipc/uts namespaces and the container's
-//! cgroup, unshares a mount namespace, mounts the overlay and the Spec's mounts, pivots, and then
+//! The init (the forked child) joins the sandbox's net/ipc/uts namespaces (the shim moves it
+//! into the container's cgroup meanwhile), unshares a mount namespace, mounts the overlay and the Spec's mounts, pivots, and then
 //! blocks opening `start.fifo` for writing. `start_container` opens the fifo's read end: the
 //! init records `started.json` and execs; the fifo is close-on-exec, so a reader sees end of
 //! file on success and an error message when the exec failed (runc's exec fifo).
@@ -144,9 +144,21 @@ fn run_container_shim(dir: &ContainerDir) -> Result<(), String> {
         }
         ForkResult::Parent { child } => child,
     };
+    let cgroup_procs = plan.cgroup_procs.clone();
     drop((out_w, err_w, sync_w, plan));
     let init = ProcessId::of(child.as_raw()).ok_or("the container init vanished at once")?;
     let mut sync = std::fs::File::from(sync_r);
+    // The shim moves the init into its cgroup while the init sets up its mounts: on cgroup v1
+    // each migration waits out an RCU grace period, and so does the init's unmount of the old
+    // root, so doing both at once halves the wait. The init cannot exec before this is done: it
+    // execs only after `start`, which the runtime calls only after our "ready" below.
+    for procs in &cgroup_procs {
+        if let Err(e) = std::fs::write(procs, child.as_raw().to_string()) {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            return Err(format!("moving the container init into {}: {e}", procs.display()));
+        }
+    }
 
     let mut first = [0u8; 1];
     let n = sync.read(&mut first).unwrap_or(0);
@@ -377,9 +389,6 @@ fn setup(plan: &InitPlan, out: &OwnedFd, err: &OwnedFd) -> Result<OwnedFd, Strin
     }
     for (fd, flag) in &plan.namespaces {
         setns(fd, *flag).map_err(|e| format!("joining the sandbox's {flag:?} namespace: {e}"))?;
-    }
-    for procs in &plan.cgroup_procs {
-        std::fs::write(procs, "0").map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
     }
     // ENOENT/EACCES: a host without the knob, or a lower value than ours (no CAP_SYS_RESOURCE).
     let _ = std::fs::write("/proc/self/oom_score_adj", "0");

@@ -78,7 +78,10 @@ impl Fixture {
 fn config(root: &Path, cgroup_root: &str) -> RuntimeConfig {
     RuntimeConfig {
         root: root.to_path_buf(),
-        shim_exe: PathBuf::from(env!("CARGO_BIN_EXE_skiff-runtime-shim")),
+        // SKIFF_TEST_SHIM wraps the shim (strace, perf) when investigating.
+        shim_exe: std::env::var_os("SKIFF_TEST_SHIM")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_skiff-runtime-shim"))),
         cgroup_root: cgroup_root.into(),
     }
 }
@@ -337,4 +340,35 @@ async fn pulls_authenticate_and_missing_tags_are_not_found() {
     assert!(!denied.is_image_not_found(), "{denied}");
     let by_digest = format!("{}/busybox@{}", f.registry.addr(), busybox().manifest.digest);
     assert_eq!(f.rt().pull_image(&by_digest, None).await.unwrap().id, f.image.id, "a stored digest needs no registry");
+}
+
+/// `cargo test -p skiff-runtime --features testing --test runtime -- --ignored --nocapture`:
+/// the create+start+wait+remove latency of `true`, median and p90 of 20 after a warm-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: run on demand"]
+async fn lifecycle_of_true_is_measured() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-bench", "bench").await;
+    let mut times = Vec::new();
+    for i in 0..23 {
+        let spec = f.spec(&format!("true-{i}"), &["true"]);
+        let t = std::time::Instant::now();
+        let id = f.rt().create_container("pod-bench", &spec).await.unwrap();
+        let t1 = t.elapsed();
+        f.rt().start_container(&id).await.unwrap();
+        let t2 = t.elapsed();
+        let status = f.rt().wait_container(&id).await.unwrap();
+        let t3 = t.elapsed();
+        f.rt().remove_container(&id).await.unwrap();
+        let elapsed = t.elapsed();
+        if std::env::var_os("SKIFF_BENCH_PHASES").is_some() {
+            println!("create {t1:?} start {:?} wait {:?} remove {:?}", t2 - t1, t3 - t2, elapsed - t3);
+        }
+        assert_eq!(status.code, 0);
+        if i >= 3 {
+            times.push(elapsed);
+        }
+    }
+    times.sort();
+    println!("create+start+wait+remove of true: median {:?}, p90 {:?}, min {:?}", times[10], times[18], times[0]);
 }

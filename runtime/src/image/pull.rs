@@ -113,11 +113,20 @@ pub async fn pull(store: &Arc<ImageStore>, r: &Reference, auth: Option<&Registry
         });
     }
 
-    futures::stream::iter(manifest.layers.iter().zip(&diff_ids))
-        .map(|(layer, diff_id)| fetch_layer(store, &client, &oci_ref, &reference, layer, diff_id))
-        .buffer_unordered(PARALLEL_LAYERS)
-        .try_collect::<Vec<()>>()
-        .await?;
+    // Each download owns its inputs: borrowing them from this frame makes the future non-Send
+    // (rustc cannot prove the closure general over the borrows' lifetimes).
+    let downloads: Vec<_> = manifest
+        .layers
+        .iter()
+        .cloned()
+        .zip(diff_ids.iter().cloned())
+        .map(|(layer, diff_id)| {
+            let (store, client, oci_ref, reference) =
+                (store.clone(), client.clone(), oci_ref.clone(), reference.clone());
+            async move { fetch_layer(&store, &client, &oci_ref, &reference, &layer, &diff_id).await }
+        })
+        .collect();
+    futures::stream::iter(downloads).buffer_unordered(PARALLEL_LAYERS).try_collect::<Vec<()>>().await?;
 
     let size = manifest.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>() + config_bytes.len() as u64;
     let image = Image {

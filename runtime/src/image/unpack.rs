@@ -96,12 +96,13 @@ fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<R, UnpackError> {
         let path = entry.path().map_err(UnpackError::Read)?.into_owned();
         let rel = clean(&path)?;
         let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let parent = dest.join(rel.parent().unwrap_or(Path::new("")));
         let entry_err = |source| UnpackError::Entry { path: path.clone(), source };
         if name == OPAQUE {
+            let parent = real_parent(dest, &rel)?;
             std::fs::create_dir_all(&parent).map_err(entry_err)?;
             set_xattr(&parent, "trusted.overlay.opaque", b"y").map_err(entry_err)?;
         } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            let parent = real_parent(dest, &rel)?;
             std::fs::create_dir_all(&parent).map_err(entry_err)?;
             whiteout(&parent.join(hidden)).map_err(entry_err)?;
         } else {
@@ -109,6 +110,20 @@ fn unpack_tar<R: Read>(reader: R, dest: &Path) -> Result<R, UnpackError> {
         }
     }
     Ok(archive.into_inner())
+}
+
+/// The directory a whiteout entry acts in, refusing a path through a symlink the layer itself
+/// planted (`evil -> /etc` then `evil/.wh.passwd` must not delete the host's file). `tar`
+/// guards ordinary entries the same way.
+fn real_parent(dest: &Path, rel: &Path) -> Result<PathBuf, UnpackError> {
+    let mut dir = dest.to_path_buf();
+    for c in rel.parent().unwrap_or(Path::new("")).components() {
+        dir.push(c);
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(UnpackError::Escape(rel.to_path_buf()));
+        }
+    }
+    Ok(dir)
 }
 
 /// The entry path relative to the layer root, refusing `..` that would leave it.
@@ -224,6 +239,33 @@ mod tests {
         let out = unpack_layer(&blob[..], dir.path()).unwrap();
         assert_eq!(out, Unpacked { blob_digest: sha(&blob), diff_id: sha(&tar) });
         assert_eq!(std::fs::read(dir.path().join("hello.txt")).unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn a_whiteout_through_a_planted_symlink_is_refused() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("victim"), "host file").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "evil", outside.path()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "evil/.wh.victim", &[][..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(unpack_layer(&tar[..], dir.path()), Err(UnpackError::Escape(_))));
+        assert_eq!(std::fs::read_to_string(outside.path().join("victim")).unwrap(), "host file");
     }
 
     #[test]

@@ -172,11 +172,22 @@ mod tests {
 
     #[test]
     fn kinds_without_a_printer_get_name_and_age() {
-        let leases = ResourceKind::by_plural("coordination.k8s.io", "v1", "leases").unwrap();
+        let widgets = ResourceKind {
+            group: "example.com",
+            version: "v1",
+            kind: "Widget",
+            plural: "widgets",
+            singular: "widget",
+            scope: skiff_api::Scope::Namespaced,
+            short_names: &[],
+            categories: &[],
+            verbs: &[],
+            subresources: &[],
+        };
         let request = TableRequest { api_version: "meta.k8s.io/v1", include: Include::None };
-        let lease = json!({"metadata": {"name": "n1", "creationTimestamp": "2026-01-01T00:00:00Z"}});
-        let t = table(leases, request, &[lease], json!({}), true, "2026-01-01T00:03:00Z".parse().unwrap());
-        assert_eq!(t["rows"][0]["cells"], json!(["n1", "3m"]));
+        let widget = json!({"metadata": {"name": "w1", "creationTimestamp": "2026-01-01T00:00:00Z"}});
+        let t = table(&widgets, request, &[widget], json!({}), true, "2026-01-01T00:03:00Z".parse().unwrap());
+        assert_eq!(t["rows"][0]["cells"], json!(["w1", "3m"]));
         assert!(t["rows"][0].get("object").is_none());
     }
 }

@@ -51,6 +51,15 @@ pub(crate) fn printer_for(group: &str, kind: &str) -> (&'static [Column], Printe
         ("apps", "ReplicaSet") => (REPLICASET_COLUMNS, print_replicaset),
         ("batch", "Job") => (JOB_COLUMNS, print_job),
         ("batch", "CronJob") => (CRONJOB_COLUMNS, print_cronjob),
+        ("apps", "DaemonSet") => (DAEMONSET_COLUMNS, print_daemonset),
+        ("apps", "StatefulSet") => (STATEFULSET_COLUMNS, print_statefulset),
+        ("", "Endpoints") => (ENDPOINTS_COLUMNS, print_endpoints),
+        ("", "ServiceAccount") => (SERVICEACCOUNT_COLUMNS, print_serviceaccount),
+        ("", "PersistentVolumeClaim") => (PVC_COLUMNS, print_pvc),
+        ("", "PersistentVolume") => (PV_COLUMNS, print_pv),
+        ("storage.k8s.io", "StorageClass") => (STORAGECLASS_COLUMNS, print_storageclass),
+        ("coordination.k8s.io", "Lease") => (LEASE_COLUMNS, print_lease),
+        ("discovery.k8s.io", "EndpointSlice") => (ENDPOINTSLICE_COLUMNS, print_endpointslice),
         _ => (DEFAULT_COLUMNS, print_default),
     }
 }
@@ -779,6 +788,356 @@ fn print_cronjob(cj: &Value, now: Timestamp) -> Row {
     .into()
 }
 
+// ---- More workloads, networking and storage ----
+
+const DAEMONSET_COLUMNS: &[Column] = &[
+    NAME,
+    Column("Desired", "integer", "", 0, "The total number of nodes that should be running the daemon pod."),
+    Column(
+        "Current",
+        "integer",
+        "",
+        0,
+        "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+    ),
+    Column(
+        "Ready",
+        "integer",
+        "",
+        0,
+        "numberReady is the number of nodes that should be running the daemon pod and have one or more of the daemon pod running with a Ready Condition.",
+    ),
+    Column("Up-to-date", "integer", "", 0, "The total number of nodes that are running updated daemon pod"),
+    Column(
+        "Available",
+        "integer",
+        "",
+        0,
+        "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+    ),
+    Column(
+        "Node Selector",
+        "string",
+        "",
+        0,
+        "NodeSelector is a selector which must be true for the pod to fit on a node.",
+    ),
+    AGE,
+    CONTAINERS,
+    IMAGES,
+    SELECTOR,
+];
+
+fn print_daemonset(ds: &Value, now: Timestamp) -> Row {
+    let status = &ds["status"];
+    let pod_spec = &ds["spec"]["template"]["spec"];
+    let (names, images) = containers_and_images(pod_spec);
+    vec![
+        name(ds),
+        json!(int(&status["desiredNumberScheduled"])),
+        json!(int(&status["currentNumberScheduled"])),
+        json!(int(&status["numberReady"])),
+        json!(int(&status["updatedNumberScheduled"])),
+        json!(int(&status["numberAvailable"])),
+        json!(format_labels(&pod_spec["nodeSelector"])),
+        age(ds, now),
+        names,
+        images,
+        json!(format_label_selector(&ds["spec"]["selector"])),
+    ]
+    .into()
+}
+
+const STATEFULSET_COLUMNS: &[Column] =
+    &[NAME, Column("Ready", "string", "", 0, "Number of the pod with ready state"), AGE, CONTAINERS, IMAGES];
+
+fn print_statefulset(sts: &Value, now: Timestamp) -> Row {
+    let (names, images) = containers_and_images(&sts["spec"]["template"]["spec"]);
+    let ready = format!("{}/{}", int(&sts["status"]["readyReplicas"]), replicas(&sts["spec"]));
+    vec![name(sts), json!(ready), age(sts, now), names, images].into()
+}
+
+/// The first three endpoints, then how many more (kubectl's `formatEndpoints`).
+fn first_three(list: Vec<String>, count: usize, none: &str) -> String {
+    if count == 0 {
+        return none.into();
+    }
+    let shown = list.into_iter().take(3).collect::<Vec<_>>().join(",");
+    if count > 3 { format!("{shown} + {} more...", count - 3) } else { shown }
+}
+
+const ENDPOINTS_COLUMNS: &[Column] = &[NAME, Column("Endpoints", "string", "", 0, "Endpoints of the service"), AGE];
+
+fn print_endpoints(ep: &Value, now: Timestamp) -> Row {
+    let mut list = Vec::new();
+    for subset in arr(&ep["subsets"]) {
+        let addresses = arr(&subset["addresses"]);
+        let ports = arr(&subset["ports"]);
+        if ports.is_empty() {
+            list.extend(addresses.iter().map(|a| s(&a["ip"]).to_string()));
+        } else {
+            for port in ports {
+                for a in addresses {
+                    let ip = s(&a["ip"]);
+                    let ip = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
+                    list.push(format!("{ip}:{}", int(&port["port"])));
+                }
+            }
+        }
+    }
+    let count = list.len();
+    vec![name(ep), json!(first_three(list, count, "<none>")), age(ep, now)].into()
+}
+
+const SERVICEACCOUNT_COLUMNS: &[Column] = &[
+    NAME,
+    Column(
+        "Secrets",
+        "string",
+        "",
+        0,
+        "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+    ),
+    AGE,
+];
+
+fn print_serviceaccount(sa: &Value, now: Timestamp) -> Row {
+    vec![name(sa), json!(arr(&sa["secrets"]).len()), age(sa, now)].into()
+}
+
+fn access_modes(modes: &Value) -> String {
+    let mut short: Vec<&str> = Vec::new();
+    for (mode, abbreviation) in
+        [("ReadWriteOnce", "RWO"), ("ReadOnlyMany", "ROX"), ("ReadWriteMany", "RWX"), ("ReadWriteOncePod", "RWOP")]
+    {
+        if arr(modes).iter().any(|m| m == mode) {
+            short.push(abbreviation);
+        }
+    }
+    short.join(",")
+}
+
+fn or_unset(v: &Value) -> String {
+    if s(v).is_empty() { "<unset>".into() } else { s(v).to_string() }
+}
+
+const PVC_COLUMNS: &[Column] = &[
+    NAME,
+    Column("Status", "string", "", 0, "phase represents the current phase of PersistentVolumeClaim."),
+    Column(
+        "Volume",
+        "string",
+        "",
+        0,
+        "volumeName is the binding reference to the PersistentVolume backing this claim.",
+    ),
+    Column("Capacity", "string", "", 0, "capacity represents the actual resources of the underlying volume."),
+    Column("Access Modes", "string", "", 0, "accessModes contains the desired access modes the volume should have."),
+    Column("StorageClass", "string", "", 0, "storageClassName is the name of the StorageClass required by the claim."),
+    Column(
+        "VolumeAttributesClass",
+        "string",
+        "",
+        0,
+        "volumeAttributesClassName may be used to set the VolumeAttributesClass used by this claim.",
+    ),
+    AGE,
+    Column("VolumeMode", "string", "", 1, "volumeMode defines what type of volume is required by the claim."),
+];
+
+fn print_pvc(pvc: &Value, now: Timestamp) -> Row {
+    let spec = &pvc["spec"];
+    let status = &pvc["status"];
+    let phase = if pvc["metadata"]["deletionTimestamp"].is_string() { "Terminating" } else { s(&status["phase"]) };
+    let bound = !s(&spec["volumeName"]).is_empty();
+    let capacity = if bound { s(&status["capacity"]["storage"]) } else { "" };
+    let modes = if bound { access_modes(&status["accessModes"]) } else { String::new() };
+    vec![
+        name(pvc),
+        json!(phase),
+        json!(s(&spec["volumeName"])),
+        json!(capacity),
+        json!(modes),
+        json!(s(&spec["storageClassName"])),
+        json!(or_unset(&spec["volumeAttributesClassName"])),
+        age(pvc, now),
+        json!(if s(&spec["volumeMode"]).is_empty() { "<unset>" } else { s(&spec["volumeMode"]) }),
+    ]
+    .into()
+}
+
+const PV_COLUMNS: &[Column] = &[
+    NAME,
+    Column(
+        "Capacity",
+        "string",
+        "",
+        0,
+        "capacity is the description of the persistent volume's resources and capacity.",
+    ),
+    Column("Access Modes", "string", "", 0, "accessModes contains all ways the volume can be mounted."),
+    Column(
+        "Reclaim Policy",
+        "string",
+        "",
+        0,
+        "persistentVolumeReclaimPolicy defines what happens to a persistent volume when released from its claim.",
+    ),
+    Column(
+        "Status",
+        "string",
+        "",
+        0,
+        "phase indicates if a volume is available, bound to a claim, or released by a claim.",
+    ),
+    Column(
+        "Claim",
+        "string",
+        "",
+        0,
+        "claimRef is part of a bi-directional binding between PersistentVolume and PersistentVolumeClaim.",
+    ),
+    Column(
+        "StorageClass",
+        "string",
+        "",
+        0,
+        "storageClassName is the name of StorageClass to which this persistent volume belongs.",
+    ),
+    Column(
+        "VolumeAttributesClass",
+        "string",
+        "",
+        0,
+        "Name of VolumeAttributesClass to which this persistent volume belongs.",
+    ),
+    Column(
+        "Reason",
+        "string",
+        "",
+        0,
+        "reason is a brief CamelCase string that describes any failure and is meant for machine parsing and tidy display in the CLI.",
+    ),
+    AGE,
+    Column(
+        "VolumeMode",
+        "string",
+        "",
+        1,
+        "volumeMode defines if a volume is intended to be used with a formatted filesystem or to remain in raw block state.",
+    ),
+];
+
+fn print_pv(pv: &Value, now: Timestamp) -> Row {
+    let spec = &pv["spec"];
+    let claim = &spec["claimRef"];
+    let claim =
+        if claim.is_object() { format!("{}/{}", s(&claim["namespace"]), s(&claim["name"])) } else { String::new() };
+    let phase = if pv["metadata"]["deletionTimestamp"].is_string() { "Terminating" } else { s(&pv["status"]["phase"]) };
+    vec![
+        name(pv),
+        json!(s(&spec["capacity"]["storage"])),
+        json!(access_modes(&spec["accessModes"])),
+        json!(s(&spec["persistentVolumeReclaimPolicy"])),
+        json!(phase),
+        json!(claim),
+        json!(s(&spec["storageClassName"])),
+        json!(or_unset(&spec["volumeAttributesClassName"])),
+        json!(s(&pv["status"]["reason"])),
+        age(pv, now),
+        json!(if s(&spec["volumeMode"]).is_empty() { "<unset>" } else { s(&spec["volumeMode"]) }),
+    ]
+    .into()
+}
+
+const STORAGECLASS_COLUMNS: &[Column] = &[
+    NAME,
+    Column("Provisioner", "string", "", 0, "provisioner indicates the type of the provisioner."),
+    Column(
+        "ReclaimPolicy",
+        "string",
+        "",
+        0,
+        "reclaimPolicy controls the reclaimPolicy for dynamically provisioned PersistentVolumes of this storage class.",
+    ),
+    Column(
+        "VolumeBindingMode",
+        "string",
+        "",
+        0,
+        "volumeBindingMode indicates how PersistentVolumeClaims should be provisioned and bound.",
+    ),
+    Column(
+        "AllowVolumeExpansion",
+        "string",
+        "",
+        0,
+        "allowVolumeExpansion shows whether the storage class allow volume expand.",
+    ),
+    AGE,
+];
+
+fn print_storageclass(sc: &Value, now: Timestamp) -> Row {
+    let annotations = &sc["metadata"]["annotations"];
+    let default = ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"]
+        .iter()
+        .any(|k| annotations[*k] == "true");
+    let shown = if default {
+        format!("{} (default)", s(&sc["metadata"]["name"]))
+    } else {
+        s(&sc["metadata"]["name"]).to_string()
+    };
+    let or = |v: &Value, d: &'static str| if s(v).is_empty() { d.to_string() } else { s(v).to_string() };
+    vec![
+        json!(shown),
+        json!(s(&sc["provisioner"])),
+        json!(or(&sc["reclaimPolicy"], "Delete")),
+        json!(or(&sc["volumeBindingMode"], "Immediate")),
+        json!(sc["allowVolumeExpansion"].as_bool().unwrap_or(false)),
+        age(sc, now),
+    ]
+    .into()
+}
+
+const LEASE_COLUMNS: &[Column] = &[NAME, Column("Holder", "string", "", 0, "The holder of the lease"), AGE];
+
+fn print_lease(lease: &Value, now: Timestamp) -> Row {
+    vec![name(lease), json!(s(&lease["spec"]["holderIdentity"])), age(lease, now)].into()
+}
+
+const ENDPOINTSLICE_COLUMNS: &[Column] = &[
+    NAME,
+    Column("AddressType", "string", "", 0, "addressType specifies the type of address carried by this EndpointSlice."),
+    Column(
+        "Ports",
+        "string",
+        "",
+        0,
+        "ports specifies the list of network ports exposed by each endpoint in this slice.",
+    ),
+    Column("Endpoints", "string", "", 0, "endpoints is a list of unique endpoints in this slice."),
+    AGE,
+];
+
+fn print_endpointslice(slice: &Value, now: Timestamp) -> Row {
+    let ports: Vec<String> = arr(&slice["ports"])
+        .iter()
+        .map(|p| p["port"].as_i64().map(|n| n.to_string()).unwrap_or_else(|| "<unset>".into()))
+        .collect();
+    let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
+    let addresses: Vec<String> =
+        arr(&slice["endpoints"]).iter().flat_map(|e| arr(&e["addresses"]).iter().map(|a| s(a).to_string())).collect();
+    let count = addresses.len();
+    vec![
+        name(slice),
+        json!(s(&slice["addressType"])),
+        json!(ports),
+        json!(first_three(addresses, count, "<unset>")),
+        age(slice, now),
+    ]
+    .into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -942,5 +1301,50 @@ mod tests {
                        "conditions": [{"type": "Complete", "status": "True"}]}});
         let row = print_job(&job, now());
         assert_eq!(row.cells[1..4], [json!("Complete"), json!("1/1"), json!("42s")]);
+    }
+
+    #[test]
+    fn endpoints_show_three_addresses_then_a_count() {
+        let ep = json!({"metadata": {"name": "web"}, "subsets": [{
+            "addresses": [{"ip": "10.42.0.1"}, {"ip": "10.42.0.2"}, {"ip": "10.42.0.3"}, {"ip": "10.42.0.4"}],
+            "ports": [{"port": 80}]}]});
+        let row = print_endpoints(&ep, now());
+        assert_eq!(row.cells[1], "10.42.0.1:80,10.42.0.2:80,10.42.0.3:80 + 1 more...");
+        let empty = print_endpoints(&json!({"metadata": {"name": "x"}}), now());
+        assert_eq!(empty.cells[1], "<none>");
+    }
+
+    #[test]
+    fn storage_rows_abbreviate_access_modes_and_mark_the_default_class() {
+        let pvc = json!({"metadata": {"name": "data"}, "spec": {"volumeName": "pv-1", "storageClassName": "local-path"},
+            "status": {"phase": "Bound", "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce", "ReadWriteOncePod"]}});
+        let row = print_pvc(&pvc, now());
+        assert_eq!(
+            row.cells[1..7],
+            [json!("Bound"), json!("pv-1"), json!("1Gi"), json!("RWO,RWOP"), json!("local-path"), json!("<unset>")]
+        );
+        let sc = json!({"metadata": {"name": "local-path", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer"});
+        let row = print_storageclass(&sc, now());
+        assert_eq!(
+            row.cells[..5],
+            [
+                json!("local-path (default)"),
+                json!("rancher.io/local-path"),
+                json!("Delete"),
+                json!("WaitForFirstConsumer"),
+                json!(false)
+            ]
+        );
+    }
+
+    #[test]
+    fn daemonset_and_statefulset_rows_count_pods() {
+        let ds = json!({"metadata": {"name": "agent"}, "spec": {"template": {"spec": {"nodeSelector": {"os": "linux"}, "containers": []}}},
+            "status": {"desiredNumberScheduled": 1, "currentNumberScheduled": 1, "numberReady": 1, "updatedNumberScheduled": 1, "numberAvailable": 0}});
+        let row = print_daemonset(&ds, now());
+        assert_eq!(row.cells[1..7], [json!(1), json!(1), json!(1), json!(1), json!(0), json!("os=linux")]);
+        let sts = json!({"metadata": {"name": "db"}, "spec": {"replicas": 3}, "status": {"readyReplicas": 2}});
+        assert_eq!(print_statefulset(&sts, now()).cells[1], "2/3");
     }
 }

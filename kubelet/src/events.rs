@@ -22,9 +22,16 @@ pub fn pod_ref(pod: &Pod) -> ObjectReference {
     ObjectReference::of(pod)
 }
 
-/// A container's events point at `spec.containers{NAME}`, as `kubectl describe` expects.
+/// A container's events point at `spec.containers{NAME}` (`spec.initContainers{NAME}` for an
+/// init container), as `kubectl describe` expects.
 pub fn container_ref(pod: &Pod, container: &str) -> ObjectReference {
-    ObjectReference::of(pod).with_field_path(format!("spec.containers{{{container}}}"))
+    let init = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|inits| inits.iter().any(|c| c.name == container));
+    let list = if init { "initContainers" } else { "containers" };
+    ObjectReference::of(pod).with_field_path(format!("spec.{list}{{{container}}}"))
 }
 
 /// A duration as Go prints `time.Duration`, truncated to milliseconds (`523ms`, `1.2s`, `1m2.5s`),
@@ -78,5 +85,9 @@ mod tests {
         let r = container_ref(&pod, "app");
         assert_eq!(r.field_path.as_deref(), Some("spec.containers{app}"));
         assert_eq!((r.kind.as_str(), r.uid.as_str()), ("Pod", "u"));
+        let with_init: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"},
+            "spec": {"initContainers": [{"name": "setup"}], "containers": [{"name": "app"}]}}))
+        .unwrap();
+        assert_eq!(container_ref(&with_init, "setup").field_path.as_deref(), Some("spec.initContainers{setup}"));
     }
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, HostIP,
-    Pod, PodCondition, PodStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+    HostIP, Pod, PodCondition, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -197,6 +197,68 @@ fn condition(
     }
 }
 
+/// One container's status. An init container is ready once it has completed successfully.
+fn container_status(c: &Container, st: Option<&ContainerRuntimeState>, init: bool) -> ContainerStatus {
+    let st = st.cloned().unwrap_or_default();
+    let (state, ready, started) = match &st.current {
+        Current::Waiting { reason, message } => (
+            ContainerState {
+                waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
+                ..Default::default()
+            },
+            false,
+            false,
+        ),
+        Current::Running { started_at } => (
+            ContainerState {
+                running: Some(ContainerStateRunning { started_at: Some(time(*started_at)) }),
+                ..Default::default()
+            },
+            !init,
+            true,
+        ),
+        Current::Terminated(t) => (terminated_state(t), init && t.exit_code == 0, false),
+    };
+    ContainerStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        image_id: st.image_id.clone().unwrap_or_default(),
+        container_id: st.container_id.clone(),
+        ready,
+        started: Some(started),
+        restart_count: st.restart_count,
+        state: Some(state),
+        last_state: Some(st.last_terminated.as_ref().map(terminated_state).unwrap_or_default()),
+        ..Default::default()
+    }
+}
+
+/// The phase while init containers decide it: `Failed` when one failed and will not run again
+/// (`restartPolicy: Never`), `Pending` while any has not completed; `None` once all completed.
+fn init_phase(pod: &Pod, init: &[ContainerStatus]) -> Option<&'static str> {
+    let mut pending = false;
+    for cs in init {
+        let state = cs.state.as_ref();
+        let failed = match state.and_then(|s| s.terminated.as_ref()) {
+            Some(t) => t.exit_code != 0,
+            None => cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code != 0),
+        };
+        if failed && restart_policy(pod) == "Never" {
+            return Some("Failed");
+        }
+        if !state.and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code == 0) {
+            pending = true;
+        }
+    }
+    pending.then_some("Pending")
+}
+
+/// Whether an init container that ended with `exit_code` runs again: only after a failure,
+/// and not under `restartPolicy: Never`.
+pub fn will_restart_init(pod: &Pod, exit_code: i32) -> bool {
+    exit_code != 0 && restart_policy(pod) != "Never"
+}
+
 /// The status of `pod` given `rt`, at `now` (seconds precision).
 pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
     let now = truncate(now);
@@ -204,41 +266,27 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
     let old_conditions = old.conditions.clone().unwrap_or_default();
     let spec_containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
 
+    let init_specs = pod.spec.as_ref().and_then(|s| s.init_containers.as_deref()).unwrap_or_default();
+    let init_statuses: Vec<ContainerStatus> =
+        init_specs.iter().map(|c| container_status(c, rt.containers.get(&c.name), true)).collect();
+    let incomplete: Vec<&str> = init_statuses
+        .iter()
+        .filter(|s| !s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0))
+        .map(|s| s.name.as_str())
+        .collect();
+    let initialized = incomplete.is_empty();
     let statuses: Vec<ContainerStatus> = spec_containers
         .iter()
         .map(|c| {
-            let st = rt.containers.get(&c.name).cloned().unwrap_or_default();
-            let (state, ready, started) = match &st.current {
-                Current::Waiting { reason, message } => (
-                    ContainerState {
-                        waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
-                        ..Default::default()
-                    },
-                    false,
-                    false,
-                ),
-                Current::Running { started_at } => (
-                    ContainerState {
-                        running: Some(ContainerStateRunning { started_at: Some(time(*started_at)) }),
-                        ..Default::default()
-                    },
-                    true,
-                    true,
-                ),
-                Current::Terminated(t) => (terminated_state(t), false, false),
-            };
-            ContainerStatus {
-                name: c.name.clone(),
-                image: c.image.clone().unwrap_or_default(),
-                image_id: st.image_id.clone().unwrap_or_default(),
-                container_id: st.container_id.clone(),
-                ready,
-                started: Some(started),
-                restart_count: st.restart_count,
-                state: Some(state),
-                last_state: Some(st.last_terminated.as_ref().map(terminated_state).unwrap_or_default()),
-                ..Default::default()
+            let mut status = container_status(c, rt.containers.get(&c.name), false);
+            // Not created yet because init containers still run: Kubernetes says PodInitializing.
+            if !initialized && status.container_id.is_none() {
+                status.state = Some(ContainerState {
+                    waiting: Some(ContainerStateWaiting { reason: Some("PodInitializing".into()), message: None }),
+                    ..Default::default()
+                });
             }
+            status
         })
         .collect();
 
@@ -252,7 +300,10 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
                 "Failed"
             }
         }
-        _ => phase(pod, &statuses),
+        _ => match init_phase(pod, &init_statuses) {
+            Some(p) => p,
+            None => phase(pod, &statuses),
+        },
     };
 
     let unready: Vec<&str> = statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
@@ -268,10 +319,19 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
         .find(|c| c.type_ == "PodScheduled" && c.status == "True")
         .cloned()
         .unwrap_or_else(|| condition(&old_conditions, "PodScheduled", true, None, None, now));
-    let initialized_reason = if phase == "Succeeded" { Some("PodCompleted") } else { None };
+    let (initialized_reason, initialized_message) = if !initialized {
+        (
+            Some("ContainersNotInitialized"),
+            Some(format!("containers with incomplete status: [{}]", incomplete.join(" "))),
+        )
+    } else if phase == "Succeeded" {
+        (Some("PodCompleted"), None)
+    } else {
+        (None, None)
+    };
     let conditions = vec![
         condition(&old_conditions, "PodReadyToStartContainers", rt.sandbox_ready, None, None, now),
-        condition(&old_conditions, "Initialized", true, initialized_reason, None, now),
+        condition(&old_conditions, "Initialized", initialized, initialized_reason, initialized_message, now),
         condition(&old_conditions, "Ready", ready, ready_reason, ready_message.clone(), now),
         condition(&old_conditions, "ContainersReady", ready, ready_reason, ready_message, now),
         scheduled,
@@ -282,6 +342,7 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
         phase: Some(phase.to_string()),
         conditions: Some(conditions),
         container_statuses: Some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         start_time: old.start_time.clone().or(rt.start_time.map(|t| time(truncate(t)))),
         host_ips: host_ip.as_ref().map(|ip| vec![HostIP { ip: ip.clone() }]),
         host_ip,
@@ -468,6 +529,49 @@ mod tests {
         p.status = Some(PodStatus { phase: Some("Failed".into()), ..Default::default() });
         let status = generate(&p, &state(false, vec![("job", waiting("ContainerCreating"))]), ts(5));
         assert_eq!(status.phase.as_deref(), Some("Failed"));
+    }
+
+    fn pod_with_init(policy: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+            "spec": {"restartPolicy": policy,
+                     "initContainers": [{"name": "setup", "image": "busybox:1"}, {"name": "migrate", "image": "busybox:1"}],
+                     "containers": [{"name": "app", "image": "busybox:1"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn init_containers_hold_the_pod_pending_until_all_have_completed() {
+        let p = pod_with_init("Always");
+        let status = generate(&p, &state(true, vec![("setup", exited(0)), ("migrate", running())]), ts(5));
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        let init = cond(&status, "Initialized");
+        assert_eq!((init.status.as_str(), init.reason.as_deref()), ("False", Some("ContainersNotInitialized")));
+        assert_eq!(init.message.as_deref(), Some("containers with incomplete status: [migrate]"));
+        let inits = status.init_container_statuses.as_ref().unwrap();
+        assert_eq!((inits[0].ready, inits[1].ready), (true, false));
+        let app = &status.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(app.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PodInitializing"));
+
+        let done =
+            generate(&p, &state(true, vec![("setup", exited(0)), ("migrate", exited(0)), ("app", running())]), ts(6));
+        assert_eq!(done.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&done, "Initialized").status, "True");
+    }
+
+    #[test]
+    fn failed_init_container_fails_the_pod_only_under_restart_policy_never() {
+        let cases = [("Never", "Failed"), ("OnFailure", "Pending"), ("Always", "Pending")];
+        for (policy, want) in cases {
+            let status = generate(&pod_with_init(policy), &state(true, vec![("setup", exited(1))]), ts(5));
+            assert_eq!(status.phase.as_deref(), Some(want), "{policy}");
+        }
+        let restarting = generate(&pod_with_init("Always"), &state(true, vec![("setup", restarting(1))]), ts(5));
+        assert_eq!(restarting.phase.as_deref(), Some("Pending"));
+        assert!(!will_restart_init(&pod_with_init("Always"), 0));
+        assert!(will_restart_init(&pod_with_init("OnFailure"), 2));
+        assert!(!will_restart_init(&pod_with_init("Never"), 2));
     }
 
     #[test]

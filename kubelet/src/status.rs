@@ -12,8 +12,17 @@ use serde_json::{Map, Value, json};
 use skiff_api::{ApiClient, ApiError, PatchKind, ResourceKind};
 
 /// The status fields the kubelet owns.
-const OWNED: &[&str] =
-    &["phase", "conditions", "containerStatuses", "startTime", "hostIP", "hostIPs", "podIP", "podIPs"];
+const OWNED: &[&str] = &[
+    "phase",
+    "conditions",
+    "initContainerStatuses",
+    "containerStatuses",
+    "startTime",
+    "hostIP",
+    "hostIPs",
+    "podIP",
+    "podIPs",
+];
 
 /// The kubelet-owned part of a status, as JSON.
 pub fn owned_fields(status: &PodStatus) -> Value {

@@ -105,7 +105,9 @@ impl PodWorker {
         let status = pod.status.clone().unwrap_or_default();
         self.rt.start_time = status.start_time.as_ref().map(|t| t.0);
         // What the status recorded, so restart counts and last states carry on.
-        for cs in status.container_statuses.iter().flatten() {
+        let all_statuses =
+            status.init_container_statuses.iter().flatten().chain(status.container_statuses.iter().flatten());
+        for cs in all_statuses {
             let st = self.rt.containers.entry(cs.name.clone()).or_default();
             st.restart_count = cs.restart_count;
             st.image_id = (!cs.image_id.is_empty()).then(|| cs.image_id.clone());
@@ -129,8 +131,12 @@ impl PodWorker {
             }
         }
         self.rt.sandbox_ready = k.runtime.list_sandboxes().map(|s| s.contains(&self.uid)).unwrap_or(false);
-        let spec_names: Vec<String> =
-            pod.spec.as_ref().map(|s| s.containers.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
+        let spec_names: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
+            .map(|c| c.name.clone())
+            .collect();
         let mut found = match k.runtime.list_containers() {
             Ok(list) => list.into_iter().filter(|c| c.sandbox_id == self.uid).collect::<Vec<_>>(),
             Err(e) => {

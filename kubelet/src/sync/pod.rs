@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::{PodWorker, terminated_from_exit};
 use crate::env::{self, EnvSources};
 use crate::events::{container_ref, go_duration, pod_ref};
-use crate::generate::{self, Current, Terminated, will_restart};
+use crate::generate::{self, Current, Terminated, will_restart, will_restart_init};
 
 /// How soon a container whose configuration failed is tried again.
 const CONFIG_RETRY: Duration = Duration::from_secs(10);
@@ -118,10 +118,22 @@ impl PodWorker {
             }
         }
         let sources = self.env_sources(pod).await;
+        // Init containers run one at a time, in order; each must complete before the next.
+        let inits = pod.spec.as_ref().and_then(|s| s.init_containers.clone()).unwrap_or_default();
+        for c in &inits {
+            let wake = self.sync_container(pod, c, &sources, true).await;
+            let completed = matches!(
+                self.rt.containers.get(&c.name).map(|s| &s.current),
+                Some(Current::Terminated(t)) if t.exit_code == 0
+            );
+            if !completed {
+                return wake;
+            }
+        }
         let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
         let mut wake = None;
         for c in &containers {
-            wake = earliest(wake, self.sync_container(pod, c, &sources).await);
+            wake = earliest(wake, self.sync_container(pod, c, &sources, false).await);
         }
         wake
     }
@@ -150,13 +162,14 @@ impl PodWorker {
         sources
     }
 
-    async fn sync_container(&mut self, pod: &Pod, c: &Container, sources: &EnvSources) -> Option<Instant> {
+    async fn sync_container(&mut self, pod: &Pod, c: &Container, sources: &EnvSources, init: bool) -> Option<Instant> {
         let k = self.kubelet.clone();
         let st = self.rt.containers.entry(c.name.clone()).or_default().clone();
         let track = self.tracks.entry(c.name.clone()).or_default();
+        let restarts = |code| if init { will_restart_init(pod, code) } else { will_restart(pod, code) };
         let dead = match &st.current {
             Current::Running { .. } => return None,
-            Current::Terminated(t) if !will_restart(pod, t.exit_code) => return None,
+            Current::Terminated(t) if !restarts(t.exit_code) => return None,
             Current::Terminated(t) => Some(t.clone()),
             Current::Waiting { reason, .. } if reason == "CrashLoopBackOff" => st.last_terminated.clone(),
             Current::Waiting { .. } => None,

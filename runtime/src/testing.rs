@@ -198,15 +198,9 @@ pub fn build_image(
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     });
     let config = Blob::new(CONFIG_MEDIA_TYPE, serde_json::to_vec(&config)?);
+    let manifest = manifest_of(MANIFEST_MEDIA_TYPE, &config, &blobs)?;
     let descriptor =
         |b: &Blob| serde_json::json!({"mediaType": b.media_type, "digest": b.digest, "size": b.data.len()});
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": descriptor(&config),
-        "layers": blobs.iter().map(descriptor).collect::<Vec<_>>(),
-    });
-    let manifest = Blob::new(MANIFEST_MEDIA_TYPE, serde_json::to_vec(&manifest)?);
 
     let blob_dir = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blob_dir)?;
@@ -217,6 +211,42 @@ pub fn build_image(
     let index = serde_json::json!({"schemaVersion": 2, "manifests": [descriptor(&manifest)]});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
     Ok(OciImage { dir: dir.to_path_buf(), layers: blobs, diff_ids, config, manifest })
+}
+
+impl OciImage {
+    /// The same layers with a config for another architecture (for multi-platform indexes).
+    pub fn for_architecture(&self, arch: &str) -> std::io::Result<OciImage> {
+        let mut config: serde_json::Value = serde_json::from_slice(&self.config.data)?;
+        config["architecture"] = arch.into();
+        let config = Blob::new(CONFIG_MEDIA_TYPE, serde_json::to_vec(&config)?);
+        let manifest = manifest_of(MANIFEST_MEDIA_TYPE, &config, &self.layers)?;
+        Ok(OciImage { config, manifest, ..self.clone() })
+    }
+
+    /// The same image described with Docker's schema 2 media types instead of OCI's.
+    pub fn as_docker_schema2(&self) -> std::io::Result<OciImage> {
+        let layers: Vec<Blob> = self
+            .layers
+            .iter()
+            .map(|b| Blob { media_type: "application/vnd.docker.image.rootfs.diff.tar.gzip".into(), ..b.clone() })
+            .collect();
+        let config =
+            Blob { media_type: "application/vnd.docker.container.image.v1+json".into(), ..self.config.clone() };
+        let manifest = manifest_of("application/vnd.docker.distribution.manifest.v2+json", &config, &layers)?;
+        Ok(OciImage { layers, config, manifest, ..self.clone() })
+    }
+}
+
+fn manifest_of(media_type: &str, config: &Blob, layers: &[Blob]) -> std::io::Result<Blob> {
+    let descriptor =
+        |b: &Blob| serde_json::json!({"mediaType": b.media_type, "digest": b.digest, "size": b.data.len()});
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": descriptor(config),
+        "layers": layers.iter().map(descriptor).collect::<Vec<_>>(),
+    });
+    Ok(Blob::new(media_type, serde_json::to_vec(&manifest)?))
 }
 
 fn go_arch() -> &'static str {
@@ -322,7 +352,7 @@ impl Drop for LocalRegistry {
     }
 }
 
-/// Pushes `image` as `<registry>/<name_tag>` and returns that reference. The manifest is
+/// Pushes `image` as `<registry>/<name_tag>` (or `<name>@<digest>`) and returns that reference. The manifest is
 /// pushed byte for byte, so its digest is `image.manifest.digest`.
 pub async fn push(registry: &LocalRegistry, name_tag: &str, image: &OciImage) -> std::io::Result<String> {
     let reference = format!("{}/{}", registry.addr(), name_tag);
@@ -335,8 +365,44 @@ pub async fn push(registry: &LocalRegistry, name_tag: &str, image: &OciImage) ->
     for b in image.layers.iter().chain([&image.config]) {
         client.push_blob(&oci_ref, b.data.clone(), &b.digest).await.map_err(io)?;
     }
-    let content_type = MANIFEST_MEDIA_TYPE.parse().map_err(std::io::Error::other)?;
-    client.push_manifest_raw(&oci_ref, image.manifest.data.clone(), content_type).await.map_err(io)?;
+    push_manifest(registry, name_tag, &image.manifest).await
+}
+
+/// Pushes each `(image, architecture)` by digest, then an OCI image index listing them in that
+/// order under `<registry>/<name_tag>`; returns the reference and the index digest.
+pub async fn push_index(
+    registry: &LocalRegistry,
+    name_tag: &str,
+    images: &[(&OciImage, &str)],
+) -> std::io::Result<(String, String)> {
+    let repo = name_tag.split(':').next().unwrap_or(name_tag);
+    let mut entries = Vec::new();
+    for (image, arch) in images {
+        push(registry, &format!("{repo}@{}", image.manifest.digest), image).await?;
+        entries.push(serde_json::json!({
+            "mediaType": image.manifest.media_type,
+            "digest": image.manifest.digest,
+            "size": image.manifest.data.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let media_type = "application/vnd.oci.image.index.v1+json";
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": media_type, "manifests": entries});
+    let index = Blob::new(media_type, serde_json::to_vec(&index)?);
+    let reference = push_manifest(registry, name_tag, &index).await?;
+    Ok((reference, index.digest))
+}
+
+async fn push_manifest(registry: &LocalRegistry, name_tag: &str, manifest: &Blob) -> std::io::Result<String> {
+    let reference = format!("{}/{}", registry.addr(), name_tag);
+    let r = Reference::parse(&reference).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let client = crate::image::pull::client_for(&r);
+    let oci_ref = crate::image::pull::oci_reference(&r);
+    let auth = crate::image::pull::oci_auth(registry.auth().as_ref());
+    let io = |e: oci_client::errors::OciDistributionError| std::io::Error::other(e.to_string());
+    client.auth(&oci_ref, &auth, oci_client::RegistryOperation::Push).await.map_err(io)?;
+    let content_type = manifest.media_type.parse().map_err(std::io::Error::other)?;
+    client.push_manifest_raw(&oci_ref, manifest.data.clone(), content_type).await.map_err(io)?;
     Ok(reference)
 }
 

@@ -372,3 +372,28 @@ async fn lifecycle_of_true_is_measured() {
     times.sort();
     println!("create+start+wait+remove of true: median {:?}, p90 {:?}, min {:?}", times[10], times[18], times[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_resolves_to_this_platform_and_docker_media_types_pull() {
+    let f = Fixture::new().await;
+    let other = if std::env::consts::ARCH == "x86_64" { "arm64" } else { "amd64" };
+    let here = if std::env::consts::ARCH == "x86_64" { "amd64" } else { "arm64" };
+    let foreign = busybox().for_architecture(other).unwrap();
+    let (reference, index_digest) =
+        skiff_runtime::testing::push_index(&f.registry, "multi:1", &[(&foreign, other), (busybox(), here)])
+            .await
+            .unwrap();
+    let image = f.rt().pull_image(&reference, None).await.unwrap();
+    assert_eq!(image.id, busybox().config.digest, "the {here} entry, not the first one");
+    assert_eq!(image.repo_digest, format!("{}/multi@{index_digest}", f.registry.addr()));
+
+    let docker = busybox().as_docker_schema2().unwrap();
+    let reference = push(&f.registry, "docker:1", &docker).await.unwrap();
+    let image = f.rt().pull_image(&reference, None).await.unwrap();
+    assert_eq!(image.repo_digest, format!("{}/docker@{}", f.registry.addr(), docker.manifest.digest));
+    f.sandbox("pod-docker", "docker").await;
+    let mut spec = f.spec("cat", &["cat", "/etc/skiff/layer2"]);
+    spec.image = Some(image);
+    let (_, status, log) = f.run("pod-docker", spec).await;
+    assert_eq!((status.code, log_lines(&log)[0].2.as_str()), (0, "layer 2"));
+}

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use skiff_api::{ApiClient, ApiError, PodStreams, StatusReason};
 use tokio::net::TcpListener;
@@ -67,6 +67,8 @@ pub enum Error {
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After shutdown, how long open connections get to finish their requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -132,7 +134,9 @@ async fn connection(state: Arc<State>, acceptor: TlsAcceptor, tcp: tokio::net::T
         let state = state.clone();
         async move { Ok::<_, Infallible>(state.handle(req).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A client that opens a connection and never finishes its headers must not hold it forever.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {

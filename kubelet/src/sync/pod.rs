@@ -419,22 +419,17 @@ impl PodWorker {
     }
 }
 
-/// Pulls on a blocking thread of its own. The pull future is driven there with `block_on`, so it
-/// need not be `Send` (the runtime's pull holds borrowing closures across awaits, which rustc
-/// cannot prove `Send` for all lifetimes), and a pod deleted mid-pull is not held up by it: the
-/// worker drops its wait while the pull finishes in the background.
+/// Pulls in a task of its own, so a pod deleted mid-pull is not held up by it: the worker drops
+/// its wait while the pull finishes in the background (and the image is there for next time).
 async fn pull_detached(
     runtime: &std::sync::Arc<skiff_runtime::Runtime>,
     reference: &str,
     auth: Option<RegistryAuth>,
 ) -> Result<Image, String> {
     let (runtime, reference) = (runtime.clone(), reference.to_string());
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        handle.block_on(runtime.pull_image(&reference, auth.as_ref())).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("image pull task failed: {e}")))
+    tokio::spawn(async move { runtime.pull_image(&reference, auth.as_ref()).await.map_err(|e| e.to_string()) })
+        .await
+        .unwrap_or_else(|e| Err(format!("image pull task failed: {e}")))
 }
 
 fn track_retry(track: Option<&super::ContainerTrack>) -> Option<Instant> {

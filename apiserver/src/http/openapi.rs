@@ -4,13 +4,15 @@
 //! Per group-version there is one document. For each kind it has the collection and item paths,
 //! whose operations carry `x-kubernetes-group-version-kind`; the item PATCH lists the
 //! `fieldValidation` parameter, which is what `kubectl apply` checks before sending
-//! `fieldValidation=Strict`. The schemas are minimal: `apiVersion`, `kind`, `metadata`, and the rest
-//! of the object left open (`x-kubernetes-preserve-unknown-fields`), tagged with their GVK.
+//! `fieldValidation=Strict`. The component schemas (`openapi_schemas.json`) are generated with the
+//! protobuf tables from the upstream `generated.proto` files (see `protobuf/gen_schema.py`): every
+//! field with its type and its upstream description, so `kubectl explain pod.spec.containers`
+//! works; the kinds carry `x-kubernetes-group-version-kind`.
 //!
 //! The PATCH request body deliberately does not list `application/strategic-merge-patch+json`:
 //! kubectl computes a client-side apply patch from the OpenAPI schema when it does, and these
-//! schemas carry no merge keys, so it must fall back to its compiled-in types (which it does when
-//! strategic merge is not advertised here).
+//! schemas carry no merge keys (`x-kubernetes-patch-merge-key`), so it must fall back to its
+//! compiled-in types (which it does when strategic merge is not advertised here).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -168,41 +170,44 @@ fn capitalize(s: &str) -> String {
     chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
-fn kind_schema(r: &ResourceKind) -> Value {
-    json!({
-        "description": format!("{} is served by Skiff; its full schema is that of Kubernetes {} {}.", r.kind, r.api_version(), r.kind),
-        "type": "object",
-        "properties": {
-            "apiVersion": {"description": "APIVersion defines the versioned schema of this representation of an object.", "type": "string"},
-            "kind": {"description": "Kind is a string value representing the REST resource this object represents.", "type": "string"},
-            "metadata": {"description": "Standard object's metadata.", "default": {},
-                         "allOf": [reference("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")]},
-        },
-        "x-kubernetes-preserve-unknown-fields": true,
-        "x-kubernetes-group-version-kind": [{"group": r.group, "version": r.version, "kind": r.kind}],
+/// The generated component schemas, by OpenAPI name (`io.k8s.api.core.v1.Pod`).
+fn generated_schemas() -> &'static serde_json::Map<String, Value> {
+    static SCHEMAS: OnceLock<serde_json::Map<String, Value>> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        serde_json::from_str(include_str!("openapi_schemas.json")).expect("openapi_schemas.json is generated JSON")
     })
 }
 
+/// Adds `name` and every schema it refers to, transitively.
+fn add_with_references(name: &str, out: &mut serde_json::Map<String, Value>) {
+    if out.contains_key(name) {
+        return;
+    }
+    let Some(schema) = generated_schemas().get(name) else { return };
+    out.insert(name.to_string(), schema.clone());
+    let mut refs = Vec::new();
+    collect_refs(schema, &mut refs);
+    for r in refs {
+        add_with_references(&r, out);
+    }
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref")
+                && let Some(name) = r.strip_prefix("#/components/schemas/")
+            {
+                out.push(name.to_string());
+            }
+            map.values().for_each(|v| collect_refs(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
 fn meta_schemas(schemas: &mut serde_json::Map<String, Value>) {
-    let string = json!({"type": "string"});
-    let string_map = json!({"type": "object", "additionalProperties": {"type": "string", "default": ""}});
-    schemas.insert(
-        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta".into(),
-        json!({
-            "description": "ObjectMeta is metadata that all persisted resources must have, which includes all objects users must create.",
-            "type": "object",
-            "properties": {
-                "name": string, "namespace": string, "generateName": string, "uid": string,
-                "resourceVersion": string, "labels": string_map, "annotations": string_map,
-                "creationTimestamp": {"type": "string", "format": "date-time"},
-                "deletionTimestamp": {"type": "string", "format": "date-time"},
-                "generation": {"type": "integer", "format": "int64"},
-                "finalizers": {"type": "array", "items": {"type": "string", "default": ""}},
-                "ownerReferences": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
-                "managedFields": {"type": "array", "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
-            },
-        }),
-    );
     schemas.insert(
         "io.k8s.apimachinery.pkg.apis.meta.v1.Patch".into(),
         json!({"description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body.", "type": "object"}),
@@ -220,7 +225,7 @@ fn group_version_document(group: &str, version: &str) -> Value {
     let mut schemas = serde_json::Map::new();
     for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
         paths_of(r, &mut paths);
-        schemas.insert(schema_name(r), kind_schema(r));
+        add_with_references(&schema_name(r), &mut schemas);
     }
     meta_schemas(&mut schemas);
     let (major, minor, _) = skiff_api::KUBERNETES_VERSION;
@@ -265,6 +270,23 @@ mod tests {
             let schema = &doc["components"]["schemas"][schema_name(r)];
             assert_eq!(schema["x-kubernetes-group-version-kind"][0], gvk, "{}", r.kind);
         }
+    }
+
+    #[test]
+    fn schemas_carry_fields_and_descriptions_and_every_reference_resolves() {
+        let doc = doc("api/v1");
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        let container = &schemas["io.k8s.api.core.v1.Container"];
+        assert_eq!(container["properties"]["image"]["type"], "string");
+        assert!(container["properties"]["image"]["description"].as_str().unwrap().contains("Container image name"));
+        let mut refs = Vec::new();
+        collect_refs(&doc, &mut refs);
+        for r in refs {
+            assert!(schemas.contains_key(&r), "dangling $ref {r}");
+        }
+        let apps = self::doc("apis/apps/v1");
+        assert!(apps["components"]["schemas"].get("io.k8s.api.core.v1.PodSpec").is_some());
+        assert!(apps["components"]["schemas"].get("io.k8s.api.core.v1.Node").is_none());
     }
 
     #[test]

@@ -446,6 +446,10 @@ async fn kubectl_explain_finds_kinds_in_openapi_v3() {
     let server = Server::start().await;
     let out = server.kubectl(&["explain", "deployments"]).await;
     assert!(out.contains("KIND:") && out.contains("Deployment"), "{out}");
+    let out = server.kubectl(&["explain", "pods.spec.containers.image"]).await;
+    assert!(out.contains("FIELD: image <string>") && out.contains("Container image name"), "{out}");
+    let out = server.kubectl(&["explain", "deployment.spec", "--recursive"]).await;
+    assert!(out.contains("revisionHistoryLimit") && out.contains("containers"), "{out}");
 }
 
 // ---- Against the real registry ----

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Generates schema.rs: the field tables of the Kubernetes protobuf messages Skiff decodes.
+"""Generates, from the Kubernetes generated.proto files (kubernetes/api and kubernetes/apimachinery
+at the served release, whose message and field names are the JSON names):
+  schema.rs       the field tables of the protobuf messages Skiff decodes (protobuf/mod.rs)
+  schemas.json    OpenAPI v3 component schemas with the proto comments as descriptions (openapi.rs)
 
-Usage: gen_schema.py OUT.rs PROTO...   (the generated.proto files of kubernetes/api and
-kubernetes/apimachinery at the served release; message and field names are the JSON names)
+Usage: gen_schema.py OUT.rs OUT.json PROTO...
 Only messages reachable from the served kinds are emitted.
 """
+import json
 import re
 import sys
 
@@ -29,11 +32,21 @@ SPECIAL = {
 SCALARS = {"string": "Str", "bytes": "Bytes", "bool": "Bool", "int32": "Int", "int64": "Int"}
 FIELD = re.compile(r"^\s*(optional|repeated)?\s*(map<\s*\w+\s*,\s*[\w.]+\s*>|[\w.]+)\s+(\w+)\s*=\s*(\d+)\s*;")
 
+def describe(lines):
+    """The comment as prose: generator tags (+optional, +listType=…) are not documentation."""
+    return "\n".join(l for l in lines if not l.startswith("+") and not l.startswith("TODO")).strip()
+
+
 messages = {}
-for path in sys.argv[2:]:
+for path in sys.argv[3:]:
     package = None
     current = None
+    comment = []
     for line in open(path):
+        stripped = line.strip()
+        if stripped.startswith("//"):
+            comment.append(stripped[2:].strip())
+            continue
         m = re.match(r"^package\s+([\w.]+);", line)
         if m:
             package = m.group(1)
@@ -41,15 +54,20 @@ for path in sys.argv[2:]:
         m = re.match(r"^message\s+(\w+)\s*{", line)
         if m:
             current = package + "." + m.group(1)
-            messages[current] = {"package": package, "fields": []}
+            messages[current] = {"package": package, "fields": [], "doc": describe(comment)}
+            comment = []
             continue
         if line.startswith("}"):
             current = None
+            comment = []
             continue
         m = FIELD.match(line)
         if m and current:
             label, typ, name, number = m.groups()
             messages[current]["fields"].append((int(number), name, label == "repeated", typ.replace(" ", "")))
+            messages[current].setdefault("docs", {})[name] = describe(comment)
+            messages[current].setdefault("types", {})[name] = typ.replace(" ", "")
+        comment = []
 
 
 def resolve(typ, package):
@@ -104,4 +122,75 @@ for name in sorted(seen):
     out.append("    ] },")
 out.append("];")
 open(sys.argv[1], "w").write("\n".join(out) + "\n")
-print(f"{len(seen)} messages")
+
+# ---- OpenAPI ----
+INT_FORMATS = {"int32": "int32", "int64": "int64"}
+SPECIAL_SCHEMAS = {
+    "k8s.io.apimachinery.pkg.apis.meta.v1.Time": {"type": "string", "format": "date-time"},
+    "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime": {"type": "string", "format": "date-time"},
+    "k8s.io.apimachinery.pkg.apis.meta.v1.Duration": {"type": "string"},
+    "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1": {"type": "object"},
+    "k8s.io.apimachinery.pkg.util.intstr.IntOrString": {"type": "string", "format": "int-or-string", "x-kubernetes-int-or-string": True},
+    "k8s.io.apimachinery.pkg.api.resource.Quantity": {"type": "string"},
+    "k8s.io.apimachinery.pkg.runtime.RawExtension": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+}
+
+
+def openapi_name(name):
+    return "io.k8s." + name[len("k8s.io."):]
+
+
+def type_schema(typ, package):
+    if typ in ("string",):
+        return {"type": "string"}
+    if typ == "bytes":
+        return {"type": "string", "format": "byte"}
+    if typ == "bool":
+        return {"type": "boolean"}
+    if typ in INT_FORMATS:
+        return {"type": "integer", "format": INT_FORMATS[typ]}
+    if typ.startswith("map<"):
+        _, value = typ[4:-1].split(",")
+        return {"type": "object", "additionalProperties": type_schema(value, package)}
+    name = typ[1:] if typ.startswith(".") else package + "." + typ
+    return {"$ref": "#/components/schemas/" + openapi_name(name)}
+
+
+gvk = {}
+for root in ROOTS:
+    parts = root.split(".")
+    kind, version = parts[-1], parts[-2]
+    if root.startswith("k8s.io.api.core."):
+        group = ""
+    elif root.startswith("k8s.io.apimachinery."):
+        continue
+    else:
+        group = parts[3] if parts[3] in ("apps", "batch", "policy", "autoscaling") else parts[3] + ".k8s.io"
+    gvk[root] = {"group": group, "version": version, "kind": kind}
+
+schemas = {}
+for name in sorted(seen | (SPECIAL & set(SPECIAL_SCHEMAS))):
+    if name in SPECIAL_SCHEMAS:
+        schemas[openapi_name(name)] = SPECIAL_SCHEMAS[name]
+        continue
+    msg = messages[name]
+    props = {}
+    if name in gvk:
+        props["apiVersion"] = {"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}
+        props["kind"] = {"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}
+    for number, fname, repeated, typ in sorted(msg["fields"]):
+        schema = type_schema(typ, msg["package"])
+        if repeated:
+            schema = {"type": "array", "items": schema}
+        elif "$ref" in schema:
+            schema = {"allOf": [schema]}
+        doc = msg["docs"].get(fname)
+        if doc:
+            schema["description"] = doc
+        props[fname] = schema
+    out_schema = {"description": msg["doc"], "type": "object", "properties": props}
+    if name in gvk:
+        out_schema["x-kubernetes-group-version-kind"] = [gvk[name]]
+    schemas[openapi_name(name)] = out_schema
+open(sys.argv[2], "w").write(json.dumps(schemas, sort_keys=True, separators=(",", ":")) + "\n")
+print(f"{len(seen)} messages, {len(schemas)} schemas")

@@ -366,11 +366,37 @@ fn init_main(plan: InitPlan, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> ! {
             exec_fail(&mut fifo, &mut sync, format!("setting user {uid}:{gid}: {e}"));
         }
     }
+    reset_signals();
     let cexe = CString::new(exe.as_os_str().as_bytes()).unwrap_or_default();
     let argv: Vec<CString> = plan.argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
     let env: Vec<CString> = plan.env.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
     let e = nix::unistd::execve(&cexe, &argv, &env).unwrap_err();
     exec_fail(&mut fifo, &mut sync, format!("exec: {arg0:?}: {}", errno_text(e)))
+}
+
+/// Ignored signals stay ignored across execve, and Rust programs (the shim included) ignore
+/// SIGPIPE: give the user's process default dispositions and an empty signal mask.
+fn reset_signals() {
+    /// The kernel's `struct sigaction` for rt_sigaction(2).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    // Raw syscalls: glibc's wrappers refuse its reserved signals 32 and 33, which can arrive
+    // ignored from whatever started the server.
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: a valid kernel sigaction and no old-action pointer.
+            unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, &default, std::ptr::null_mut::<KernelSigaction>(), 8) };
+        }
+    }
+    let empty: u64 = 0;
+    // SAFETY: an 8-byte empty kernel sigset and no old-set pointer.
+    unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty, std::ptr::null_mut::<u64>(), 8) };
 }
 
 fn errno_text(e: nix::errno::Errno) -> String {
@@ -390,8 +416,6 @@ fn setup(plan: &InitPlan, out: &OwnedFd, err: &OwnedFd) -> Result<OwnedFd, Strin
     for (fd, flag) in &plan.namespaces {
         setns(fd, *flag).map_err(|e| format!("joining the sandbox's {flag:?} namespace: {e}"))?;
     }
-    // ENOENT/EACCES: a host without the knob, or a lower value than ours (no CAP_SYS_RESOURCE).
-    let _ = std::fs::write("/proc/self/oom_score_adj", "0");
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
     mount::make_private_root()?;
     // SAFETY: umask has no preconditions.

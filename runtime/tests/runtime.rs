@@ -232,6 +232,13 @@ async fn the_container_sees_the_sandbox_hostname_and_is_pid_1() {
     assert!(out[3].starts_with("sh -c hostname"), "{out:?}");
     assert_eq!(out[4], "1", "only loopback in the pod network namespace");
     assert_eq!(out[5], "unknown", "lo is up (operstate of lo reads unknown)");
+
+    // Exec'd directly (busybox sh would ignore SIGQUIT for its children itself).
+    let (_, status, log) =
+        f.run("pod-host", f.spec("signals", &["grep", "-E", "SigIgn|SigBlk", "/proc/self/status"])).await;
+    assert_eq!(status.code, 0, "{log}");
+    let out: Vec<String> = log_lines(&log).into_iter().map(|(_, _, t)| t).collect();
+    assert_eq!(out, ["SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000"], "default signal handling");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,4 +49,5 @@ fi
 echo "kubectl: $(/usr/bin/kubectl version --client 2>/dev/null | head -n 1)"
 
 # Tests run side by side, each with its own server; the two cores are the limit, not memory.
-exec cargo test --workspace --all-features "$@"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+exec cargo test --workspace --all-features --no-fail-fast "$@"

@@ -38,7 +38,7 @@ pub enum Error {
     #[error("image pull failed for {reference}: {message}")]
     Pull { reference: String, message: String },
     /// The registry answered that the manifest (tag or digest) or the repository does not exist.
-    #[error("image pull failed for {reference}: not found: {message}")]
+    #[error("failed to resolve reference \"{reference}\": {reference}: not found ({message})")]
     ImageNotFound { reference: String, message: String },
     /// The reference cannot be parsed (Kubernetes: InvalidImageName).
     #[error("invalid image reference {reference:?}: {source}")]

@@ -228,10 +228,30 @@ fn map_error(reference: &str, e: OciDistributionError) -> Error {
         OciDistributionError::ImageManifestNotFoundError(_) => true,
         _ => false,
     };
+    let message = describe(&e);
     if not_found {
-        Error::ImageNotFound { reference: reference.into(), message: e.to_string() }
+        Error::ImageNotFound { reference: reference.into(), message }
     } else {
-        Error::Pull { reference: reference.into(), message: e.to_string() }
+        Error::Pull { reference: reference.into(), message }
+    }
+}
+
+/// The registry's own words where it gave some, with the cause chain of transport errors.
+fn describe(e: &OciDistributionError) -> String {
+    match e {
+        OciDistributionError::RegistryError { envelope, .. } if !envelope.errors.is_empty() => {
+            envelope.errors.iter().map(|x| x.message.to_lowercase()).collect::<Vec<_>>().join("; ")
+        }
+        OciDistributionError::UnauthorizedError { url } => format!("unauthorized: authentication required ({url})"),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
     }
 }
 
@@ -258,6 +278,7 @@ mod tests {
             serde_json::from_str(r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#).unwrap();
         let e = map_error("r", OciDistributionError::RegistryError { envelope, url: "u".into() });
         assert!(e.is_image_not_found());
+        assert_eq!(e.to_string(), r#"failed to resolve reference "r": r: not found (manifest unknown)"#);
         let envelope: oci_client::errors::OciEnvelope =
             serde_json::from_str(r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known"}]}"#)
                 .unwrap();

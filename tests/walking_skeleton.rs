@@ -162,3 +162,60 @@ fn pod_rows_are_found_by_name_only() {
     assert!(pod_row(table, "NAME").is_none(), "the header is not a row");
     assert!(pod_row(table, "hell").is_none());
 }
+
+#[test]
+fn a_running_container_outlives_a_server_restart_and_is_adopted() {
+    let mut server = TestServer::start();
+    let images = TestImages::start();
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: sleeper\nspec:\n  containers:\n  - name: sleeper\n    image: {}\n    command: [\"sleep\", \"3600\"]\n",
+        images.busybox()
+    );
+    apply(&server, &manifest);
+    let container_status = |server: &TestServer| {
+        server.kubectl_ok(&[
+            "get",
+            "pod",
+            "sleeper",
+            "-o",
+            "jsonpath={.status.phase} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].containerID}",
+        ])
+    };
+    let before = server.wait_for("pod sleeper to run", RUN_TIMEOUT, || {
+        let status = container_status(&server);
+        (status.starts_with("Running 0 skiff://")).then_some(status)
+    });
+
+    let sleep_pid = server
+        .leftovers(false)
+        .processes
+        .into_iter()
+        .find(|(_, cmdline)| cmdline == "sleep 3600")
+        .map(|(pid, _)| pid)
+        .expect("the container's sleep process is in the test's cgroups");
+    let node = server.node_name().to_string();
+    let lease = ["get", "lease", "-n", "kube-node-lease", &node, "-o", "jsonpath={.spec.renewTime}"];
+    let renewed_before = server.kubectl_ok(&lease);
+
+    let stopped = server.stop().expect("the server was running");
+    assert!(stopped.success(), "SIGTERM with a pod running stops the server with exit 0, not {stopped}");
+    server.restart();
+    // A renewed Lease shows the new server's kubelet is up and has looked at its pods.
+    server.wait_for("the restarted kubelet to renew its Lease", RUN_TIMEOUT, || {
+        (server.kubectl_ok(&lease) != renewed_before).then_some(())
+    });
+
+    // The same container (same ID, same process, no restart) runs under the new server.
+    assert_eq!(container_status(&server), before);
+    let cmdline = std::fs::read(format!("/proc/{sleep_pid}/cmdline")).unwrap_or_default();
+    assert_eq!(cmdline, b"sleep\x003600\x00", "the container's process {sleep_pid} lives on");
+    let table = server.kubectl_ok(&["get", "pods"]);
+    let row = pod_row(&table, "sleeper").unwrap_or_else(|| panic!("no sleeper row:\n{table}"));
+    assert_eq!(row[1..4], ["1/1", "Running", "0"], "{table}");
+
+    // `sleep` as PID 1 ignores SIGTERM: a short grace period keeps the test short.
+    server.kubectl_ok(&["delete", "pod", "sleeper", "--grace-period=1"]);
+    assert!(!server.kubectl(&["get", "pod", "sleeper"]).status.success(), "the pod is gone");
+    drop(images);
+    server.finish();
+}

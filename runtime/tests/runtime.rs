@@ -404,3 +404,28 @@ async fn an_index_resolves_to_this_platform_and_docker_media_types_pull() {
     let (_, status, log) = f.run("pod-docker", spec).await;
     assert_eq!((status.code, log_lines(&log)[0].2.as_str()), (0, "layer 2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_containers_run_at_once_and_repeated_calls_are_idempotent() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-many", "many").await;
+    f.sandbox("pod-many", "many").await;
+    let runs = (0..20).map(|i| {
+        let spec = f.spec(&format!("c{i}"), &["sh", "-c", &format!("echo {i}; exit {}", i % 4)]);
+        let f = &f;
+        async move {
+            let (id, status, log) = f.run("pod-many", spec).await;
+            (i, id, status.code, log)
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    for (i, id, code, log) in &results {
+        assert_eq!(*code, i % 4);
+        assert_eq!(log_lines(log), vec![("stdout".into(), "F".into(), i.to_string())]);
+        f.rt().remove_container(id).await.unwrap();
+        f.rt().remove_container(id).await.unwrap();
+    }
+    f.rt().remove_sandbox("pod-many").await.unwrap();
+    f.rt().remove_sandbox("pod-many").await.unwrap();
+    assert!(matches!(f.rt().create_container("pod-many", &f.spec("late", &["true"])).await, Err(Error::NoSandbox(_))));
+}

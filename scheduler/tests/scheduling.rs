@@ -151,3 +151,31 @@ async fn bound_pods_requests_are_counted_even_in_a_burst() {
     }
     assert_eq!((bound, failed), (2, 1), "two 400Mi pods fit in 1Gi, the third does not");
 }
+
+#[tokio::test]
+async fn a_bound_pod_leaves_the_pending_informer_as_a_delete() {
+    use skiff_api::{Informer, InformerEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let registry = skiff_apiserver::Registry::open(&dir.path().join("state.redb")).unwrap();
+    registry.bootstrap("10.43.0.1").await.unwrap();
+    let client: Arc<dyn ApiClient> = registry;
+    add_node(&client, "n1", "1Gi").await;
+    let (store, mut events, _h) =
+        Informer::<Pod>::new(client.clone(), None, ListOptions::fields("spec.nodeName=")).spawn();
+    add_pod(&client, "hello", "64Mi").await;
+    assert!(matches!(next(&mut events).await, InformerEvent::Synced));
+    assert!(matches!(next(&mut events).await, InformerEvent::Applied(_)));
+    assert_eq!(store.len(), 1);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "hello"},
+                         "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}});
+    pods.create_subresource("hello", "binding", binding).await.unwrap();
+    assert!(matches!(next(&mut events).await, InformerEvent::Deleted(_)), "no longer matching is a delete");
+    assert!(store.is_empty());
+}
+
+async fn next(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<skiff_api::InformerEvent<Pod>>,
+) -> skiff_api::InformerEvent<Pod> {
+    tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("an informer event").unwrap()
+}

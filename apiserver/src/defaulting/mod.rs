@@ -3,6 +3,7 @@
 
 mod namespace;
 mod pod;
+pub mod quantity;
 mod secret;
 mod service;
 mod workloads;
@@ -11,6 +12,9 @@ use serde_json::{Value, json};
 use skiff_api::ResourceKind;
 
 pub fn apply(res: &ResourceKind, object: &mut Value) {
+    if !matches!(res.kind, "ConfigMap" | "Secret" | "Event") {
+        quantity::canonicalize(object);
+    }
     match (res.group, res.kind) {
         ("", "Pod") => pod::defaults(object),
         ("", "Namespace") => namespace::defaults(object),

@@ -124,36 +124,13 @@ pub fn image_pull_policy(image: &str) -> &'static str {
     }
 }
 
-/// A quantity (`100m`, `1Gi`, `2`) as a number, close enough to compare requests and limits.
-fn quantity(q: &Value) -> Option<f64> {
-    let s = match q {
-        Value::String(s) => s.trim().to_string(),
-        Value::Number(n) => return n.as_f64(),
-        _ => return None,
-    };
-    const SUFFIXES: &[(&str, f64)] = &[
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    for (suffix, factor) in SUFFIXES {
-        if let Some(num) = s.strip_suffix(suffix) {
-            return num.parse::<f64>().ok().map(|n| n * factor);
-        }
+/// A quantity in nano-units (numbers were made strings by canonicalization).
+fn quantity(q: &Value) -> Option<i128> {
+    match q {
+        Value::String(s) => super::quantity::parse(s).map(|(n, _)| n),
+        Value::Number(n) => super::quantity::parse(&n.to_string()).map(|(n, _)| n),
+        _ => None,
     }
-    s.parse().ok()
 }
 
 /// The QoS class of a pod spec, as `qos.GetPodQOS` computes it from cpu and memory.
@@ -168,14 +145,14 @@ pub fn qos_class(spec: &Value) -> &'static str {
         let requests = &c["resources"]["requests"];
         let limits = &c["resources"]["limits"];
         for r in ["cpu", "memory"] {
-            let req = requests.get(r).and_then(quantity).filter(|q| *q != 0.0);
-            let lim = limits.get(r).and_then(quantity).filter(|q| *q != 0.0);
+            let req = requests.get(r).and_then(quantity).filter(|q| *q != 0);
+            let lim = limits.get(r).and_then(quantity).filter(|q| *q != 0);
             if req.is_some() || lim.is_some() {
                 any = true;
             }
             // Requests were defaulted from limits, so a missing request means a missing limit.
             match (req, lim) {
-                (Some(a), Some(b)) if (a - b).abs() <= f64::EPSILON * a.abs().max(1.0) => {}
+                (Some(a), Some(b)) if a == b => {}
                 _ => guaranteed = false,
             }
         }

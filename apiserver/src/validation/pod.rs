@@ -154,6 +154,18 @@ fn validate_container(c: &Value, field: &str, volumes: &HashSet<String>) -> Vec<
     }
     let requests = &c["resources"]["requests"];
     let limits = &c["resources"]["limits"];
+    for (kind, map) in [("requests", requests), ("limits", limits)] {
+        for (r, q) in map.as_object().into_iter().flatten() {
+            let text = q.as_str().map(String::from).unwrap_or_else(|| q.to_string());
+            if !is_quantity(&text) {
+                causes.push(Cause::invalid(
+                    format!("{field}.resources.{kind}[{r}]"),
+                    quoted(&text),
+                    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+                ));
+            }
+        }
+    }
     for (r, q) in requests.as_object().into_iter().flatten() {
         if let (Some(req), Some(lim)) = (quantity(q), limits.get(r).and_then(quantity))
             && req > lim
@@ -168,24 +180,22 @@ fn validate_container(c: &Value, field: &str, volumes: &HashSet<String>) -> Vec<
     causes
 }
 
-fn quantity(q: &Value) -> Option<f64> {
-    // Same parser as defaulting's QoS: suffixes of resource.Quantity.
-    let s = q.as_str()?.trim();
-    let (num, factor) = [
-        ("Ki", 1024f64),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-    ]
-    .iter()
-    .find_map(|(suf, f)| s.strip_suffix(suf).map(|n| (n, *f)))
-    .unwrap_or((s, 1.0));
-    num.parse::<f64>().ok().map(|n| n * factor)
+fn quantity(q: &Value) -> Option<i128> {
+    crate::defaulting::quantity::parse(q.as_str()?).map(|(n, _)| n)
+}
+
+/// The syntax Kubernetes accepts: `^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$`.
+fn is_quantity(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    if number.is_empty() {
+        return false;
+    }
+    let letters = suffix.find(|c: char| !"eEinumkKMGTP".contains(c)).unwrap_or(suffix.len());
+    let rest = &suffix[letters..];
+    let rest = rest.strip_prefix(['+', '-']).unwrap_or(rest);
+    rest.bytes().all(|b| b.is_ascii_digit())
 }
 
 const UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
@@ -300,5 +310,17 @@ mod tests {
         let mut moved = old.clone();
         moved["spec"]["nodeName"] = json!("n1");
         assert_eq!(validate_update(&moved, &old).len(), 1);
+    }
+
+    #[test]
+    fn malformed_quantities_and_requests_above_limits_are_invalid() {
+        let p = pod(json!({"containers": [{"name": "a", "image": "x", "resources": {"requests": {"cpu": "lots"}}}]}));
+        let causes = validate(&p);
+        assert_eq!(causes[0].field, "spec.containers[0].resources.requests[cpu]");
+        let p = pod(json!({"containers": [{"name": "a", "image": "x",
+            "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}}]}));
+        let causes = validate(&p);
+        assert_eq!(causes[0].message, "Invalid value: \"2\": must be less than or equal to cpu limit of 1500m");
+        assert!(is_quantity("1e3") && is_quantity("-0.5Gi") && !is_quantity("Gi") && !is_quantity("1 Gi"));
     }
 }

@@ -233,6 +233,22 @@ fn io_error(path: &Path, e: std::io::Error) -> ApiError {
     ApiError::internal(format!("reading log file {}: {e}", path.display()))
 }
 
+/// The length of the longest prefix of `raw` that ends a message: a newline that is not the end
+/// of a partial (`P`) piece.
+fn complete_prefix(raw: &[u8]) -> usize {
+    let mut cut = raw.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    while cut > 0 {
+        let start = raw[..cut - 1].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let line = String::from_utf8_lossy(&raw[start..cut - 1]);
+        if parse_cri_line(&line).is_some_and(|l| l.partial) {
+            cut = start;
+        } else {
+            break;
+        }
+    }
+    cut
+}
+
 /// The byte stream of a log request over `path`.
 pub async fn stream_log(
     path: PathBuf,
@@ -243,8 +259,9 @@ pub async fn stream_log(
     let mut file = tokio::fs::File::open(&path).await.map_err(|e| io_error(&path, e))?;
     let mut raw = Vec::new();
     file.read_to_end(&mut raw).await.map_err(|e| io_error(&path, e))?;
-    // Only complete lines now; a follower keeps the unfinished tail for the next read.
-    let cut = if opts.follow { raw.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) } else { raw.len() };
+    // Only complete messages now; a follower keeps the unfinished tail (a line still being
+    // written, and partial pieces waiting for their end) for the next read.
+    let cut = if opts.follow { complete_prefix(&raw) } else { raw.len() };
     let rest = raw.split_off(cut);
     let first = render(&String::from_utf8_lossy(&raw), &filter, opts.tail_lines, opts.limit_bytes);
     let (Some(mut running), true) = (running, opts.follow) else {
@@ -385,6 +402,15 @@ mod tests {
         assert_eq!(select_log_file(dir.path(), "web", &opts).unwrap(), dir.path().join("1.log"));
         opts.previous = false;
         assert_eq!(select_log_file(dir.path(), "web", &opts).unwrap(), dir.path().join("10.log"));
+    }
+
+    #[test]
+    fn a_follower_holds_back_partial_pieces_until_their_line_ends() {
+        let full = "t stdout F a\nt stdout P b\nt stdout P c\n";
+        assert_eq!(complete_prefix(full.as_bytes()), "t stdout F a\n".len());
+        assert_eq!(complete_prefix(b"t stdout F a\nt stdout F b"), "t stdout F a\n".len());
+        assert_eq!(complete_prefix(b"t stdout P x\n"), 0);
+        assert_eq!(complete_prefix(b""), 0);
     }
 
     #[tokio::test]

@@ -141,12 +141,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         ("controllers", Ok(()))
     });
 
-    let controllers = skiff_controllers::run_all(api.clone(), shutdown.clone());
-    parts.spawn(async move {
-        controllers.await;
-        ("controllers", Ok(()))
-    });
-
     let kubelet = skiff_kubelet::Kubelet::new(
         skiff_kubelet::KubeletConfig { node_name: config.node_name.clone(), root: config.data_dir.join("kubelet") },
         api.clone(),

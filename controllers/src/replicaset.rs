@@ -202,11 +202,13 @@ impl ReplicaSetController {
         Ok(owned)
     }
 
-    async fn manage(&self, key: &ObjectKey, rs: &ReplicaSet, owned: &[Arc<Pod>]) -> Result<(), ApiError> {
+    /// Creates or deletes pods towards `replicas`; returns the names of the pods it deleted.
+    async fn manage(&self, key: &ObjectKey, rs: &ReplicaSet, owned: &[Arc<Pod>]) -> Result<Vec<String>, ApiError> {
         let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let active: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).filter(|p| is_active(p)).collect();
         let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
         let reference = ObjectReference::of(rs);
+        let mut deleted = Vec::new();
         match plan(replicas, active.clone()) {
             Plan::Nothing => {}
             Plan::Create(n) => {
@@ -251,6 +253,7 @@ impl ReplicaSetController {
                     let name = pod.metadata.name.as_deref().unwrap_or_default();
                     match result {
                         Ok(_) => {
+                            deleted.push(name.to_string());
                             self.expectations.deleted(key, pod);
                             self.recorder.normal(&reference, "SuccessfulDelete", &format!("Deleted pod: {name}")).await;
                         }
@@ -260,7 +263,7 @@ impl ReplicaSetController {
                 }
             }
         }
-        Ok(())
+        Ok(deleted)
     }
 }
 
@@ -280,11 +283,14 @@ impl Reconciler for ReplicaSetController {
         };
         let Some(selector) = selector_of(&rs) else { return Ok(Action::AwaitChange) };
         let owned = self.claim_pods(&rs, &selector).await?;
+        let mut deleted = Vec::new();
         if self.expectations.satisfied(key, &self.pods) && rs.metadata.deletion_timestamp.is_none() {
-            self.manage(key, &rs, &owned).await?;
+            deleted = self.manage(key, &rs, &owned).await?;
         }
         let now = jiff::Timestamp::now();
-        let owned_refs: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).collect();
+        // Pods deleted just now no longer count, though the cache has not seen it yet.
+        let owned_refs: Vec<&Pod> =
+            owned.iter().map(|p| p.as_ref()).filter(|p| !p.metadata.name.as_ref().is_some_and(|n| deleted.contains(n))).collect();
         let status = compute_status(&rs, &owned_refs, now);
         if rs.status.as_ref() != Some(&status) {
             let mut updated = (*rs).clone();

@@ -171,7 +171,21 @@ impl DeploymentController {
             }),
             status: None,
         };
-        let created = self.rs_api(&ns).create(&rs).await?;
+        let created = match self.rs_api(&ns).create(&rs).await {
+            Ok(created) => created,
+            // Our cache had not seen the ReplicaSet a previous reconcile created: take it if
+            // it is ours with this template, as Kubernetes does before counting a collision.
+            Err(e) if e.is_already_exists() => {
+                let existing = self.rs_api(&ns).get(&name).await?;
+                let ours = controller_of(&existing.metadata).is_some_and(|o| Some(&o.uid) == d.metadata.uid.as_ref());
+                let same = existing.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| same_template(t, &spec.template));
+                if ours && same {
+                    return Ok(existing);
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let reference = ObjectReference::of(d);
         self.recorder
             .normal(&reference, "ScalingReplicaSet", &format!("Scaled up replica set {name} to {replicas} from 0"))
@@ -275,6 +289,12 @@ impl DeploymentController {
         let target = new_rs_replicas(d, &all, &new_rs);
         if target != spec_replicas(&new_rs) {
             return Ok(Some(self.scale(d, &new_rs, target).await?));
+        }
+        // Availability read from a ReplicaSet whose controller has not caught up with its last
+        // scale may still count pods that are going away: wait for it.
+        let settled = |rs: &ReplicaSet| rs.status.as_ref().and_then(|s| s.observed_generation) >= rs.metadata.generation;
+        if !settled(&new_rs) || !old.iter().all(settled) {
+            return Ok(Some(new_rs));
         }
         let old_refs: Vec<&ReplicaSet> = old.iter().collect();
         for (rs, cut) in old.iter().zip(old_rs_scale_down(d, &old_refs, &new_rs)) {

@@ -69,6 +69,9 @@ pub fn old_rs_scale_down(d: &Deployment, old: &[&ReplicaSet], new_rs: &ReplicaSe
     let all_pods: i32 = old.iter().map(|rs| spec_replicas(rs)).sum::<i32>() + spec_replicas(new_rs);
     let new_unavailable = (spec_replicas(new_rs) - available(new_rs)).max(0);
     let mut budget = all_pods - min_available - new_unavailable;
+    if budget <= 0 {
+        return cuts;
+    }
     // Pods that are not available cost no availability to remove.
     for (i, rs) in old.iter().enumerate() {
         if budget <= 0 {

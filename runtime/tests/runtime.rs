@@ -112,6 +112,15 @@ impl Drop for Fixture {
     }
 }
 
+/// Test-side wait for a container's output (it has no other readiness signal).
+async fn wait_for_log(path: &Path, text: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(path).unwrap_or_default().contains(text) {
+        assert!(std::time::Instant::now() < deadline, "{text:?} never appeared in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn log_lines(log: &str) -> Vec<(String, String, String)> {
     log.lines()
         .map(|l| {
@@ -312,10 +321,15 @@ async fn a_restarted_runtime_adopts_running_containers_and_finds_images() {
     f.sandbox("pod-adopt", "adopt").await;
     let id = f
         .rt()
-        .create_container("pod-adopt", &f.spec("waiter", &["sh", "-c", "trap 'exit 7' TERM; sleep 1000 & wait"]))
+        .create_container(
+            "pod-adopt",
+            &f.spec("waiter", &["sh", "-c", "trap 'exit 7' TERM; echo trapped; sleep 1000 & wait"]),
+        )
         .await
         .unwrap();
     f.rt().start_container(&id).await.unwrap();
+    // SIGTERM before the trap is set would be dropped (pid 1 without a handler).
+    wait_for_log(&f.spec("waiter", &[]).log_path, "trapped").await;
 
     let again = Runtime::new(config(f.root.path(), &f.cgroup_root)).unwrap();
     assert_eq!(again.find_image(&f.image.reference), Some(f.image.clone()));

@@ -34,6 +34,16 @@ fn mark(object: &mut Value, grace: i64) {
 pub fn delete(tx: &mut Tx<'_>, key: &Key, opts: &DeleteOptions) -> Result<Outcome, ApiError> {
     let res = key.res;
     let mut object = tx.get(key)?.ok_or_else(|| ApiError::not_found(res, &key.name))?;
+    if res.kind == "Namespace"
+        && res.group.is_empty()
+        && matches!(key.name.as_str(), "default" | "kube-system" | "kube-public")
+    {
+        return Err(ApiError::new(
+            403,
+            skiff_api::StatusReason::Forbidden,
+            format!("namespaces \"{}\" is forbidden: this namespace may not be deleted", key.name),
+        ));
+    }
     if let Some(want) = &opts.precondition_uid
         && Some(want.as_str()) != uid(&object)
     {

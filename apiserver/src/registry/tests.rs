@@ -442,6 +442,11 @@ async fn namespaces_terminate_until_finalized() {
     f.reg.create(namespaces, None, json!({"metadata": {"name": "team"}})).await.unwrap();
     let ns = f.reg.delete(namespaces, None, "team", &DeleteOptions::default()).await.unwrap();
     assert_eq!(ns["status"]["phase"], "Terminating");
+    let err = f.reg.delete(namespaces, None, "kube-system", &DeleteOptions::default()).await.unwrap_err();
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (403, "namespaces \"kube-system\" is forbidden: this namespace may not be deleted")
+    );
     let err = f.reg.create(pods(), Some("team"), pod("late")).await.unwrap_err();
     assert_eq!(err.code, 403);
     let mut finalize = ns.clone();

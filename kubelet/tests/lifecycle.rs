@@ -333,6 +333,25 @@ async fn missing_image_backs_off_and_the_pod_can_still_be_deleted(f: &mut Fixtur
     f.wait_gone("noimage").await;
 }
 
+async fn a_pod_deleted_while_its_image_is_pulling_goes_away(f: &mut Fixture) {
+    // A registry that accepts connections and never answers: the pull hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let image = format!("{}/slow:1", silent.local_addr().unwrap());
+    f.create("slow", "Always", json!([{"name": "app", "image": image}])).await;
+    for _ in 0..100 {
+        if reasons(&f.events("slow").await).iter().any(|r| r == "Pulling") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reasons(&f.events("slow").await).iter().any(|r| r == "Pulling"), "the pull started");
+    let started = std::time::Instant::now();
+    f.pods().delete("slow", &DeleteOptions::default()).await.unwrap();
+    f.wait_gone("slow").await;
+    assert!(started.elapsed() < Duration::from_secs(10), "deleted after {:?}", started.elapsed());
+    drop(silent);
+}
+
 async fn follow_streams_until_the_container_exits(f: &mut Fixture) {
     f.create(
         "counter",
@@ -395,6 +414,7 @@ fn main() {
         failing_container_restarts_with_back_off_and_keeps_previous_logs,
         deleting_a_running_pod_kills_it_after_the_grace_period_and_removes_it,
         missing_image_backs_off_and_the_pod_can_still_be_deleted,
+        a_pod_deleted_while_its_image_is_pulling_goes_away,
         follow_streams_until_the_container_exits,
         restarted_kubelet_adopts_running_containers_and_removes_orphans,
     ];

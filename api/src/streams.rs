@@ -1,8 +1,9 @@
-//! What the API server asks of the node for `pods/log` (and later exec, attach, port-forward):
-//! the kubelet implements [`PodStreams`]; the HTTP layer only carries the bytes.
+//! What the API server asks of the node for `pods/log` and `pods/exec` (later attach and
+//! port-forward): the kubelet implements [`PodStreams`]; the HTTP layer only carries the bytes.
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use tokio::sync::mpsc;
 
 use crate::ApiError;
 
@@ -23,8 +24,53 @@ pub struct LogOptions {
 
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
+/// The query of `…/pods/NAME/exec`: what to run, and which streams the client attached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOptions {
+    /// Already resolved by the API server, as for logs.
+    pub container: String,
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// With a terminal, stderr is not a separate stream: the terminal merges it into stdout.
+    pub tty: bool,
+}
+
+/// A terminal size, as kubectl sends it when the window changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminalSize {
+    pub width: u16,
+    pub height: u16,
+}
+
+/// The client's ends of an exec session. Each is `Some` exactly when [`ExecOptions`] asked for
+/// it (`resize` with `tty`). The node drops the senders when the process's output ends; the
+/// `stdin` receiver yielding `None` is the client's end of input.
+#[derive(Debug)]
+pub struct ExecIo {
+    pub stdin: Option<mpsc::Receiver<Bytes>>,
+    pub stdout: Option<mpsc::Sender<Bytes>>,
+    pub stderr: Option<mpsc::Sender<Bytes>>,
+    pub resize: Option<mpsc::Receiver<TerminalSize>>,
+}
+
 #[async_trait::async_trait]
 pub trait PodStreams: Send + Sync {
     /// The log of one container of a pod (`namespace/name`, with the pod's `uid`).
     async fn logs(&self, namespace: &str, name: &str, uid: &str, opts: &LogOptions) -> Result<ByteStream, ApiError>;
+
+    /// Runs a command in a container of a running pod with `io` as its streams, and returns
+    /// its exit code once it has exited and its output has been handed over.
+    async fn exec(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        opts: &ExecOptions,
+        io: ExecIo,
+    ) -> Result<i32, ApiError> {
+        let _ = (namespace, uid, opts, io);
+        Err(ApiError::bad_request(format!("exec into pod {name} is not supported by this node yet")))
+    }
 }

@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 mod discovery;
+mod exec;
 mod logs;
 mod openapi;
 mod protobuf;

@@ -18,6 +18,11 @@ impl Query {
         self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a repeated parameter (`command=sh&command=-c`), in order.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect()
+    }
+
     /// A non-empty value.
     pub fn string(&self, name: &str) -> Option<String> {
         self.get(name).filter(|v| !v.is_empty()).map(String::from)

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use skiff_api::{ApiError, DeleteOptions, ListOptions, PatchKind, ResourceKind, WatchEventType};
 
 use super::State;
+use super::exec;
 use super::logs;
 use super::protobuf;
 use super::query::Query;
@@ -50,7 +51,11 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target
             let ns = ns.ok_or_else(|| ApiError::bad_request("pods/log needs a namespace"))?;
             logs::logs(state, res, ns, name, &query).await
         }
-        (_, Some(_), Some(sub @ ("exec" | "attach" | "portforward"))) => {
+        (&Method::GET | &Method::POST, Some(name), Some("exec")) => {
+            let ns = ns.ok_or_else(|| ApiError::bad_request("pods/exec needs a namespace"))?.to_string();
+            exec::exec(state, req, res, &ns, name, &query).await
+        }
+        (_, Some(_), Some(sub @ ("attach" | "portforward"))) => {
             Err(ApiError::bad_request(format!("{}/{sub} is not supported by this server yet", res.plural)))
         }
         (&Method::POST, None, None) => {

@@ -187,6 +187,31 @@ impl PodStreams for EchoLogs {
         let text = format!("log of {namespace}/{name}/{} tail={:?}\n", opts.container, opts.tail_lines);
         Ok(futures::stream::iter([Ok(bytes::Bytes::from(text))]).boxed())
     }
+
+    /// `cat` copies stdin to stdout; `fail` writes to stderr and exits 3.
+    async fn exec(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        _uid: &str,
+        opts: &skiff_api::ExecOptions,
+        mut io: skiff_api::ExecIo,
+    ) -> Result<i32, ApiError> {
+        match opts.command[0].as_str() {
+            "cat" => {
+                let (mut stdin, stdout) = (io.stdin.take().unwrap(), io.stdout.take().unwrap());
+                while let Some(chunk) = stdin.recv().await {
+                    stdout.send(chunk).await.unwrap();
+                }
+                Ok(0)
+            }
+            "fail" => {
+                io.stderr.take().unwrap().send(bytes::Bytes::from_static(b"bad things\n")).await.unwrap();
+                Ok(3)
+            }
+            other => Err(ApiError::bad_request(format!("{other}: not found in the test double"))),
+        }
+    }
 }
 
 const TOKEN: &str = "test-token-0123456789";
@@ -673,4 +698,70 @@ async fn shutdown_ends_open_watches_and_serve_returns() {
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "serve returned after shutdown: {stopped:?}");
     let exited = tokio::time::timeout(std::time::Duration::from_secs(8), watcher.wait()).await;
     assert!(exited.is_ok(), "kubectl's watch ended with the server");
+}
+
+#[tokio::test]
+async fn kubectl_exec_pipes_stdin_and_output_and_reports_the_exit_code() {
+    let server = Server::start().await;
+    server.seed("pods", Some("default"), running_pod("web-1", "default")).await;
+    let _ = server.streams.set(Arc::new(EchoLogs));
+    let (ok, stdout, stderr) =
+        server.kubectl_with(&server.kubeconfig(), &["exec", "-i", "web-1", "--", "cat"], Some("hello\nworld\n")).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "hello\nworld\n");
+
+    let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
+    cmd.arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["exec", "web-1", "--", "fail"])
+        .env("HOME", server.dir.path());
+    let out = cmd.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("bad things") && stderr.contains("command terminated with exit code 3"), "{stderr}");
+
+    let (ok, _, stderr) =
+        server.kubectl_with(&server.kubeconfig(), &["exec", "web-1", "-c", "nope", "--", "cat"], None).await;
+    assert!(!ok && stderr.contains("container nope is not valid for pod web-1"), "{stderr}");
+}
+
+#[tokio::test]
+#[ignore = "manual debugging aid"]
+async fn debug_server() {
+    let server = Server::start().await;
+    server.seed("pods", Some("default"), running_pod("web-1", "default")).await;
+    let _ = server.streams.set(Arc::new(EchoLogs));
+    std::fs::write("/tmp/skiff-http-debug", server.kubeconfig().to_str().unwrap()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+}
+
+/// /usr/bin/kubectl dispatches to the client matching the server (1.33), which sends most
+/// `create <generator>` bodies as protobuf.
+#[tokio::test]
+async fn kubectl_create_generators_work_through_protobuf_bodies() {
+    let server = Server::start_registry().await;
+    for (args, created) in [
+        (&["create", "namespace", "team"][..], "namespace/team created"),
+        (
+            &["create", "deployment", "web", "--image=nginx:1.27", "--replicas=2", "--port=80"],
+            "deployment.apps/web created",
+        ),
+        (&["create", "service", "clusterip", "web", "--tcp=80:8080"], "service/web created"),
+        (&["create", "job", "once", "--image=busybox", "--", "echo", "hi"], "job.batch/once created"),
+        (&["create", "cronjob", "tick", "--image=busybox", "--schedule=*/5 * * * *"], "cronjob.batch/tick created"),
+        (&["create", "serviceaccount", "robot"], "serviceaccount/robot created"),
+    ] {
+        let out = server.kubectl(args).await;
+        assert!(out.contains(created), "{args:?}: {out}");
+    }
+    let deploy: Value = serde_json::from_str(&server.kubectl(&["get", "deploy", "web", "-o", "json"]).await).unwrap();
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(deploy["spec"]["template"]["spec"]["containers"][0]["image"], "nginx:1.27");
+    assert_eq!(deploy["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 80);
+    let svc: Value = serde_json::from_str(&server.kubectl(&["get", "svc", "web", "-o", "json"]).await).unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    let job: Value = serde_json::from_str(&server.kubectl(&["get", "job", "once", "-o", "json"]).await).unwrap();
+    assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["command"], json!(["echo", "hi"]));
+    let cj = server.kubectl(&["get", "cronjob", "tick", "-o", "jsonpath={.spec.schedule}"]).await;
+    assert_eq!(cj, "*/5 * * * *");
 }

@@ -295,10 +295,12 @@ impl TestServer {
             left = self.leftovers(false);
         }
         let report = left.describe();
+        let log = self.log();
         self.finished = true;
         self.sweep();
         assert!(report.is_empty(), "Skiff left these behind after its pods were deleted:\n{report}");
         self.assert_nothing_left();
+        assert!(!log.contains("panicked at"), "a part of skiff server panicked; its log:\n{log}");
     }
 
     /// Asserts that nothing of this test is on the machine: no process, mount, cgroup (not even

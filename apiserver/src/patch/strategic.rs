@@ -288,7 +288,8 @@ mod tests {
     #[test]
     fn directives_and_list_strategies() {
         let deploy = res("deployments");
-        let cases: Vec<(&str, Value, Box<dyn Fn(&Value)>)> = vec![
+        type Check = Box<dyn Fn(&Value)>;
+        let cases: Vec<(&str, Value, Check)> = vec![
             (
                 "a container is removed with $patch: delete",
                 json!({"spec": {"template": {"spec": {"containers": [{"name": "sidecar", "$patch": "delete"}]}}}}),

@@ -66,7 +66,7 @@ pub fn validate(svc: &Value) -> Vec<Cause> {
             causes.push(Cause::not_supported(format!("{field}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
         }
         if !port_keys.insert((p["port"].as_i64(), proto.to_string())) {
-            causes.push(duplicate(format!("{field}"), &format!("{}/{proto}", p["port"])));
+            causes.push(duplicate(field.clone(), &format!("{}/{proto}", p["port"])));
         }
         if let Some(t) = p["targetPort"].as_i64()
             && !(1..=65535).contains(&t)

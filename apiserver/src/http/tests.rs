@@ -725,16 +725,6 @@ async fn kubectl_exec_pipes_stdin_and_output_and_reports_the_exit_code() {
     assert!(!ok && stderr.contains("container nope is not valid for pod web-1"), "{stderr}");
 }
 
-#[tokio::test]
-#[ignore = "manual debugging aid"]
-async fn debug_server() {
-    let server = Server::start().await;
-    server.seed("pods", Some("default"), running_pod("web-1", "default")).await;
-    let _ = server.streams.set(Arc::new(EchoLogs));
-    std::fs::write("/tmp/skiff-http-debug", server.kubeconfig().to_str().unwrap()).unwrap();
-    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
-}
-
 /// /usr/bin/kubectl dispatches to the client matching the server (1.33), which sends most
 /// `create <generator>` bodies as protobuf.
 #[tokio::test]

@@ -755,3 +755,15 @@ async fn kubectl_create_generators_work_through_protobuf_bodies() {
     let cj = server.kubectl(&["get", "cronjob", "tick", "-o", "jsonpath={.spec.schedule}"]).await;
     assert_eq!(cj, "*/5 * * * *");
 }
+
+#[tokio::test]
+async fn bodies_over_three_mebibytes_are_refused_with_413() {
+    let server = Server::start().await;
+    let big = server.dir.path().join("big.txt");
+    std::fs::write(&big, "x".repeat(4 * 1024 * 1024)).unwrap();
+    let from_file = format!("--from-file={}", big.display());
+    let (ok, _, stderr) =
+        server.kubectl_with(&server.kubeconfig(), &["create", "configmap", "big", &from_file], None).await;
+    assert!(!ok);
+    assert!(stderr.contains("RequestEntityTooLarge") || stderr.contains("larger than the 3 MiB limit"), "{stderr}");
+}

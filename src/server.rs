@@ -81,6 +81,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         bail!("skiff server must run as root");
     }
     let listener = bind(config.listen)?;
+    // From here a signal stops the server cleanly, also while it is still starting: the parts
+    // see the cancelled token and return at once.
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone())?;
     create_private_dir(&config.data_dir)?;
     let runtime = skiff_runtime::Runtime::new(skiff_runtime::RuntimeConfig {
         root: config.data_dir.join("runtime"),
@@ -113,8 +117,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     info!(path = %config.kubeconfig_path.display(), "wrote kubeconfig");
 
     // 4. The long-running parts.
-    let shutdown = CancellationToken::new();
-    watch_signals(shutdown.clone())?;
     let streams: Arc<OnceLock<Arc<dyn PodStreams>>> = Arc::new(OnceLock::new());
     let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 

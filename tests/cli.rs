@@ -96,3 +96,40 @@ fn server_writes_a_kubeconfig_reuses_its_token_and_stops_cleanly_on_sigterm() {
     assert_eq!(again, kubeconfig, "a restart reuses the CA and the token");
     server.finish();
 }
+
+#[test]
+fn flags_can_come_from_skiff_environment_variables() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = skiff(&["server"])
+        .env("SKIFF_HTTPS_LISTEN_PORT", &port)
+        .env("SKIFF_DATA_DIR", dir.path().join("data"))
+        .env("SKIFF_NODE_NAME", "env-node")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains(&format!("error: port {port} on 127.0.0.1 is already in use")),
+        "SKIFF_HTTPS_LISTEN_PORT was used; stderr: {}",
+        stderr(&out)
+    );
+
+    let out = skiff(&["server"]).env("SKIFF_SERVICE_CIDR", "10.42.0.0/16").output().unwrap();
+    assert!(stderr(&out).contains("overlaps --service-cidr 10.42.0.0/16"), "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn kubeconfig_goes_where_write_kubeconfig_says_with_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let path = elsewhere.path().join("admin.yaml");
+    let path_arg = path.to_str().unwrap();
+    let server = TestServer::start_with(&["--write-kubeconfig", path_arg, "--write-kubeconfig-mode", "0644"]);
+    assert_eq!(server.kubeconfig(), path);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    assert!(!server.data_dir().join("kubeconfig.yaml").exists(), "only the asked-for kubeconfig is written");
+    assert_eq!(server.kubectl_ok(&["get", "ns", "default", "-o", "name"]).trim(), "namespace/default");
+    server.finish();
+}

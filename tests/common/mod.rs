@@ -42,6 +42,7 @@ pub struct TestServer {
     port: u16,
     node_name: String,
     cgroup_root: String,
+    extra_args: Vec<String>,
     child: Option<Child>,
     finished: bool,
 }
@@ -49,6 +50,12 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server and waits until its `/readyz` answers `ok`.
     pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with more flags after the harness's own; pass none that the harness sets
+    /// (clap refuses a flag given twice).
+    pub fn start_with(extra_args: &[&str]) -> TestServer {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let name = format!("skiff-test-{}-{n}", std::process::id());
         let dir = tempfile::Builder::new()
@@ -66,6 +73,7 @@ impl TestServer {
             port: free_port(),
             node_name: name.clone(),
             cgroup_root: name,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
             finished: false,
         };
@@ -94,8 +102,12 @@ impl TestServer {
         &self.cgroup_root
     }
 
+    /// Where the server writes its kubeconfig: `--write-kubeconfig` if the test gave one.
     pub fn kubeconfig(&self) -> PathBuf {
-        self.data_dir.join("kubeconfig.yaml")
+        match self.extra_args.iter().position(|a| a == "--write-kubeconfig") {
+            Some(i) => PathBuf::from(&self.extra_args[i + 1]),
+            None => self.data_dir.join("kubeconfig.yaml"),
+        }
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -117,7 +129,8 @@ impl TestServer {
             .arg(self.port.to_string())
             .args(["--bind-address", "127.0.0.1"])
             .args(["--cluster-cidr", CLUSTER_CIDR, "--service-cidr", SERVICE_CIDR])
-            .args(["--node-name", &self.node_name, "--cgroup-root", &self.cgroup_root]);
+            .args(["--node-name", &self.node_name, "--cgroup-root", &self.cgroup_root])
+            .args(&self.extra_args);
         // Flags are all given; a SKIFF_* variable of the caller's shell must not fill in others.
         for (key, _) in std::env::vars() {
             if key.starts_with("SKIFF_") {

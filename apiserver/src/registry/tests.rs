@@ -636,3 +636,60 @@ async fn server_side_apply_tracks_owners_across_requests() {
     let put = f.reg.update(cms, Some("default"), "c", None, put).await.unwrap();
     assert!(put["metadata"]["managedFields"].as_array().is_some_and(|m| !m.is_empty()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_replayed_over_a_list_rebuilds_the_final_state() {
+    let f = Fixture::new().await;
+    let cms = core("configmaps");
+    let start = f.reg.list(cms, Some("default"), &ListOptions::default()).await.unwrap();
+    let opts = ListOptions { resource_version: Some(start.resource_version.clone()), ..Default::default() };
+    let mut watch = f.reg.watch(cms, Some("default"), &opts).await.unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        let reg = f.reg.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30 {
+                let name = format!("w{writer}-{}", i % 7);
+                let body = json!({"metadata": {"name": name}, "data": {"i": i.to_string()}});
+                match reg.create(cms, Some("default"), body.clone()).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_already_exists() => {
+                        if i % 3 == 0 {
+                            reg.delete(cms, Some("default"), &name, &DeleteOptions::default()).await.unwrap();
+                        } else {
+                            let patch = json!({"data": {"i": i.to_string()}});
+                            reg.patch(cms, Some("default"), &name, None, PatchKind::Merge, patch).await.unwrap();
+                        }
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let end = f.reg.list(cms, Some("default"), &ListOptions::default()).await.unwrap();
+    let end_rv: u64 = end.resource_version.parse().unwrap();
+    let mut state = std::collections::BTreeMap::new();
+    let mut last = 0;
+    while last < end_rv {
+        let ev = next(&mut watch).await;
+        let at = rv(&ev.object);
+        assert!(at > last, "revisions arrive in order: {at} after {last}");
+        last = at;
+        let name = ev.object["metadata"]["name"].as_str().unwrap().to_string();
+        match ev.kind {
+            WatchEventType::Added | WatchEventType::Modified => {
+                state.insert(name, ev.object);
+            }
+            WatchEventType::Deleted => {
+                state.remove(&name);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let listed: std::collections::BTreeMap<_, _> =
+        end.items.into_iter().map(|o| (o["metadata"]["name"].as_str().unwrap().to_string(), o)).collect();
+    assert_eq!(state, listed);
+}

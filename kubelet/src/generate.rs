@@ -86,6 +86,8 @@ pub struct PodRuntimeState {
     pub start_time: Option<Timestamp>,
     pub host_ip: String,
     pub pod_ip: Option<String>,
+    /// Why the kubelet failed the pod as a whole (`DeadlineExceeded`), with its message.
+    pub failure: Option<(String, String)>,
     pub containers: BTreeMap<String, ContainerRuntimeState>,
 }
 
@@ -293,13 +295,9 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
     let old_phase = old.phase.as_deref();
     // A terminal phase is final (Kubernetes never leaves Succeeded or Failed).
     let phase = match old_phase {
-        Some(p @ ("Succeeded" | "Failed")) => {
-            if p == "Succeeded" {
-                "Succeeded"
-            } else {
-                "Failed"
-            }
-        }
+        Some("Succeeded") => "Succeeded",
+        Some("Failed") => "Failed",
+        _ if rt.failure.is_some() => "Failed",
         _ => match init_phase(pod, &init_statuses) {
             Some(p) => p,
             None => phase(pod, &statuses),
@@ -349,6 +347,8 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
         pod_ip: rt.pod_ip.clone(),
         pod_ips: rt.pod_ip.as_ref().map(|ip| vec![k8s_openapi::api::core::v1::PodIP { ip: ip.clone() }]),
         qos_class: old.qos_class.clone(),
+        reason: rt.failure.as_ref().map(|(r, _)| r.clone()).or(old.reason.clone()),
+        message: rt.failure.as_ref().map(|(_, m)| m.clone()).or(old.message.clone()),
         ..Default::default()
     }
 }
@@ -418,6 +418,7 @@ mod tests {
             start_time: Some(ts(0)),
             host_ip: "10.0.0.5".into(),
             pod_ip: None,
+            failure: None,
             containers: containers.into_iter().map(|(n, s)| (n.to_string(), s)).collect(),
         }
     }
@@ -572,6 +573,16 @@ mod tests {
         assert!(!will_restart_init(&pod_with_init("Always"), 0));
         assert!(will_restart_init(&pod_with_init("OnFailure"), 2));
         assert!(!will_restart_init(&pod_with_init("Never"), 2));
+    }
+
+    #[test]
+    fn a_pod_failed_by_the_kubelet_reports_why() {
+        let mut rt = state(true, vec![("app", running())]);
+        rt.failure =
+            Some(("DeadlineExceeded".into(), "Pod was active on the node longer than the specified deadline".into()));
+        let status = generate(&pod("Always", &["app"]), &rt, ts(5));
+        assert_eq!(status.phase.as_deref(), Some("Failed"));
+        assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
     }
 
     #[test]

@@ -137,6 +137,9 @@ async fn run_worker(
         let update = rx.borrow_and_update().clone();
         state = match state {
             WorkerState::Syncing if update.terminating() => WorkerState::Terminating { grace: update.grace() },
+            WorkerState::Syncing if w.deadline_exceeded(&update.pod).await => {
+                WorkerState::Terminating { grace: update.grace() }
+            }
             WorkerState::Syncing => {
                 let wake = tokio::select! {
                     wake = w.sync_pod(&update.pod) => wake,
@@ -153,7 +156,11 @@ async fn run_worker(
                     WorkerState::Terminating { grace: Duration::ZERO }
                 } else {
                     if !exited {
-                        let deadline = wake.unwrap_or_else(|| Instant::now() + RESYNC);
+                        let deadline = [wake, w.active_deadline(&update.pod)]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .unwrap_or_else(|| Instant::now() + RESYNC);
                         tokio::select! {
                             changed = rx.changed() => if changed.is_err() { return },
                             Some(exit) = exits.recv() => w.handle_exit(exit).await,

@@ -22,6 +22,8 @@ const OWNED: &[&str] = &[
     "hostIPs",
     "podIP",
     "podIPs",
+    "reason",
+    "message",
 ];
 
 /// The kubelet-owned part of a status, as JSON.

@@ -352,6 +352,33 @@ async fn a_pod_deleted_while_its_image_is_pulling_goes_away(f: &mut Fixture) {
     drop(silent);
 }
 
+async fn active_deadline_fails_the_pod_and_stops_it(f: &mut Fixture) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "deadline"},
+        "spec": {"nodeName": NODE, "activeDeadlineSeconds": 2, "terminationGracePeriodSeconds": 1, "hostname": "short",
+                 "containers": [{"name": "app", "image": f.image, "command": ["sh", "-c", "hostname; sleep 3600"]}]},
+    }))
+    .unwrap();
+    let uid = f.pods().create(&pod).await.unwrap().metadata.uid.unwrap();
+    let failed = f.wait_pod("deadline", "Failed", |p| phase(p) == "Failed").await;
+    assert_eq!(status(&failed).reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(
+        status(&failed).message.as_deref(),
+        Some("Pod was active on the node longer than the specified deadline")
+    );
+    assert_eq!(f.logs(&failed, opts("app")).await.unwrap(), "short\n", "the sandbox takes spec.hostname");
+    for _ in 0..50 {
+        if f.sandbox_containers(&uid) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(f.sandbox_containers(&uid), 0);
+    assert!(reasons(&f.events("deadline").await).iter().any(|r| r == "DeadlineExceeded"));
+    f.pods().delete("deadline", &DeleteOptions::default()).await.unwrap();
+    f.wait_gone("deadline").await;
+}
+
 async fn follow_streams_until_the_container_exits(f: &mut Fixture) {
     f.create(
         "counter",
@@ -415,6 +442,7 @@ fn main() {
         deleting_a_running_pod_kills_it_after_the_grace_period_and_removes_it,
         missing_image_backs_off_and_the_pod_can_still_be_deleted,
         a_pod_deleted_while_its_image_is_pulling_goes_away,
+        active_deadline_fails_the_pod_and_stops_it,
         follow_streams_until_the_container_exits,
         restarted_kubelet_adopts_running_containers_and_removes_orphans,
     ];

@@ -246,6 +246,26 @@ impl PodWorker {
         st.current = Current::Terminated(terminated);
     }
 
+    /// When `spec.activeDeadlineSeconds` runs out, counted from the pod's start time.
+    pub(crate) fn active_deadline(&self, pod: &Pod) -> Option<Instant> {
+        let secs = pod.spec.as_ref()?.active_deadline_seconds?;
+        let start = self.rt.start_time?;
+        let left = start.as_second().saturating_add(secs) - Timestamp::now().as_second();
+        Some(Instant::now() + std::time::Duration::from_secs(left.max(0) as u64))
+    }
+
+    /// True (once, with the pod marked Failed and an event) when the active deadline has passed:
+    /// the kubelet then stops the pod, as Kubernetes' `activeDeadlineHandler` does.
+    pub(crate) async fn deadline_exceeded(&mut self, pod: &Pod) -> bool {
+        if self.rt.failure.is_some() || self.active_deadline(pod).is_none_or(|at| at > Instant::now()) {
+            return false;
+        }
+        let message = "Pod was active on the node longer than the specified deadline";
+        self.rt.failure = Some(("DeadlineExceeded".into(), message.into()));
+        self.kubelet.recorder.warning(&crate::events::pod_ref(pod), "DeadlineExceeded", message).await;
+        true
+    }
+
     /// Generates the status and writes it if it changed. Returns the phase.
     pub(crate) async fn write_status(&mut self, pod: &Pod) -> Option<String> {
         let status = generate::generate(pod, &self.rt, Timestamp::now());

@@ -106,7 +106,11 @@ impl PodWorker {
         }
         let k = self.kubelet.clone();
         if !self.rt.sandbox_ready {
-            let hostname = pod.metadata.name.clone().unwrap_or_default();
+            // `spec.hostname` if set, else the pod name, cut to a DNS label as the kubelet does.
+            let hostname = pod.spec.as_ref().and_then(|s| s.hostname.clone()).filter(|h| !h.is_empty());
+            let mut hostname = hostname.or(pod.metadata.name.clone()).unwrap_or_default();
+            hostname.truncate(63);
+            let hostname = hostname.trim_end_matches(['-', '.']).to_string();
             match k.runtime.run_sandbox(&SandboxSpec { id: self.uid.clone(), hostname }).await {
                 Ok(()) => self.rt.sandbox_ready = true,
                 Err(e) => {

@@ -90,6 +90,7 @@ pub enum Reason {
     UntoleratedTaint { key: String, value: String },
     Insufficient(&'static str),
     TooManyPods,
+    PortsInUse,
 }
 
 impl std::fmt::Display for Reason {
@@ -101,6 +102,7 @@ impl std::fmt::Display for Reason {
             Self::UntoleratedTaint { key, value } => write!(f, "node(s) had untolerated taint {{{key}: {value}}}"),
             Self::Insufficient(resource) => write!(f, "Insufficient {resource}"),
             Self::TooManyPods => f.write_str("Too many pods"),
+            Self::PortsInUse => f.write_str("node(s) didn't have free ports for the requested pod ports"),
         }
     }
 }
@@ -180,6 +182,33 @@ pub fn untolerated_taint<'a>(pod: &Pod, node: &'a Node) -> Option<&'a Taint> {
     })
 }
 
+/// The host ports a pod claims: (hostIP, protocol, port); an empty hostIP means all addresses.
+fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
+    let Some(spec) = &pod.spec else { return Vec::new() };
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|p| *p > 0)?;
+            let ip = p.host_ip.clone().filter(|ip| ip != "0.0.0.0").unwrap_or_default();
+            Some((ip, p.protocol.clone().unwrap_or_else(|| "TCP".into()), port))
+        })
+        .collect()
+}
+
+fn ports_conflict(pod: &Pod, others: &[&Pod]) -> bool {
+    let wanted = host_ports(pod);
+    if wanted.is_empty() {
+        return false;
+    }
+    others.iter().filter(|p| holds_resources(p)).flat_map(|p| host_ports(p)).any(|(ip, proto, port)| {
+        wanted.iter().any(|(wip, wproto, wport)| {
+            *wport == port && *wproto == proto && (wip.is_empty() || ip.is_empty() || *wip == ip)
+        })
+    })
+}
+
 /// Every reason `node` cannot take `pod`, given the pods already bound there (empty: it fits).
 pub fn check_node(pod: &Pod, node: &Node, pods_on_node: &[&Pod]) -> Vec<Reason> {
     let mut reasons = Vec::new();
@@ -195,6 +224,9 @@ pub fn check_node(pod: &Pod, node: &Node, pods_on_node: &[&Pod]) -> Vec<Reason> 
     if let Some(taint) = untolerated_taint(pod, node) {
         reasons
             .push(Reason::UntoleratedTaint { key: taint.key.clone(), value: taint.value.clone().unwrap_or_default() });
+    }
+    if ports_conflict(pod, pods_on_node) {
+        reasons.push(Reason::PortsInUse);
     }
     let free = allocatable(node);
     let mut used = Resources::default();
@@ -394,6 +426,29 @@ mod tests {
         assert_eq!(
             schedule(&pod("p", "0", "0"), &[&n], &refs),
             Decision::Unschedulable("0/1 nodes are available: 1 Too many pods.".into())
+        );
+    }
+
+    #[test]
+    fn a_host_port_in_use_on_the_node_rejects_the_pod() {
+        let n = node("n1", "2", "1Gi", true);
+        let with_port = |name: &str, port: i32, ip: Option<&str>| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"nodeName": "n1", "containers": [
+                {"name": "c", "ports": [{"containerPort": 80, "hostPort": port, "hostIP": ip}]}]}}))
+            .unwrap()
+        };
+        let taken = with_port("a", 8080, None);
+        assert_eq!(
+            schedule(&with_port("p", 8080, Some("127.0.0.1")), &[&n], &[&taken]),
+            Decision::Unschedulable(
+                "0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports.".into()
+            )
+        );
+        assert_eq!(schedule(&with_port("p", 8081, None), &[&n], &[&taken]), Decision::Bind("n1".into()));
+        let on_other_ip = with_port("b", 9090, Some("10.0.0.1"));
+        assert_eq!(
+            schedule(&with_port("p", 9090, Some("10.0.0.2")), &[&n], &[&on_other_ip]),
+            Decision::Bind("n1".into())
         );
     }
 

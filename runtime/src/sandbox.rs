@@ -37,11 +37,21 @@ pub fn is_ready(dir: &Path) -> bool {
     dir.join("sandbox.json").is_file()
 }
 
+/// Whether every namespace file is still a live nsfs bind mount (they are gone after a reboot,
+/// leaving empty files behind).
+pub fn is_pinned(dir: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    NAMESPACES.iter().all(|(name, _)| {
+        nix::sys::statfs::statfs(&ns_path(dir, name)).is_ok_and(|s| s.filesystem_type().0 == NSFS_MAGIC)
+    })
+}
+
 /// Creates the sandbox's namespaces and files. Blocking; idempotent for a complete sandbox.
 pub fn create(dir: &Path, spec: &SandboxSpec) -> Result<()> {
-    if is_ready(dir) {
+    if is_ready(dir) && is_pinned(dir) {
         return Ok(());
     }
+    let _ = std::fs::remove_file(dir.join("sandbox.json"));
     // A sandbox left half-made by a crash is redone from scratch.
     destroy_namespaces(dir);
     let ns_dir = dir.join("ns");

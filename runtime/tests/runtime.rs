@@ -443,3 +443,45 @@ async fn twenty_containers_run_at_once_and_repeated_calls_are_idempotent() {
     f.rt().remove_sandbox("pod-many").await.unwrap();
     assert!(matches!(f.rt().create_container("pod-many", &f.spec("late", &["true"])).await, Err(Error::NoSandbox(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_whose_namespaces_were_lost_is_made_again() {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let cgroup_root = format!("skiff-test-{}-ns{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let root = tempfile::Builder::new().prefix("skiff-rt-").tempdir().unwrap();
+    let rt = Runtime::new(config(root.path(), &cgroup_root)).unwrap();
+    let _cleanup = SandboxCleanup { root: root.path().to_path_buf(), cgroup_root: cgroup_root.clone() };
+    let spec = SandboxSpec { id: "pod-lost".into(), hostname: "lost".into() };
+    rt.run_sandbox(&spec).await.unwrap();
+    let net = root.path().join("sandboxes/pod-lost/ns/net");
+    let pinned = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&net.display().to_string());
+    assert!(pinned());
+    // What a reboot does: the bind mounts are gone, the files stay.
+    nix::mount::umount(&net).unwrap();
+    assert!(!pinned());
+    rt.run_sandbox(&spec).await.unwrap();
+    assert!(pinned(), "run_sandbox pins fresh namespaces");
+    rt.remove_sandbox("pod-lost").await.unwrap();
+    assert!(!pinned());
+    assert!(!root.path().join("sandboxes/pod-lost").exists());
+}
+
+/// Unpins every sandbox's namespaces under `root` and removes the cgroup root, even when the
+/// test failed half-way.
+struct SandboxCleanup {
+    root: PathBuf,
+    cgroup_root: String,
+}
+
+impl Drop for SandboxCleanup {
+    fn drop(&mut self) {
+        for sandbox in std::fs::read_dir(self.root.join("sandboxes")).into_iter().flatten().flatten() {
+            for ns in ["net", "ipc", "uts"] {
+                let _ = nix::mount::umount2(&sandbox.path().join("ns").join(ns), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if let Ok(m) = CgroupManager::detect(&self.cgroup_root) {
+            let _ = m.kill_and_remove(Path::new(&self.cgroup_root), Duration::from_secs(5));
+        }
+    }
+}

@@ -693,3 +693,24 @@ async fn a_watch_replayed_over_a_list_rebuilds_the_final_state() {
         end.items.into_iter().map(|o| (o["metadata"]["name"].as_str().unwrap().to_string(), o)).collect();
     assert_eq!(state, listed);
 }
+
+#[tokio::test]
+async fn claims_without_a_class_get_the_default_storage_class() {
+    let f = Fixture::new().await;
+    let classes = ResourceKind::by_plural("storage.k8s.io", "v1", "storageclasses").unwrap();
+    let class = json!({"metadata": {"name": "local-path", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+                       "provisioner": "rancher.io/local-path"});
+    f.reg.create(classes, None, class).await.unwrap();
+    let pvcs = core("persistentvolumeclaims");
+    let claim = |name: &str| {
+        json!({"metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    };
+    let created = f.reg.create(pvcs, Some("default"), claim("data")).await.unwrap();
+    assert_eq!(created["spec"]["storageClassName"], "local-path");
+    assert_eq!(created["status"]["phase"], "Pending");
+    let mut explicit = claim("none");
+    explicit["spec"]["storageClassName"] = json!("");
+    let created = f.reg.create(pvcs, Some("default"), explicit).await.unwrap();
+    assert_eq!(created["spec"]["storageClassName"], "");
+}

@@ -90,6 +90,9 @@ pub fn create_in(tx: &mut Tx<'_>, key: &Key, mut object: Value, net: &ServiceNet
     if res.kind == "Service" && res.group.is_empty() {
         services::allocate(tx, key, &mut object, None, net)?;
     }
+    if res.kind == "PersistentVolumeClaim" && res.group.is_empty() {
+        default_storage_class(tx, &mut object)?;
+    }
     Ok(Outcome { object: tx.put(key, object)?, created: true })
 }
 
@@ -290,4 +293,31 @@ pub fn ready_to_remove(res: &ResourceKind, object: &Value) -> bool {
         return false;
     }
     object["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
+}
+
+/// The DefaultStorageClass admission plugin: a claim that names no class gets the class
+/// annotated as the default (the newest, if several are).
+fn default_storage_class(tx: &Tx<'_>, claim: &mut Value) -> Result<(), ApiError> {
+    if claim["spec"].get("storageClassName").is_some_and(|c| !c.is_null()) {
+        return Ok(());
+    }
+    let Some(classes) = ResourceKind::by_plural("storage.k8s.io", "v1", "storageclasses") else { return Ok(()) };
+    let default = tx
+        .list(classes, None)?
+        .into_iter()
+        .filter(|c| {
+            let annotations = &c["metadata"]["annotations"];
+            annotations["storageclass.kubernetes.io/is-default-class"] == "true"
+                || annotations["storageclass.beta.kubernetes.io/is-default-class"] == "true"
+        })
+        .max_by(|a, b| {
+            let created = |c: &Value| c["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string();
+            created(a).cmp(&created(b))
+        });
+    if let Some(class) = default
+        && let Some(name) = class["metadata"]["name"].as_str()
+    {
+        claim["spec"]["storageClassName"] = json!(name);
+    }
+    Ok(())
 }

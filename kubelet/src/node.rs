@@ -183,7 +183,6 @@ pub fn node_status(info: &HostInfo, node_name: &str, now: Timestamp, since: Time
             {"type": "InternalIP", "address": info.internal_ip},
             {"type": "Hostname", "address": node_name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         "nodeInfo": {
             "machineID": info.machine_id,
             "systemUUID": info.system_uuid,

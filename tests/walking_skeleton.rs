@@ -219,3 +219,31 @@ fn a_running_container_outlives_a_server_restart_and_is_adopted() {
     drop(images);
     server.finish();
 }
+
+#[test]
+fn pods_interrupted_by_kill_9_at_any_point_of_their_start_run_exactly_once() {
+    let mut server = TestServer::start();
+    let images = TestImages::start();
+    // Each pod is applied, then the server is killed a little later each time: before the
+    // kubelet saw it, during the pull, during the container's start, while it runs.
+    let delays_ms = [0u64, 300, 800, 1500];
+    for (i, delay) in delays_ms.iter().enumerate() {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: once-{i}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: once\n    image: {}\n    command: [\"sh\", \"-c\", \"echo start; sleep 2; echo done\"]\n",
+            images.busybox()
+        );
+        apply(&server, &manifest);
+        std::thread::sleep(Duration::from_millis(*delay));
+        server.kill9();
+        server.restart();
+    }
+    for i in 0..delays_ms.len() {
+        let name = format!("once-{i}");
+        wait_completed(&server, &name);
+        // One run: a container started twice would have printed `start` twice.
+        assert_eq!(server.kubectl_ok(&["logs", &name]), "start\ndone\n", "logs of {name}");
+        delete_and_wait_gone(&server, &name);
+    }
+    drop(images);
+    server.finish();
+}

@@ -1,7 +1,8 @@
 //! `skiff server`: host checks, then the parts of the node started in order, and a graceful stop.
 //!
 //! Start order, each step depending on the one before:
-//! 1. checks: root, the API port free, a kernel the runtime can use (`Runtime::new`);
+//! 1. checks: root, the API port free, no other server on the data dir, a kernel the runtime
+//!    can use (`Runtime::new`);
 //! 2. the store (`<data-dir>/db/state.redb`) and its bootstrap objects;
 //! 3. TLS (`<data-dir>/tls`), the token (`<data-dir>/token`) and the admin kubeconfig;
 //! 4. the HTTPS API, the scheduler, the controllers, then the kubelet (which serves logs through the API).
@@ -86,6 +87,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     watch_signals(shutdown.clone())?;
     create_private_dir(&config.data_dir)?;
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let runtime = skiff_runtime::Runtime::new(skiff_runtime::RuntimeConfig {
         root: config.data_dir.join("runtime"),
         shim_exe: std::env::current_exe().context("finding the skiff executable to run shims with")?,
@@ -224,6 +226,26 @@ fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::from_std(listener).with_context(|| format!("registering the listener on {addr}"))
 }
 
+/// One server per data dir: the store, the runtime's state and the containers' shims all assume
+/// a single owner. The lock is taken before the runtime opens its state, so a second server
+/// fails without touching the first one's containers; the kernel drops it when the process dies.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let path = data_dir.join("server.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            anyhow!("another skiff server is running on data dir {}", data_dir.display())
+        } else {
+            anyhow!(errno).context(format!("locking {}", path.display()))
+        }
+    })
+}
+
 fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -290,6 +312,16 @@ mod tests {
             assert!(sans.iter().any(|s| s == want), "{want} missing from {sans:?}");
         }
         assert_eq!(sans.iter().filter(|s| *s == "127.0.0.1").count(), 1, "no duplicates");
+    }
+
+    #[test]
+    fn a_second_server_on_one_data_dir_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_dir(dir.path()).unwrap();
+        let err = lock_data_dir(dir.path()).unwrap_err();
+        assert_eq!(err.to_string(), format!("another skiff server is running on data dir {}", dir.path().display()));
+        drop(first);
+        lock_data_dir(dir.path()).unwrap();
     }
 
     #[tokio::test]

@@ -133,3 +133,20 @@ fn kubeconfig_goes_where_write_kubeconfig_says_with_its_mode() {
     assert_eq!(server.kubectl_ok(&["get", "ns", "default", "-o", "name"]).trim(), "namespace/default");
     server.finish();
 }
+
+#[test]
+fn a_second_server_on_the_same_data_dir_is_refused_and_the_first_keeps_serving() {
+    let server = TestServer::start();
+    let port = common::free_port().to_string();
+    let out = skiff(&["server", "--https-listen-port", &port, "--node-name", "second"])
+        .arg("--data-dir")
+        .arg(server.data_dir())
+        .args(["--cgroup-root", &format!("{}-second", server.cgroup_root())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let expected = format!("error: another skiff server is running on data dir {}", server.data_dir().display());
+    assert!(stderr(&out).contains(&expected), "stderr: {}", stderr(&out));
+    assert_eq!(server.kubectl_ok(&["get", "--raw", "/readyz"]).trim(), "ok");
+    server.finish();
+}

@@ -102,8 +102,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // 2. The store.
     let db_dir = config.data_dir.join("db");
     create_private_dir(&db_dir)?;
-    let registry = skiff_apiserver::Registry::open(&db_dir.join("state.redb"))
-        .with_context(|| format!("opening the store {}", db_dir.join("state.redb").display()))?;
+    let registry = skiff_apiserver::Registry::open(&db_dir.join("state.redb")).context("opening the store")?;
     registry
         .bootstrap(&config.kubernetes_service_ip.to_string())
         .await

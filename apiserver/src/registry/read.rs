@@ -39,6 +39,7 @@ fn selectable_fields(res: &ResourceKind) -> &'static [&'static str] {
             "type",
         ],
         ("", "Secret") => &["type"],
+        ("", "Service") => &["spec.clusterIP", "spec.type"],
         ("", "Node") => &["spec.unschedulable"],
         ("", "Namespace") => &["status.phase"],
         ("", "PersistentVolumeClaim") => &["status.phase"],

@@ -195,7 +195,7 @@ fn resolve_user(user: Option<&str>, layers_root: &Path, spec: &ContainerSpec) ->
     let unknown = |what: &str| Error::Spawn(format!("unable to find user {user}: no matching entries in {what} file"));
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(n) => {
-            (n, read("etc/passwd").lines().find_map(|l| passwd_ids(l, |f| f.parse() == Ok(n))).map_or(n, |(_, g)| g))
+            (n, read("etc/passwd").lines().find_map(|l| passwd_ids(l, |f| f.parse() == Ok(n))).map_or(0, |(_, g)| g))
         }
         Err(_) => {
             read("etc/passwd").lines().find_map(|l| passwd_ids(l, |f| f == u)).ok_or_else(|| unknown("passwd"))?
@@ -408,5 +408,44 @@ pub async fn kill_and_wait(dir: &ContainerDir, id: &str, timeout: Duration) -> R
     match tokio::time::timeout(timeout, wait_exit(dir, id)).await {
         Ok(r) => r.map(|_| ()),
         Err(_) => Err(Error::Spawn(format!("container {id} did not exit within {timeout:?} of SIGKILL"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Image, ImageConfig};
+
+    fn spec_with_layers(layers: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            image: Some(Image {
+                reference: "r".into(),
+                id: "sha256:c".into(),
+                repo_digest: "r@sha256:m".into(),
+                config: ImageConfig::default(),
+                layers: layers.iter().map(|l| format!("sha256:{l}")).collect(),
+                size: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn image_users_resolve_through_the_topmost_passwd_and_group() {
+        let root = tempfile::tempdir().unwrap();
+        for (layer, passwd) in [("base", "app:x:1000:1000::/:/bin/sh\n"), ("top", "app:x:1001:1002::/:/bin/sh\n")] {
+            std::fs::create_dir_all(root.path().join(layer).join("etc")).unwrap();
+            std::fs::write(root.path().join(layer).join("etc/passwd"), passwd).unwrap();
+        }
+        std::fs::write(root.path().join("base/etc/group"), "staff:x:50:\n").unwrap();
+        let spec = spec_with_layers(&["base", "top"]);
+        let user = |u: &str| resolve_user(Some(u), root.path(), &spec);
+        assert_eq!(user("app").unwrap(), (1001, 1002), "the top layer's passwd wins");
+        assert_eq!(user("app:staff").unwrap(), (1001, 50));
+        assert_eq!(user("1001").unwrap(), (1001, 1002), "a known uid gets its primary group");
+        assert_eq!(user("7:8").unwrap(), (7, 8));
+        assert_eq!(user("42").unwrap(), (42, 0), "an unknown uid runs with group 0, as in Docker");
+        assert_eq!(resolve_user(None, root.path(), &spec).unwrap(), (0, 0));
+        assert!(user("ghost").unwrap_err().to_string().contains("no matching entries in passwd"));
     }
 }

@@ -10,11 +10,28 @@
 //!   a CRI-format log file and records the exit status on disk, so a restarted server can adopt it.
 //!
 //! CONTRACT (written before the implementation; the kubelet codes against it): the public items
-//! below keep these names and signatures. Bodies marked `todo!` are filled in by the runtime work.
+//! below keep these names and signatures; later additions are additive.
+//!
+//! State on disk, all under `RuntimeConfig::root`:
+//! ```text
+//! images/        content-addressed store (see image/store.rs)
+//! sandboxes/<id> pinned net/ipc/uts namespaces, hostname and hosts files (see sandbox.rs)
+//! containers/<id> Spec, shim and exit records, writable layer (see rootfs.rs)
+//! ```
+//! and cgroups `<cgroup_root>/pod<sandbox id>/<container id>` in each hierarchy (cgroups/).
+//!
+//! Exit codes follow Kubernetes: the process's code, 128+signal when killed (137 for SIGKILL),
+//! and 128 when the process could not be started (`start_container` then fails with Go's
+//! `exec: "nope": executable file not found in $PATH`, Kubernetes' StartError).
+//!
+//! Tests: `cargo test -p skiff-runtime --features testing`, as root, with Debian's
+//! `busybox-static` and `docker-registry` installed; `testing` holds the fixtures (busybox
+//! image, local registry, push) that the `skiff` crate's black-box tests reuse.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+pub mod network;
 mod cgroups;
 mod container;
 mod image;
@@ -59,6 +76,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Spawn(String),
+    #[error("pod network: {0}")]
+    Network(String),
 }
 
 impl Error {

@@ -1,6 +1,6 @@
 //! `skiff shim container <dir>`: the per-container supervisor. The runtime starts it (never
 //! forking the multi-threaded server itself); it forks the container's init into a new pid
-//! namespace, reports "ready <pid>" on stdout once the init waits at the start fifo, then stays
+//! namespace, reports `ready <pid>` on stdout once the init waits at the start fifo, then stays
 //! as the init's parent: it copies stdout/stderr into the CRI log, waits, and records the exit
 //! status in `exit.json` so that a restarted server can read it.
 //!

@@ -1,0 +1,240 @@
+//! Pod networking: a Linux bridge on the node (`skiff0` by default) holding the first address
+//! of the cluster CIDR, and per sandbox a veth pair — one end on the bridge, the other moved
+//! into the sandbox's network namespace as `eth0` with the pod's address and a default route
+//! via the bridge. Pods reach each other over the bridge and the node reaches every pod; the
+//! hairpin flag on each port lets a pod reach itself through a Service address.
+//!
+//! All of it is netlink (rtnetlink), no `ip(8)`. Work inside a pod's namespace runs on a
+//! short-lived thread that enters the namespace, so no server thread ever changes namespace.
+//!
+//! Not done here yet: masquerading pod traffic that leaves the cluster CIDR (it needs an
+//! nftables/iptables rule and `ip_forward=1` on the host), and IPv6.
+
+mod ipam;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures::TryStreamExt;
+pub use ipam::{Ipam, Ipv4Cidr};
+use rtnetlink::packet_route::link::InfoBridgePort;
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::{Error, Result};
+
+/// How the node's pod network is laid out.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// The bridge's name (`skiff0`; tests use their own).
+    pub bridge: String,
+    /// The cluster CIDR pods get their addresses from.
+    pub cidr: Ipv4Cidr,
+    /// Where leases are kept (`<runtime root>/network`).
+    pub state_dir: PathBuf,
+}
+
+pub struct PodNetwork {
+    config: NetworkConfig,
+    ipam: Ipam,
+}
+
+fn net_err(what: impl std::fmt::Display) -> impl FnOnce(rtnetlink::Error) -> Error {
+    move |e| Error::Network(format!("{what}: {e}"))
+}
+
+fn connect() -> Result<Handle> {
+    let (connection, handle, _) =
+        rtnetlink::new_connection().map_err(|e| Error::Network(format!("opening a netlink socket: {e}")))?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(net_err(format!("looking up link {name}"))(e)),
+    }
+}
+
+/// The host-side veth name of a sandbox: at most 15 bytes, stable per sandbox id.
+pub fn host_veth_name(sandbox: &str) -> String {
+    let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(sandbox.as_bytes()));
+    format!("veth{}", &hex::encode(digest)[..11])
+}
+
+impl PodNetwork {
+    pub fn new(config: NetworkConfig) -> Result<Self> {
+        let ipam = Ipam::new(config.cidr, &config.state_dir)?;
+        Ok(Self { config, ipam })
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// Creates the bridge with the gateway address if it is missing, and brings it up.
+    pub async fn ensure_bridge(&self) -> Result<()> {
+        let handle = connect()?;
+        let bridge = &self.config.bridge;
+        let index = match link_index(&handle, bridge).await? {
+            Some(index) => index,
+            None => {
+                handle.link().add(LinkBridge::new(bridge).build()).execute().await.map_err(net_err(format!("creating bridge {bridge}")))?;
+                link_index(&handle, bridge).await?.ok_or_else(|| Error::Network(format!("bridge {bridge} vanished")))?
+            }
+        };
+        let gateway = self.config.cidr.gateway();
+        let mut addresses = handle.address().get().set_link_index_filter(index).execute();
+        let mut has_gateway = false;
+        while let Some(msg) = addresses.try_next().await.map_err(net_err(format!("listing addresses of {bridge}")))? {
+            has_gateway |= msg.attributes.iter().any(|a| {
+                matches!(a, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) if *ip == gateway)
+            });
+        }
+        if !has_gateway {
+            handle
+                .address()
+                .add(index, IpAddr::V4(gateway), self.config.cidr.prefix)
+                .execute()
+                .await
+                .map_err(net_err(format!("adding {gateway}/{} to {bridge}", self.config.cidr.prefix)))?;
+        }
+        handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(net_err(format!("bringing {bridge} up")))?;
+        Ok(())
+    }
+
+    /// Gives the sandbox whose network namespace is pinned at `netns` its address: a veth pair
+    /// to the bridge, `eth0` inside with the address and a default route. Idempotent: a sandbox
+    /// that is already attached keeps its address.
+    pub async fn attach(&self, sandbox: &str, netns: &Path) -> Result<Ipv4Addr> {
+        self.ensure_bridge().await?;
+        let ip = self.ipam.allocate(sandbox)?;
+        let handle = connect()?;
+        let host = host_veth_name(sandbox);
+        if link_index(&handle, &host).await?.is_some() {
+            return Ok(ip);
+        }
+        let result = self.plumb(&handle, &host, netns, ip).await;
+        if result.is_err() {
+            // Leave nothing half-made: the pair (if any) and the lease.
+            if let Ok(Some(index)) = link_index(&handle, &host).await {
+                let _ = handle.link().del(index).execute().await;
+            }
+            let _ = self.ipam.release(sandbox);
+        }
+        result.map(|()| ip)
+    }
+
+    async fn plumb(&self, handle: &Handle, host: &str, netns: &Path, ip: Ipv4Addr) -> Result<()> {
+        let peer = format!("{}p", &host[..14]);
+        handle.link().add(LinkVeth::new(host, &peer).build()).execute().await.map_err(net_err(format!("creating veth {host}")))?;
+        let bridge = link_index(handle, &self.config.bridge).await?.ok_or_else(|| Error::Network("bridge missing".into()))?;
+        let host_index = link_index(handle, host).await?.ok_or_else(|| Error::Network(format!("veth {host} vanished")))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(host_index).controller(bridge).up().build())
+            .execute()
+            .await
+            .map_err(net_err(format!("attaching {host} to {}", self.config.bridge)))?;
+        handle
+            .link()
+            .set_port(LinkBridgePort::new(host_index).append_info_data(InfoBridgePort::HairpinMode(true)).build())
+            .execute()
+            .await
+            .map_err(net_err(format!("setting hairpin on {host}")))?;
+        let ns = std::fs::File::open(netns).map_err(|e| Error::Network(format!("opening {}: {e}", netns.display())))?;
+        let peer_index = link_index(handle, &peer).await?.ok_or_else(|| Error::Network(format!("veth {peer} vanished")))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).build())
+            .execute()
+            .await
+            .map_err(net_err(format!("moving {peer} into the pod's namespace")))?;
+        let (cidr, gateway) = (self.config.cidr, self.config.cidr.gateway());
+        in_namespace(netns, move |handle| async move {
+            let index = link_index(&handle, &peer).await?.ok_or_else(|| Error::Network(format!("{peer} not in the pod's namespace")))?;
+            handle.link().set(LinkUnspec::new_with_index(index).name("eth0").build()).execute().await.map_err(net_err("renaming to eth0"))?;
+            handle.address().add(index, IpAddr::V4(ip), cidr.prefix).execute().await.map_err(net_err(format!("adding {ip} to eth0")))?;
+            handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(net_err("bringing eth0 up"))?;
+            let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
+            handle.route().add(route).execute().await.map_err(net_err(format!("adding the default route via {gateway}")))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The address of an attached sandbox.
+    pub fn address(&self, sandbox: &str) -> Result<Option<Ipv4Addr>> {
+        self.ipam.lookup(sandbox)
+    }
+
+    /// Removes the sandbox's veth pair (deleting the host end deletes both) and its lease.
+    /// Idempotent.
+    pub async fn detach(&self, sandbox: &str) -> Result<()> {
+        let handle = connect()?;
+        let host = host_veth_name(sandbox);
+        if let Some(index) = link_index(&handle, &host).await? {
+            match handle.link().del(index).execute().await {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+                Err(e) => return Err(net_err(format!("deleting {host}"))(e)),
+            }
+        }
+        self.ipam.release(sandbox)
+    }
+
+    /// Deletes the bridge (the node's network goes with its last pod; used on cleanup).
+    pub async fn remove_bridge(&self) -> Result<()> {
+        let handle = connect()?;
+        if let Some(index) = link_index(&handle, &self.config.bridge).await? {
+            handle.link().del(index).execute().await.map_err(net_err(format!("deleting {}", self.config.bridge)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `work` with a netlink connection inside the network namespace pinned at `netns`, on a
+/// thread of its own that enters the namespace and ends afterwards.
+async fn in_namespace<F, Fut>(netns: &Path, work: F) -> Result<()>
+where
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let netns = netns.to_path_buf();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("skiff-netns".into())
+        .spawn(move || {
+            let result = (|| {
+                let ns = std::fs::File::open(&netns).map_err(|e| Error::Network(format!("opening {}: {e}", netns.display())))?;
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Error::Network(format!("entering {}: {e}", netns.display())))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Network(format!("starting a runtime in the pod's namespace: {e}")))?;
+                rt.block_on(async move { work(connect()?).await })
+            })();
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Error::Network(format!("starting a thread for the pod's namespace: {e}")))?;
+    rx.await.map_err(|_| Error::Network("the namespace thread died".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veth_names_fit_the_kernel_limit_and_are_stable() {
+        let a = host_veth_name("3f1c6a7e-0000-4000-8000-000000000001");
+        assert_eq!(a.len(), 15);
+        assert!(a.starts_with("veth"));
+        assert_eq!(a, host_veth_name("3f1c6a7e-0000-4000-8000-000000000001"));
+        assert_ne!(a, host_veth_name("3f1c6a7e-0000-4000-8000-000000000002"));
+    }
+}

@@ -69,10 +69,22 @@ pub fn delete(tx: &mut Tx<'_>, key: &Key, opts: &DeleteOptions) -> Result<Outcom
 
     // Orphaning happens here, in the same transaction, rather than through Kubernetes'
     // `orphan` finalizer and the garbage collector: the dependents lose their owner reference
-    // before the owner goes, so the collector never sees them as garbage. (`Foreground` is
-    // treated as `Background`: the collector deletes dependents after the owner.)
+    // before the owner goes, so the collector never sees them as garbage.
     if !deleting && opts.propagation_policy.as_deref() == Some("Orphan") {
         orphan_dependents(tx, key, &object)?;
+    }
+    // Foreground: the owner stays (deletionTimestamp set) under the `foregroundDeletion`
+    // finalizer until the garbage collector has deleted its blocking dependents and removed
+    // the finalizer. An owner without dependents has nothing to wait for and goes at once, so
+    // kinds the collector does not watch are never left hanging.
+    if !deleting
+        && opts.propagation_policy.as_deref() == Some("Foreground")
+        && !finalizers(&object).iter().any(|f| f == FOREGROUND)
+        && has_dependents(tx, key, &object)?
+    {
+        let mut fins = finalizers(&object);
+        fins.push(FOREGROUND.to_string());
+        meta_mut(&mut object).insert("finalizers".into(), json!(fins));
     }
     let fins = finalizers(&object);
 
@@ -107,6 +119,25 @@ pub fn delete(tx: &mut Tx<'_>, key: &Key, opts: &DeleteOptions) -> Result<Outcom
         return Ok(Outcome::of(tx.put(key, object)?));
     }
     Ok(Outcome::of(tx.delete(key, object)?))
+}
+
+/// The finalizer of foreground cascading deletion.
+pub const FOREGROUND: &str = "foregroundDeletion";
+
+/// Whether any object names `owner` in its owner references: in its namespace, or anywhere for
+/// a cluster-scoped owner.
+fn has_dependents(tx: &mut Tx<'_>, key: &Key, owner: &Value) -> Result<bool, ApiError> {
+    let Some(owner_uid) = uid(owner) else { return Ok(false) };
+    let namespace = key.res.namespaced().then_some(key.namespace.as_str());
+    for res in skiff_api::RESOURCES.iter().filter(|r| r.namespaced()) {
+        for dependent in tx.list(res, namespace)? {
+            let refs = dependent["metadata"]["ownerReferences"].as_array();
+            if refs.is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid)) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Removes the owner references to `owner` from every object that could be its dependent: in

@@ -517,6 +517,33 @@ async fn orphan_deletion_releases_dependents_first() {
 }
 
 #[tokio::test]
+async fn foreground_deletion_holds_an_owner_with_dependents_until_its_finalizer_goes() {
+    let f = Fixture::new().await;
+    let rs = ResourceKind::by_plural("apps", "v1", "replicasets").unwrap();
+    let spec = json!({"selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "a", "image": "x"}]}}});
+    let owner = f.reg.create(rs, Some("default"), json!({"metadata": {"name": "web"}, "spec": spec})).await.unwrap();
+    let mut dependent = pod("web-1");
+    dependent["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+        "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
+    f.reg.create(pods(), Some("default"), dependent).await.unwrap();
+    let foreground = DeleteOptions { propagation_policy: Some("Foreground".into()), ..Default::default() };
+    let held = f.reg.delete(rs, Some("default"), "web", &foreground).await.unwrap();
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(held["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    // The collector's part: once the dependents are gone it drops the finalizer, and the owner goes.
+    f.reg.delete(pods(), Some("default"), "web-1", &DeleteOptions::default()).await.unwrap();
+    let patch = json!({"metadata": {"finalizers": null}});
+    f.reg.patch(rs, Some("default"), "web", None, PatchKind::Merge, patch).await.unwrap();
+    assert!(f.reg.get(rs, Some("default"), "web").await.unwrap_err().is_not_found());
+
+    // Without dependents there is nothing to wait for.
+    f.reg.create(rs, Some("default"), json!({"metadata": {"name": "lone"}, "spec": spec})).await.unwrap();
+    f.reg.delete(rs, Some("default"), "lone", &foreground).await.unwrap();
+    assert!(f.reg.get(rs, Some("default"), "lone").await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
 async fn events_expire_an_hour_after_their_last_change() {
     let f = Fixture::new().await;
     let events = core("events");

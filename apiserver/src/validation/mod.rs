@@ -14,6 +14,7 @@ mod node;
 mod pod;
 mod secret;
 mod service;
+mod volumes;
 mod workloads;
 
 use serde_json::Value;
@@ -43,6 +44,8 @@ pub fn validate(res: &ResourceKind, object: &Value) -> Vec<Cause> {
         ("", "Secret") => secret::validate(object),
         ("", "Service") => service::validate(object),
         ("", "Event") => event::validate(object),
+        ("", "PersistentVolumeClaim") => volumes::validate_claim(object),
+        ("", "PersistentVolume") => volumes::validate_volume(object),
         ("apps", "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet") => workloads::validate_apps(res, object),
         ("batch", "Job") => workloads::validate_job(object),
         ("batch", "CronJob") => workloads::validate_cron_job(object),
@@ -56,6 +59,7 @@ pub fn validate_update(res: &ResourceKind, object: &Value, old: &Value) -> Vec<C
     causes.extend(match (res.group, res.kind) {
         ("", "Pod") => pod::validate_update(object, old),
         ("", "ConfigMap") => configmap::validate_immutable(object, old, &["data", "binaryData"]),
+        ("", "PersistentVolumeClaim") => volumes::validate_claim_update(object, old),
         ("", "Secret") => {
             let mut causes = configmap::validate_immutable(object, old, &["data"]);
             if object["type"] != old["type"] {

@@ -2,6 +2,10 @@
 //! gone, which is how deleting a Deployment removes its ReplicaSets and their pods
 //! (background cascading deletion).
 //!
+//! Foreground deletion: an owner the API server holds under the `foregroundDeletion` finalizer
+//! (deleted with `propagationPolicy: Foreground`) has its dependents deleted here, and loses the
+//! finalizer (so it goes) once none of them blocks it with `blockOwnerDeletion` any more.
+//!
 //! Dependents are the kinds controllers create (pods, ReplicaSets, Jobs); an owner's deletion
 //! enqueues its dependents, and a dependent seen with references is checked once on sight, so
 //! nothing is missed across a restart.
@@ -46,6 +50,24 @@ fn has_owners(meta: &ObjectMeta) -> bool {
     meta.owner_references.as_ref().is_some_and(|r| !r.is_empty())
 }
 
+/// The finalizer the API server sets on an owner deleted in the foreground.
+const FOREGROUND: &str = "foregroundDeletion";
+
+fn in_foreground_deletion(meta: &ObjectMeta) -> bool {
+    meta.deletion_timestamp.is_some() && meta.finalizers.iter().flatten().any(|f| f == FOREGROUND)
+}
+
+/// The owners an object names, as keys to check.
+fn owners_of(meta: &ObjectMeta) -> Vec<Dependent> {
+    let mut out = Vec::new();
+    for r in meta.owner_references.iter().flatten() {
+        let Some(res) = ResourceKind::by_kind(&r.api_version, &r.kind) else { continue };
+        let namespace = if res.namespaced() { meta.namespace.clone() } else { None };
+        out.push(Dependent { res, key: ObjectKey { namespace, name: r.name.clone() } });
+    }
+    out
+}
+
 fn dependent<K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta>>(object: &K) -> Dependent {
     Dependent { res: ResourceKind::of::<K>(), key: ObjectKey::of(object) }
 }
@@ -85,8 +107,10 @@ impl GarbageCollector {
     {
         while let Some(event) = events.recv().await {
             match event {
-                InformerEvent::Applied(object) if has_owners(object.metadata()) => {
-                    queue.add(dependent(object.as_ref()))
+                InformerEvent::Applied(object) => {
+                    if has_owners(object.metadata()) || in_foreground_deletion(object.metadata()) {
+                        queue.add(dependent(object.as_ref()))
+                    }
                 }
                 InformerEvent::Deleted(object) => {
                     if let Some(uid) = object.metadata().uid.as_deref() {
@@ -94,8 +118,12 @@ impl GarbageCollector {
                             queue.add(d);
                         }
                     }
+                    // An owner waiting in foreground deletion may have lost its last blocker.
+                    for d in owners_of(object.metadata()) {
+                        queue.add(d);
+                    }
                 }
-                _ => {}
+                InformerEvent::Synced => {}
             }
         }
     }
@@ -128,6 +156,69 @@ impl GarbageCollector {
     }
 }
 
+impl GarbageCollector {
+    /// One pass of foreground deletion for `owner`: deletes its dependents (in the foreground
+    /// too, so grandchildren go first), and drops the finalizer once no dependent left blocks.
+    async fn delete_in_foreground(&self, d: &Dependent, owner: &serde_json::Value) -> Result<Action, ApiError> {
+        let Some(owner_uid) = owner["metadata"]["uid"].as_str() else { return Ok(Action::AwaitChange) };
+        let ns = d.key.namespace.as_deref();
+        let mut blocking = 0;
+        // Any kind may name an owner, so this looks at every namespaced kind (the owner's
+        // namespace, or everywhere for a cluster-scoped owner), not only the informers' caches.
+        for res in skiff_api::RESOURCES.iter().filter(|r| r.namespaced()) {
+            let list = self.client.list(res, ns, &ListOptions::default()).await?;
+            for item in list.items {
+                let refs = item["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+                let Some(r) = refs.iter().find(|r| r["uid"] == owner_uid) else { continue };
+                if r["blockOwnerDeletion"] == true {
+                    blocking += 1;
+                }
+                if !item["metadata"]["deletionTimestamp"].is_null() {
+                    continue;
+                }
+                let name = item["metadata"]["name"].as_str().unwrap_or_default();
+                let opts = DeleteOptions {
+                    propagation_policy: Some("Foreground".into()),
+                    precondition_uid: item["metadata"]["uid"].as_str().map(String::from),
+                    ..Default::default()
+                };
+                tracing::info!(owner = %d, dependent = %format!("{} {name}", res.plural), "foreground deletion");
+                match self.client.delete(res, item["metadata"]["namespace"].as_str(), name, &opts).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() || e.is_conflict() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if blocking > 0 {
+            // Dependents' deletions requeue the owner; the timer covers kinds no informer sees.
+            return Ok(Action::RequeueAfter(std::time::Duration::from_secs(2)));
+        }
+        let rest: Vec<serde_json::Value> = owner["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| *f != FOREGROUND)
+            .cloned()
+            .collect();
+        // The test guards against dropping a finalizer another writer added meanwhile.
+        let patch = serde_json::json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": owner["metadata"]["resourceVersion"]},
+            {"op": "replace", "path": "/metadata/finalizers", "value": rest},
+        ]);
+        tracing::info!(owner = %d, "no dependent blocks any more, removing the foregroundDeletion finalizer");
+        match self.client.patch(d.res, ns, &d.key.name, None, skiff_api::PatchKind::Json, patch).await {
+            Ok(_) => Ok(Action::AwaitChange),
+            Err(e) if e.is_not_found() => Ok(Action::AwaitChange),
+            // Changed since it was read: look again.
+            Err(e) if e.code == 422 || e.is_conflict() => {
+                Ok(Action::RequeueAfter(std::time::Duration::from_millis(200)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Reconciler for GarbageCollector {
     const NAME: &'static str = "garbage-collector";
@@ -140,6 +231,10 @@ impl Reconciler for GarbageCollector {
             Err(e) if e.is_not_found() => return Ok(Action::AwaitChange),
             Err(e) => return Err(e),
         };
+        let held = object["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|f| f == FOREGROUND));
+        if held && !object["metadata"]["deletionTimestamp"].is_null() {
+            return self.delete_in_foreground(d, &object).await;
+        }
         let refs = object["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
         if refs.is_empty() || !object["metadata"]["deletionTimestamp"].is_null() {
             return Ok(Action::AwaitChange);

@@ -31,12 +31,12 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-pub mod network;
 mod cgroups;
 mod container;
 mod image;
 mod log;
 mod mount;
+pub mod network;
 mod rootfs;
 mod sandbox;
 mod shim;
@@ -199,6 +199,8 @@ pub struct Runtime {
     config: RuntimeConfig,
     images: std::sync::Arc<image::store::ImageStore>,
     cgroups: CgroupManager,
+    /// The pod network; without one, sandboxes have loopback only.
+    network: Option<network::PodNetwork>,
 }
 
 impl Runtime {
@@ -225,7 +227,23 @@ impl Runtime {
             std::fs::create_dir_all(&p).map_err(state::io_ctx(format!("creating {}", p.display())))?;
         }
         let images = std::sync::Arc::new(image::store::ImageStore::open(&config.root.join("images"))?);
-        Ok(Runtime { config, images, cgroups })
+        Ok(Runtime { config, images, cgroups, network: None })
+    }
+
+    /// Gives every sandbox made from now on an address on the pod network (a bridge and a
+    /// veth pair per pod, see [`network`]).
+    pub fn with_network(mut self, config: network::NetworkConfig) -> Result<Self> {
+        self.network = Some(network::PodNetwork::new(config)?);
+        Ok(self)
+    }
+
+    pub fn network(&self) -> Option<&network::PodNetwork> {
+        self.network.as_ref()
+    }
+
+    /// The pod IP of a sandbox, when the runtime has a pod network.
+    pub fn sandbox_ip(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        self.network.as_ref()?.address(id).ok().flatten()
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -278,12 +296,18 @@ impl Runtime {
         let dir = self.sandbox_dir(&spec.id);
         let pod = self.cgroups.pod_path(&spec.id);
         let cgroups = self.cgroups.clone();
+        let spec_id = spec.id.clone();
         let spec = spec.clone();
+        let net_ns = sandbox::ns_path(&dir, "net");
         blocking(move || {
             cgroups.create(&pod, &Resources::default()).map_err(cgroup_err)?;
             sandbox::create(&dir, &spec)
         })
-        .await
+        .await?;
+        if let Some(network) = &self.network {
+            network.attach(&spec_id, &net_ns).await?;
+        }
+        Ok(())
     }
 
     /// Kills what is left in the sandbox and removes its namespaces, mounts and cgroups.
@@ -293,6 +317,9 @@ impl Runtime {
         let dir = self.sandbox_dir(id);
         let pod = self.cgroups.pod_path(id);
         let cgroups = self.cgroups.clone();
+        if let Some(network) = &self.network {
+            network.detach(id).await?;
+        }
         blocking(move || {
             cgroups.kill_and_remove(&pod, Duration::from_secs(10)).map_err(cgroup_err)?;
             sandbox::destroy(&dir)

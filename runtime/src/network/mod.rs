@@ -83,7 +83,12 @@ impl PodNetwork {
         let index = match link_index(&handle, bridge).await? {
             Some(index) => index,
             None => {
-                handle.link().add(LinkBridge::new(bridge).build()).execute().await.map_err(net_err(format!("creating bridge {bridge}")))?;
+                handle
+                    .link()
+                    .add(LinkBridge::new(bridge).build())
+                    .execute()
+                    .await
+                    .map_err(net_err(format!("creating bridge {bridge}")))?;
                 link_index(&handle, bridge).await?.ok_or_else(|| Error::Network(format!("bridge {bridge} vanished")))?
             }
         };
@@ -103,7 +108,12 @@ impl PodNetwork {
                 .await
                 .map_err(net_err(format!("adding {gateway}/{} to {bridge}", self.config.cidr.prefix)))?;
         }
-        handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(net_err(format!("bringing {bridge} up")))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(net_err(format!("bringing {bridge} up")))?;
         Ok(())
     }
 
@@ -131,9 +141,16 @@ impl PodNetwork {
 
     async fn plumb(&self, handle: &Handle, host: &str, netns: &Path, ip: Ipv4Addr) -> Result<()> {
         let peer = format!("{}p", &host[..14]);
-        handle.link().add(LinkVeth::new(host, &peer).build()).execute().await.map_err(net_err(format!("creating veth {host}")))?;
-        let bridge = link_index(handle, &self.config.bridge).await?.ok_or_else(|| Error::Network("bridge missing".into()))?;
-        let host_index = link_index(handle, host).await?.ok_or_else(|| Error::Network(format!("veth {host} vanished")))?;
+        handle
+            .link()
+            .add(LinkVeth::new(host, &peer).build())
+            .execute()
+            .await
+            .map_err(net_err(format!("creating veth {host}")))?;
+        let bridge =
+            link_index(handle, &self.config.bridge).await?.ok_or_else(|| Error::Network("bridge missing".into()))?;
+        let host_index =
+            link_index(handle, host).await?.ok_or_else(|| Error::Network(format!("veth {host} vanished")))?;
         handle
             .link()
             .set(LinkUnspec::new_with_index(host_index).controller(bridge).up().build())
@@ -147,7 +164,8 @@ impl PodNetwork {
             .await
             .map_err(net_err(format!("setting hairpin on {host}")))?;
         let ns = std::fs::File::open(netns).map_err(|e| Error::Network(format!("opening {}: {e}", netns.display())))?;
-        let peer_index = link_index(handle, &peer).await?.ok_or_else(|| Error::Network(format!("veth {peer} vanished")))?;
+        let peer_index =
+            link_index(handle, &peer).await?.ok_or_else(|| Error::Network(format!("veth {peer} vanished")))?;
         handle
             .link()
             .set(LinkUnspec::new_with_index(peer_index).setns_by_fd(ns.as_raw_fd()).build())
@@ -156,12 +174,34 @@ impl PodNetwork {
             .map_err(net_err(format!("moving {peer} into the pod's namespace")))?;
         let (cidr, gateway) = (self.config.cidr, self.config.cidr.gateway());
         in_namespace(netns, move |handle| async move {
-            let index = link_index(&handle, &peer).await?.ok_or_else(|| Error::Network(format!("{peer} not in the pod's namespace")))?;
-            handle.link().set(LinkUnspec::new_with_index(index).name("eth0").build()).execute().await.map_err(net_err("renaming to eth0"))?;
-            handle.address().add(index, IpAddr::V4(ip), cidr.prefix).execute().await.map_err(net_err(format!("adding {ip} to eth0")))?;
-            handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(net_err("bringing eth0 up"))?;
+            let index = link_index(&handle, &peer)
+                .await?
+                .ok_or_else(|| Error::Network(format!("{peer} not in the pod's namespace")))?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).name("eth0").build())
+                .execute()
+                .await
+                .map_err(net_err("renaming to eth0"))?;
+            handle
+                .address()
+                .add(index, IpAddr::V4(ip), cidr.prefix)
+                .execute()
+                .await
+                .map_err(net_err(format!("adding {ip} to eth0")))?;
+            handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(net_err("bringing eth0 up"))?;
             let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).output_interface(index).build();
-            handle.route().add(route).execute().await.map_err(net_err(format!("adding the default route via {gateway}")))?;
+            handle
+                .route()
+                .add(route)
+                .execute()
+                .await
+                .map_err(net_err(format!("adding the default route via {gateway}")))?;
             Ok(())
         })
         .await
@@ -210,7 +250,8 @@ where
         .name("skiff-netns".into())
         .spawn(move || {
             let result = (|| {
-                let ns = std::fs::File::open(&netns).map_err(|e| Error::Network(format!("opening {}: {e}", netns.display())))?;
+                let ns = std::fs::File::open(&netns)
+                    .map_err(|e| Error::Network(format!("opening {}: {e}", netns.display())))?;
                 nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| Error::Network(format!("entering {}: {e}", netns.display())))?;
                 let rt = tokio::runtime::Builder::new_current_thread()

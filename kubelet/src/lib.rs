@@ -15,8 +15,7 @@
 //!
 //! Not yet here: probes (they need exec and the pod's network from the runtime), volumes
 //! (the runtime's `ContainerSpec` has no mounts yet), pod IPs (the pod network is loopback-only
-//! in this slice), exec/attach/port-forward streams, and restarting a running container whose
-//! image was changed in place. Restarts already back off as Kubernetes' do (10 s doubling to
+//! in this slice) and exec/attach/port-forward streams. Restarts already back off as Kubernetes' do (10 s doubling to
 //! 5 min, reset after 10 min of clean running).
 
 pub mod backoff;

@@ -379,6 +379,30 @@ async fn active_deadline_fails_the_pod_and_stops_it(f: &mut Fixture) {
     f.wait_gone("deadline").await;
 }
 
+async fn changing_the_image_of_a_running_pod_replaces_its_container(f: &mut Fixture) {
+    f.create("retag", "Never", json!([{"name": "app", "image": f.image, "command": ["sleep", "3600"]}])).await;
+    let running = f.wait_pod("retag", "Running", |p| phase(p) == "Running").await;
+    let before = container_status(&running, 0);
+    // The same image by digest: a different reference, so a changed definition.
+    let by_digest = before.image_id.clone();
+    let patch = json!({"spec": {"containers": [{"name": "app", "image": by_digest}]}});
+    f.pods().patch("retag", skiff_api::PatchKind::StrategicMerge, patch).await.unwrap();
+    let after = f
+        .wait_pod("retag", "the replacement container", |p| {
+            let cs = container_status(p, 0);
+            cs.restart_count == 1 && cs.state.is_some_and(|s| s.running.is_some())
+        })
+        .await;
+    let cs = container_status(&after, 0);
+    assert_eq!(cs.image, by_digest);
+    assert_ne!(cs.container_id, before.container_id);
+    assert_eq!(phase(&after), "Running", "replaced even under restartPolicy Never");
+    let killing = f.events("retag").await.into_iter().filter_map(|e| e.message).collect::<Vec<_>>();
+    assert!(killing.iter().any(|m| m == "Container app definition changed, will be restarted"), "{killing:?}");
+    f.pods().delete("retag", &DeleteOptions::default()).await.unwrap();
+    f.wait_gone("retag").await;
+}
+
 async fn follow_streams_until_the_container_exits(f: &mut Fixture) {
     f.create(
         "counter",
@@ -443,6 +467,7 @@ fn main() {
         missing_image_backs_off_and_the_pod_can_still_be_deleted,
         a_pod_deleted_while_its_image_is_pulling_goes_away,
         active_deadline_fails_the_pod_and_stops_it,
+        changing_the_image_of_a_running_pod_replaces_its_container,
         follow_streams_until_the_container_exits,
         restarted_kubelet_adopts_running_containers_and_removes_orphans,
     ];

@@ -42,6 +42,8 @@ pub(crate) struct ContainerTrack {
     pub pull_failed_at: Option<Instant>,
     /// When a configuration or create error may be retried.
     pub retry_at: Option<Instant>,
+    /// The image the current container was created from, to notice `kubectl set image`.
+    pub image: Option<String>,
 }
 
 pub(crate) struct PodWorker {
@@ -163,6 +165,13 @@ impl PodWorker {
             let track = self.tracks.entry(info.name.clone()).or_default();
             track.id = Some(info.id.clone());
             track.log_path = Some(log_path.clone());
+            track.image = status
+                .init_container_statuses
+                .iter()
+                .flatten()
+                .chain(status.container_statuses.iter().flatten())
+                .find(|cs| cs.name == info.name)
+                .map(|cs| cs.image.clone());
             match info.state {
                 ContainerState::Running { started_at, .. } => {
                     st.current = Current::Running { started_at: timestamp(started_at) };

@@ -171,6 +171,13 @@ impl PodWorker {
         let st = self.rt.containers.entry(c.name.clone()).or_default().clone();
         let track = self.tracks.entry(c.name.clone()).or_default();
         let restarts = |code| if init { will_restart_init(pod, code) } else { will_restart(pod, code) };
+        let changed = track.image.is_some() && track.image != c.image;
+        if changed && matches!(st.current, Current::Running { .. }) {
+            return match self.replace_changed(pod, c).await {
+                Ok(()) => self.create_and_start(pod, c, sources).await,
+                Err(wake) => Some(wake),
+            };
+        }
         let dead = match &st.current {
             Current::Running { .. } => return None,
             Current::Terminated(t) if !restarts(t.exit_code) => return None,
@@ -215,6 +222,11 @@ impl PodWorker {
                 }
             }
         }
+        self.create_and_start(pod, c, sources).await
+    }
+
+    /// Pulls (per policy) and starts a container that has none running.
+    async fn create_and_start(&mut self, pod: &Pod, c: &Container, sources: &EnvSources) -> Option<Instant> {
         if let Some(at) = track_retry(self.tracks.get(&c.name)) {
             if Instant::now() < at {
                 return Some(at);
@@ -225,6 +237,50 @@ impl PodWorker {
             Err(wake) => return wake,
         };
         self.start_container(pod, c, image, sources).await
+    }
+
+    /// A running container whose image was changed in the pod (`kubectl set image`) is stopped
+    /// and started again with the new one at once, whatever the restart policy, as Kubernetes does.
+    /// Returns when to try again if the old container could not be stopped.
+    async fn replace_changed(&mut self, pod: &Pod, c: &Container) -> Result<(), Instant> {
+        let k = self.kubelet.clone();
+        let Some(id) = self.tracks.get(&c.name).and_then(|t| t.id.clone()) else { return Ok(()) };
+        let cref = container_ref(pod, &c.name);
+        k.recorder
+            .normal(&cref, "Killing", &format!("Container {} definition changed, will be restarted", c.name))
+            .await;
+        let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+        let status = match k.runtime.stop_container(&id, Duration::from_secs(grace.max(0) as u64)).await {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(container = %id, "stopping changed container: {e}");
+                return Err(Instant::now() + CONFIG_RETRY);
+            }
+        };
+        let track = self.tracks.entry(c.name.clone()).or_default();
+        track.exited_at = Some(Instant::now());
+        // Not a crash: the replacement starts without waiting out a back-off.
+        track.restart_backoff.reset();
+        track.image = None;
+        self.rt.containers.entry(c.name.clone()).or_default().current =
+            Current::Terminated(terminated_from_exit(&status, &id));
+        // Restart regardless of policy: mark it as a failure the policy would restart.
+        let st = self.rt.containers.get_mut(&c.name).expect("inserted above");
+        st.last_terminated = match std::mem::replace(
+            &mut st.current,
+            Current::Waiting { reason: "ContainerCreating".into(), message: None },
+        ) {
+            Current::Terminated(t) => Some(t),
+            _ => None,
+        };
+        st.restart_count += 1;
+        let old = self.tracks.get_mut(&c.name).and_then(|t| t.id.take());
+        if let Some(old) = old {
+            if let Err(e) = k.runtime.remove_container(&old).await {
+                tracing::warn!(container = %old, "removing replaced container: {e}");
+            }
+        }
+        Ok(())
     }
 
     fn set_waiting(&mut self, name: &str, reason: &str, message: Option<String>) {
@@ -384,6 +440,7 @@ impl PodWorker {
             let track = self.tracks.entry(c.name.clone()).or_default();
             track.id = Some(id.clone());
             track.log_path = Some(log_path.clone());
+            track.image = c.image.clone();
             track.retry_at = None;
         }
         if let Err(e) = k.runtime.start_container(&id).await {

@@ -14,9 +14,9 @@
 //! and removes everything else, so a restarted server neither loses nor leaks containers.
 //!
 //! Not yet here: probes (they need exec and the pod's network from the runtime), volumes
-//! (the runtime's `ContainerSpec` has no mounts yet), pod IPs (the pod network is loopback-only
-//! in this slice) and exec/attach/port-forward streams. Restarts already back off as Kubernetes' do (10 s doubling to
-//! 5 min, reset after 10 min of clean running).
+//! (the runtime's `ContainerSpec` has no mounts yet), pod IPs (the pod network is
+//! loopback-only in this slice) and exec/attach/port-forward streams. Restarts already back
+//! off as Kubernetes' do (10 s doubling to 5 min, reset after 10 min of clean running).
 
 pub mod backoff;
 pub mod env;

@@ -741,3 +741,32 @@ async fn claims_without_a_class_get_the_default_storage_class() {
     let created = f.reg.create(pvcs, Some("default"), explicit).await.unwrap();
     assert_eq!(created["spec"]["storageClassName"], "");
 }
+
+#[tokio::test]
+async fn foreground_deletion_holds_an_owner_only_while_it_has_dependents() {
+    let f = Fixture::new().await;
+    let rs = ResourceKind::by_plural("apps", "v1", "replicasets").unwrap();
+    let owner = |name: &str| {
+        json!({"metadata": {"name": name}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "a", "image": "x"}]}}}})
+    };
+    let foreground = DeleteOptions { propagation_policy: Some("Foreground".into()), ..Default::default() };
+
+    f.reg.create(rs, Some("default"), owner("lonely")).await.unwrap();
+    f.reg.delete(rs, Some("default"), "lonely", &foreground).await.unwrap();
+    assert!(f.reg.get(rs, Some("default"), "lonely").await.unwrap_err().is_not_found());
+
+    let parent = f.reg.create(rs, Some("default"), owner("parent")).await.unwrap();
+    let mut child = pod("child");
+    child["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "parent",
+        "uid": parent["metadata"]["uid"], "blockOwnerDeletion": true}]);
+    f.reg.create(pods(), Some("default"), child).await.unwrap();
+    let held = f.reg.delete(rs, Some("default"), "parent", &foreground).await.unwrap();
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    assert_eq!(held["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    // What the garbage collector does once the dependents are gone.
+    f.reg.delete(pods(), Some("default"), "child", &DeleteOptions::default()).await.unwrap();
+    let release = json!({"metadata": {"finalizers": null}});
+    f.reg.patch(rs, Some("default"), "parent", None, PatchKind::Merge, release).await.unwrap();
+    assert!(f.reg.get(rs, Some("default"), "parent").await.unwrap_err().is_not_found());
+}

@@ -104,6 +104,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     create_private_dir(&db_dir)?;
     let registry = skiff_apiserver::Registry::open(&db_dir.join("state.redb")).context("opening the store")?;
     registry
+        .set_service_cidr(&config.service_cidr.to_string())
+        .map_err(|e| anyhow!("--service-cidr {}: {e}", config.service_cidr))?;
+    registry
         .bootstrap(&config.kubernetes_service_ip.to_string())
         .await
         .context("creating the default namespaces and Service kubernetes")?;

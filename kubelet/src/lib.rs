@@ -14,8 +14,8 @@
 //! and removes everything else, so a restarted server neither loses nor leaks containers.
 //!
 //! Not yet here: probes (they need exec and the pod's network from the runtime), volumes
-//! (the runtime's `ContainerSpec` has no mounts yet), pod IPs (the pod network is
-//! loopback-only in this slice) and exec/attach/port-forward streams. Restarts already back
+//! (the runtime's `ContainerSpec` has no mounts yet) and exec/attach/port-forward streams.
+//! `status.podIP` is the runtime's sandbox address when it runs a pod network. Restarts back
 //! off as Kubernetes' do (10 s doubling to 5 min, reset after 10 min of clean running).
 
 pub mod backoff;

@@ -133,6 +133,9 @@ impl PodWorker {
             }
         }
         self.rt.sandbox_ready = k.runtime.list_sandboxes().map(|s| s.contains(&self.uid)).unwrap_or(false);
+        if self.rt.sandbox_ready {
+            self.rt.pod_ip = k.runtime.sandbox_ip(&self.uid).map(|ip| ip.to_string());
+        }
         let spec_names: Vec<String> = pod
             .spec
             .iter()

@@ -112,7 +112,10 @@ impl PodWorker {
             hostname.truncate(63);
             let hostname = hostname.trim_end_matches(['-', '.']).to_string();
             match k.runtime.run_sandbox(&SandboxSpec { id: self.uid.clone(), hostname }).await {
-                Ok(()) => self.rt.sandbox_ready = true,
+                Ok(()) => {
+                    self.rt.sandbox_ready = true;
+                    self.rt.pod_ip = k.runtime.sandbox_ip(&self.uid).map(|ip| ip.to_string());
+                }
                 Err(e) => {
                     k.recorder
                         .warning(&pod_ref(pod), "FailedCreatePodSandBox", &format!("Failed to create pod sandbox: {e}"))

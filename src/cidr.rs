@@ -22,6 +22,11 @@ impl Cidr {
         (n < self.size()).then(|| Ipv4Addr::from(u32::from(self.network) + n as u32))
     }
 
+    /// The first block of `prefix` bits inside this one (itself, when it is already smaller).
+    pub fn first_subnet(&self, prefix: u8) -> Cidr {
+        Cidr { network: self.network, prefix: self.prefix.max(prefix) }
+    }
+
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.prefix) == u32::from(self.network)
     }

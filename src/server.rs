@@ -44,9 +44,16 @@ pub struct ServerConfig {
     pub kubeconfig_mode: u32,
     pub disabled: Vec<String>,
     pub cgroup_root: String,
+    pub bridge_name: String,
 }
 
 impl ServerConfig {
+    /// This node's share of the cluster CIDR: its first /24 (or all of it, if smaller), as k3s
+    /// gives its first node `10.42.0.0/24`.
+    pub fn node_pod_cidr(&self) -> Cidr {
+        self.cluster_cidr.first_subnet(24)
+    }
+
     /// What clients dial: a wildcard bind address is reached on loopback.
     fn server_url(&self) -> String {
         let ip = match self.listen.ip() {
@@ -97,6 +104,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         skiff_runtime::Error::HostUnsupported(why) => anyhow!("this host cannot run containers: {why}"),
         other => anyhow!(other).context("starting the container runtime"),
     })?;
+    let network = skiff_runtime::network::NetworkConfig {
+        bridge: config.bridge_name.clone(),
+        cidr: skiff_runtime::network::Ipv4Cidr::parse(&config.node_pod_cidr().to_string())
+            .context("the node's pod CIDR")?,
+        state_dir: config.data_dir.join("runtime").join("network"),
+    };
+    let runtime = runtime.with_network(network).context("preparing the pod network")?;
     let runtime = Arc::new(runtime);
 
     // 2. The store.
@@ -297,6 +311,7 @@ mod tests {
             kubeconfig_mode: 0o600,
             disabled: vec![],
             cgroup_root: "skiff".into(),
+            bridge_name: "skiff0".into(),
         }
     }
 

@@ -64,6 +64,11 @@ pub struct ServerArgs {
     /// beside a real node).
     #[arg(long, env = "SKIFF_CGROUP_ROOT", default_value = "skiff")]
     pub cgroup_root: String,
+
+    /// Name of the Linux bridge the pods' veths join; it holds the first address of the node's
+    /// pod CIDR (the first /24 of --cluster-cidr, as k3s gives its first node).
+    #[arg(long, env = "SKIFF_BRIDGE_NAME", default_value = "skiff0")]
+    pub bridge_name: String,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -122,6 +127,13 @@ impl ServerArgs {
             "--cgroup-root {:?} must be one directory name",
             self.cgroup_root
         );
+        ensure!(
+            !self.bridge_name.is_empty()
+                && self.bridge_name.len() <= 15
+                && self.bridge_name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+            "--bridge-name {:?} must be a network interface name (at most 15 of [A-Za-z0-9._-])",
+            self.bridge_name
+        );
         for component in &self.disable {
             if !DISABLEABLE.contains(&component.as_str()) {
                 bail!("--disable {component:?}: unknown component (known: {})", DISABLEABLE.join(", "));
@@ -142,6 +154,7 @@ impl ServerArgs {
             kubeconfig_mode: self.write_kubeconfig_mode,
             disabled: self.disable,
             cgroup_root: self.cgroup_root,
+            bridge_name: self.bridge_name,
         })
     }
 }

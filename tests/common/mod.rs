@@ -23,8 +23,10 @@ use nix::unistd::Pid;
 
 pub const KUBECTL: &str = "/usr/bin/kubectl";
 /// Test CIDRs, apart from the defaults (10.42/10.43) so a test never touches a real node's.
-pub const CLUSTER_CIDR: &str = "10.242.0.0/16";
-pub const SERVICE_CIDR: &str = "10.243.0.0/16";
+/// Each test server gets its own /24 of these, so servers side by side never share a route or
+/// a Service address: `10.242.X.0/24` for pods and `10.243.X.0/24` for Services.
+const CLUSTER_CIDRS: &str = "10.242";
+const SERVICE_CIDRS: &str = "10.243";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// No single kubectl command of a test takes this long against a working server.
@@ -42,6 +44,9 @@ pub struct TestServer {
     port: u16,
     node_name: String,
     cgroup_root: String,
+    /// The pod bridge and the third octet of this server's CIDRs.
+    bridge: String,
+    subnet: u32,
     extra_args: Vec<String>,
     child: Option<Child>,
     finished: bool,
@@ -73,6 +78,8 @@ impl TestServer {
             port: free_port(),
             node_name: name.clone(),
             cgroup_root: name,
+            bridge: format!("skt{}x{n}", std::process::id() % 100_000),
+            subnet: (std::process::id() + n * 37) % 250,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             child: None,
             finished: false,
@@ -119,6 +126,18 @@ impl TestServer {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    pub fn cluster_cidr(&self) -> String {
+        format!("{CLUSTER_CIDRS}.{}.0/24", self.subnet)
+    }
+
+    pub fn service_cidr(&self) -> String {
+        format!("{SERVICE_CIDRS}.{}.0/24", self.subnet)
+    }
+
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
     /// The `skiff server` command line of this test, also usable for negative tests of the CLI.
     pub fn server_command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
@@ -128,7 +147,8 @@ impl TestServer {
             .arg("--https-listen-port")
             .arg(self.port.to_string())
             .args(["--bind-address", "127.0.0.1"])
-            .args(["--cluster-cidr", CLUSTER_CIDR, "--service-cidr", SERVICE_CIDR])
+            .args(["--cluster-cidr", &self.cluster_cidr(), "--service-cidr", &self.service_cidr()])
+            .args(["--bridge-name", &self.bridge])
             .args(["--node-name", &self.node_name, "--cgroup-root", &self.cgroup_root])
             .args(&self.extra_args);
         // Flags are all given; a SKIFF_* variable of the caller's shell must not fill in others.
@@ -340,7 +360,12 @@ impl TestServer {
             }
             cgroups.extend(below);
         }
-        Leftovers { processes, mounts: mounts_under(&self.dir), cgroups }
+        // A stopped node keeps its bridge (as k3s keeps cni0), but no pod's veth may stay on it.
+        let mut links: Vec<String> = bridge_ports(&self.bridge);
+        if with_root && link_exists(&self.bridge) {
+            links.push(self.bridge.clone());
+        }
+        Leftovers { processes, mounts: mounts_under(&self.dir), cgroups, links }
     }
 
     /// Removes everything this test made, whatever state it is in. Never panics.
@@ -365,6 +390,11 @@ impl TestServer {
         for root in cgroup_roots(&self.cgroup_root) {
             for dir in dirs_deepest_first(&root) {
                 remove_cgroup(&dir);
+            }
+        }
+        for link in bridge_ports(&self.bridge).into_iter().chain([self.bridge.clone()]) {
+            if link_exists(&link) {
+                let _ = Command::new("ip").args(["link", "del", &link]).status();
             }
         }
         for mount in mounts_under(&self.dir).into_iter().rev() {
@@ -403,11 +433,13 @@ pub struct Leftovers {
     pub processes: Vec<(i32, String)>,
     pub mounts: Vec<PathBuf>,
     pub cgroups: Vec<PathBuf>,
+    /// Network interfaces: veths left on the test's bridge, and the bridge itself.
+    pub links: Vec<String>,
 }
 
 impl Leftovers {
     pub fn is_empty(&self) -> bool {
-        self.processes.is_empty() && self.mounts.is_empty() && self.cgroups.is_empty()
+        self.processes.is_empty() && self.mounts.is_empty() && self.cgroups.is_empty() && self.links.is_empty()
     }
 
     /// One line per leftover; empty when there is none.
@@ -422,8 +454,22 @@ impl Leftovers {
         for cgroup in &self.cgroups {
             let _ = writeln!(out, "  cgroup {}", cgroup.display());
         }
+        for link in &self.links {
+            let _ = writeln!(out, "  link {link}");
+        }
         out
     }
+}
+
+pub fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// The interfaces enslaved to `bridge` (its pods' veths).
+pub fn bridge_ports(bridge: &str) -> Vec<String> {
+    fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().to_str().map(String::from)).collect())
+        .unwrap_or_default()
 }
 
 pub fn free_port() -> u16 {

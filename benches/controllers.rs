@@ -40,7 +40,11 @@ spec:
 }
 
 fn ready_replicas(server: &TestServer) -> usize {
-    server.kubectl_ok(&["get", "deployment", "bench", "-o", "jsonpath={.status.readyReplicas}"]).trim().parse().unwrap_or(0)
+    server
+        .kubectl_ok(&["get", "deployment", "bench", "-o", "jsonpath={.status.readyReplicas}"])
+        .trim()
+        .parse()
+        .unwrap_or(0)
 }
 
 fn pods_left(server: &TestServer) -> usize {
@@ -69,8 +73,16 @@ fn main() {
     let down = start.elapsed();
 
     println!("controllers: Deployment scaled 0 → {REPLICAS} → 0 (real containers, kubectl polling every 250 ms)");
-    println!("  0 → {REPLICAS} Running and Ready: {:>8.2} s  {:>7.1} pods/s", up.as_secs_f64(), REPLICAS as f64 / up.as_secs_f64());
-    println!("  {REPLICAS} → 0 gone:              {:>8.2} s  {:>7.1} pods/s", down.as_secs_f64(), REPLICAS as f64 / down.as_secs_f64());
+    println!(
+        "  0 → {REPLICAS} Running and Ready: {:>8.2} s  {:>7.1} pods/s",
+        up.as_secs_f64(),
+        REPLICAS as f64 / up.as_secs_f64()
+    );
+    println!(
+        "  {REPLICAS} → 0 gone:              {:>8.2} s  {:>7.1} pods/s",
+        down.as_secs_f64(),
+        REPLICAS as f64 / down.as_secs_f64()
+    );
     println!("  peers: none on this machine (no k3s/kubelet); aim: ≥ 50 pods/s started");
     server.kubectl_ok(&["delete", "deployment", "bench"]);
     drop(images);

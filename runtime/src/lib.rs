@@ -33,18 +33,21 @@ use std::time::{Duration, SystemTime};
 
 mod cgroups;
 mod container;
+mod exec;
 mod image;
 mod log;
 mod mount;
 pub mod network;
 mod rootfs;
 mod sandbox;
+mod security;
 mod shim;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use cgroups::{CgroupManager, Layout as cgroups_layout};
+pub use exec::{ExecProcess, ExecReader, ExecSpec, ExecWriter, TerminalSize};
 pub use image::reference::{Reference, ReferenceError};
 pub use log::{CriStream, format_cri_line, rfc3339_nano};
 
@@ -446,6 +449,21 @@ impl Runtime {
         .await
     }
 
+    /// Runs another process in a running container: in its namespaces and cgroup, with its root,
+    /// environment (`spec.env` on top), working directory and user (see [`ExecSpec`]). An
+    /// executable that cannot be run fails here with Go's wording, as `start_container` does.
+    pub async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecProcess> {
+        check_id("container", id)?;
+        let dir = self.container_dir(id);
+        if !matches!(container::state(&dir)?, ContainerState::Running { .. }) {
+            return Err(Error::Spawn(format!("container {id} is not running")));
+        }
+        if spec.argv.is_empty() {
+            return Err(Error::Spawn("exec needs a command".into()));
+        }
+        exec::spawn(&self.config.shim_exe, &dir, &spec).await
+    }
+
     pub fn container(&self, id: &str) -> Result<ContainerInfo> {
         check_id("container", id)?;
         container::info(&self.container_dir(id), id)
@@ -529,6 +547,7 @@ mod tests {
         assert_send(&rt.wait_container("c"));
         assert_send(&rt.stop_container("c", Duration::ZERO));
         assert_send(&rt.remove_container("c"));
+        assert_send(&rt.exec("c", ExecSpec::default()));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use oci_spec::runtime::Spec;
 use crate::cgroups::CgroupManager;
 use crate::log::{CriStream, LineSplitter};
 use crate::rootfs::{self, ContainerDir};
+use crate::security::Identity;
 use crate::state::{ProcessId, from_nanos, to_nanos};
 use crate::{container, mount};
 
@@ -78,8 +79,9 @@ pub const START_ERROR_EXIT_CODE: i32 = 128;
 
 pub fn main(args: Vec<String>) -> ! {
     // Accept `skiff shim container DIR`, `shim container DIR` and `container DIR`.
-    let pos = args.iter().position(|a| a == "container" || a == "sandbox");
+    let pos = args.iter().position(|a| a == "container" || a == "sandbox" || a == "exec");
     let code = match pos.map(|p| (&args[p][..], &args[p + 1..])) {
+        Some(("exec", [dir, request, ..])) => crate::exec::helper_main(&ContainerDir(PathBuf::from(dir)), request),
         Some(("container", [dir, ..])) => match run_container_shim(&ContainerDir(PathBuf::from(dir))) {
             Ok(()) => 0,
             Err(e) => {
@@ -89,7 +91,7 @@ pub fn main(args: Vec<String>) -> ! {
             }
         },
         _ => {
-            eprintln!("usage: skiff shim container DIR (started by the runtime, not by hand)");
+            eprintln!("usage: skiff shim container DIR | exec DIR REQUEST (started by the runtime, not by hand)");
             2
         }
     };
@@ -108,7 +110,7 @@ struct InitPlan {
     cwd: PathBuf,
     argv: Vec<String>,
     env: Vec<String>,
-    user: Option<(u32, u32)>,
+    identity: Identity,
 }
 
 fn run_container_shim(dir: &ContainerDir) -> Result<(), String> {
@@ -240,10 +242,7 @@ fn plan(dir: &ContainerDir, spec: &Spec, meta: &container::Meta) -> Result<InitP
         cwd: process.cwd().clone(),
         argv: process.args().clone().unwrap_or_default(),
         env: process.env().clone().unwrap_or_default(),
-        user: {
-            let u = process.user();
-            (u.uid() != 0 || u.gid() != 0).then(|| (u.uid(), u.gid()))
-        },
+        identity: Identity::from_process(process),
     })
 }
 
@@ -358,13 +357,8 @@ fn init_main(plan: InitPlan, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> ! {
         Ok(p) => p,
         Err(msg) => exec_fail(&mut fifo, &mut sync, msg),
     };
-    if let Some((uid, gid)) = plan.user {
-        let ids = nix::unistd::setgroups(&[])
-            .and_then(|_| nix::unistd::setgid(gid.into()))
-            .and_then(|_| nix::unistd::setuid(uid.into()));
-        if let Err(e) = ids {
-            exec_fail(&mut fifo, &mut sync, format!("setting user {uid}:{gid}: {e}"));
-        }
+    if let Err(e) = plan.identity.enter() {
+        exec_fail(&mut fifo, &mut sync, e);
     }
     reset_signals();
     let cexe = CString::new(exe.as_os_str().as_bytes()).unwrap_or_default();
@@ -376,7 +370,7 @@ fn init_main(plan: InitPlan, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> ! {
 
 /// Ignored signals stay ignored across execve, and Rust programs (the shim included) ignore
 /// SIGPIPE: give the user's process default dispositions and an empty signal mask.
-fn reset_signals() {
+pub(crate) fn reset_signals() {
     /// The kernel's `struct sigaction` for rt_sigaction(2).
     #[repr(C)]
     struct KernelSigaction {
@@ -399,7 +393,7 @@ fn reset_signals() {
     unsafe { libc::syscall(libc::SYS_rt_sigprocmask, libc::SIG_SETMASK, &empty, std::ptr::null_mut::<u64>(), 8) };
 }
 
-fn errno_text(e: nix::errno::Errno) -> String {
+pub(crate) fn errno_text(e: nix::errno::Errno) -> String {
     std::io::Error::from(e).to_string().split(" (os error").next().unwrap_or_default().to_lowercase()
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use skiff_runtime::testing::{LocalRegistry, OciImage, build_busybox_image, push};
 use skiff_runtime::{
-    CgroupManager, ContainerSpec, ContainerState, Error, Image, Resources, Runtime, RuntimeConfig, SandboxSpec,
+    CgroupManager, ContainerSpec, ContainerState, Error, ExecSpec, Image, Resources, Runtime, RuntimeConfig,
+    SandboxSpec,
 };
 
 fn busybox() -> &'static OciImage {
@@ -484,4 +485,82 @@ impl Drop for SandboxCleanup {
             let _ = m.kill_and_remove(Path::new(&self.cgroup_root), Duration::from_secs(5));
         }
     }
+}
+
+/// Runs `spec` in container `id`, feeding `input` to stdin; returns (exit code, stdout, stderr).
+async fn exec_collect(rt: &Runtime, id: &str, spec: ExecSpec, input: Option<&[u8]>) -> (i32, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut p = rt.exec(id, spec).await.unwrap();
+    assert!(p.pid() > 0);
+    let stdin = p.take_stdin();
+    let writer = async move {
+        if let (Some(mut w), Some(data)) = (stdin, input) {
+            w.write_all(data).await.unwrap();
+            // Dropping the writer is the end of input.
+        }
+    };
+    let read = |r: Option<skiff_runtime::ExecReader>| async move {
+        let mut out = Vec::new();
+        if let Some(mut r) = r {
+            r.read_to_end(&mut out).await.unwrap();
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let all = async { tokio::join!(writer, read(p.take_stdout()), read(p.take_stderr())) };
+    let ((), out, err) = tokio::time::timeout(Duration::from_secs(20), all).await.expect("exec output ends");
+    let code = tokio::time::timeout(Duration::from_secs(20), p.wait()).await.expect("exec exits").unwrap();
+    (code, out, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_in_the_container_with_pipes_exit_codes_and_a_terminal() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-exec", "exec-pod").await;
+    let mut spec = f.spec("main", &["sleep", "60"]);
+    spec.env.push("FOO=from-container".into());
+    spec.working_dir = Some("/tmp".into());
+    let id = f.rt().create_container("pod-exec", &spec).await.unwrap();
+    f.rt().start_container(&id).await.unwrap();
+    let piped = |argv: &[&str]| ExecSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: vec!["EXTRA=from-exec".into()],
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+
+    let script = "echo hi; echo oops >&2; hostname; pwd; echo $FOO $EXTRA; cat /proc/1/cmdline | tr '\\0' ' '";
+    let (code, out, err) = exec_collect(f.rt(), &id, piped(&["sh", "-c", script]), None).await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(
+        out, "hi\nexec-pod\n/tmp\nfrom-container from-exec\nsleep 60 ",
+        "in the container's uts, root, cwd, env and pid ns"
+    );
+    assert_eq!(err, "oops\n");
+
+    let (code, _, _) = exec_collect(f.rt(), &id, piped(&["sh", "-c", "exit 3"]), None).await;
+    assert_eq!(code, 3);
+
+    let cat = ExecSpec { stdin: true, ..piped(&["cat"]) };
+    let (code, out, _) = exec_collect(f.rt(), &id, cat, Some(b"hello\nworld\n")).await;
+    assert_eq!((code, out.as_str()), (0, "hello\nworld\n"), "stdin reaches cat and its end closes it");
+
+    let tty = ExecSpec {
+        tty: true,
+        terminal_size: Some(skiff_runtime::TerminalSize { width: 100, height: 40 }),
+        ..piped(&["sh", "-c", "tty; stty size"])
+    };
+    let (code, out, _) = exec_collect(f.rt(), &id, tty, None).await;
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert!(lines[0].starts_with("/dev/pts/") && lines[0][9..].parse::<u32>().is_ok(), "{out:?}");
+    assert_eq!(lines[1], "40 100", "the terminal has the size asked for");
+
+    let missing = f.rt().exec(&id, piped(&["nope"])).await.unwrap_err();
+    assert_eq!(missing.to_string(), r#"exec: "nope": executable file not found in $PATH"#);
+
+    // The container still runs its own process, untouched by the execs.
+    assert!(matches!(f.rt().container(&id).unwrap().state, ContainerState::Running { .. }));
+    f.rt().stop_container(&id, Duration::ZERO).await.unwrap();
+    assert!(f.rt().exec(&id, piped(&["true"])).await.is_err(), "no exec into an exited container");
 }

@@ -21,6 +21,7 @@
 pub mod backoff;
 pub mod env;
 pub mod events;
+pub mod exec;
 pub mod generate;
 pub mod logs;
 pub mod node;
@@ -184,5 +185,16 @@ impl PodStreams for Kubelet {
         let path = logs::select_log_file(&dir, name, opts)?;
         let running = if opts.previous { None } else { self.logs.subscribe(&path) };
         logs::stream_log(path, opts, running).await
+    }
+
+    async fn exec(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        uid: &str,
+        opts: &skiff_api::ExecOptions,
+        io: skiff_api::ExecIo,
+    ) -> Result<i32, ApiError> {
+        exec::exec(&self.runtime, uid, opts, io).await
     }
 }

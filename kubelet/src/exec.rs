@@ -1,0 +1,106 @@
+//! `pods/exec`: runs a command in a running container of a pod through the runtime, copying
+//! the client's stdin to the process and its output back, and answers with the exit code once
+//! the output has been handed over.
+//!
+//! The container is found in the runtime's own records (sandbox id = pod UID, container name),
+//! so exec needs nothing of the pod workers' state and works for adopted containers too.
+
+use bytes::Bytes;
+use skiff_api::{ApiError, ExecIo, ExecOptions};
+use skiff_runtime::{ContainerState, ExecReader, ExecSpec, Runtime, TerminalSize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// The id of the running container `name` of the pod with `uid`.
+pub fn running_container(runtime: &Runtime, uid: &str, name: &str) -> Result<String, ApiError> {
+    let containers = runtime.list_containers().map_err(|e| ApiError::internal(e.to_string()))?;
+    containers
+        .into_iter()
+        .find(|c| c.sandbox_id == uid && c.name == name && matches!(c.state, ContainerState::Running { .. }))
+        .map(|c| c.id)
+        // The kubelet's wording when the runtime has no running container of that name.
+        .ok_or_else(|| ApiError::bad_request(format!("container not found ({name:?})")))
+}
+
+pub async fn exec(runtime: &Runtime, uid: &str, opts: &ExecOptions, io: ExecIo) -> Result<i32, ApiError> {
+    let id = running_container(runtime, uid, &opts.container)?;
+    let spec = ExecSpec {
+        argv: opts.command.clone(),
+        env: Vec::new(),
+        tty: opts.tty,
+        stdin: opts.stdin && io.stdin.is_some(),
+        stdout: opts.stdout && io.stdout.is_some(),
+        stderr: opts.stderr && io.stderr.is_some(),
+        terminal_size: None,
+    };
+    let mut process = runtime.exec(&id, spec).await.map_err(|e| {
+        // containerd's wording, which kubectl users know from `kubectl exec`.
+        ApiError::internal(format!(
+            "error executing command in container: failed to exec in container: failed to start exec {id:?}: \
+             OCI runtime exec failed: exec failed: unable to start container process: {e}: unknown"
+        ))
+    })?;
+    let ExecIo { stdin, stdout, stderr, resize } = io;
+
+    let stdin_task = match (stdin, process.take_stdin()) {
+        (Some(mut rx), Some(mut writer)) => Some(tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                if writer.write_all(&chunk).await.is_err() {
+                    break; // the process closed its stdin or exited
+                }
+            }
+            let _ = writer.shutdown().await;
+            // Dropping the writer closes the pipe: the process sees the end of input.
+        })),
+        _ => None,
+    };
+    let output =
+        futures::future::join(copy_out(process.take_stdout(), stdout), copy_out(process.take_stderr(), stderr));
+    let mut output = std::pin::pin!(output);
+    // Resizes are applied while the output flows (kubectl sends one at the start).
+    let mut resize = if opts.tty { resize } else { None };
+    loop {
+        tokio::select! {
+            _ = &mut output => break,
+            size = next_size(&mut resize) => match size {
+                Some(size) if size.width > 0 && size.height > 0 => {
+                    let _ = process.resize(TerminalSize { width: size.width, height: size.height });
+                }
+                Some(_) => {}
+                None => resize = None,
+            },
+        }
+    }
+    let code = process.wait().await.map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(task) = stdin_task {
+        task.abort();
+    }
+    Ok(code)
+}
+
+async fn next_size(rx: &mut Option<mpsc::Receiver<skiff_api::TerminalSize>>) -> Option<skiff_api::TerminalSize> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Copies a process stream to the client until it ends. A client that went away does not stop
+/// the copy: the process must not block on a full pipe.
+async fn copy_out(reader: Option<ExecReader>, tx: Option<mpsc::Sender<Bytes>>) {
+    let Some(mut reader) = reader else { return };
+    let mut tx = tx;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if let Some(sender) = &tx
+                    && sender.send(Bytes::copy_from_slice(&buf[..n])).await.is_err()
+                {
+                    tx = None;
+                }
+            }
+        }
+    }
+}

@@ -25,6 +25,7 @@ pub mod exec;
 pub mod generate;
 pub mod logs;
 pub mod node;
+pub mod service;
 mod pod_workers;
 pub mod status;
 mod sync;

@@ -227,6 +227,57 @@ impl PodNetwork {
         self.ipam.release(sandbox)
     }
 
+    /// Adds `ip/32` to the bridge (creating the bridge if needed), so that pods (whose default
+    /// route is the bridge) and the node itself deliver traffic for it to local sockets: how
+    /// the service proxy receives a Service's clusterIP without netfilter. Idempotent.
+    pub async fn add_local_address(&self, ip: Ipv4Addr) -> Result<()> {
+        self.ensure_bridge().await?;
+        let handle = connect()?;
+        let bridge = &self.config.bridge;
+        let index =
+            link_index(&handle, bridge).await?.ok_or_else(|| Error::Network(format!("bridge {bridge} missing")))?;
+        match handle.address().add(index, IpAddr::V4(ip), 32).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(e) => Err(net_err(format!("adding {ip}/32 to {bridge}"))(e)),
+        }
+    }
+
+    /// Removes `ip/32` from the bridge. Idempotent (a missing bridge or address is fine).
+    pub async fn remove_local_address(&self, ip: Ipv4Addr) -> Result<()> {
+        let handle = connect()?;
+        let bridge = &self.config.bridge;
+        let Some(index) = link_index(&handle, bridge).await? else { return Ok(()) };
+        let mut addresses = handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addresses.try_next().await.map_err(net_err(format!("listing addresses of {bridge}")))? {
+            if msg.header.prefix_len == 32 && address_of(&msg) == Some(ip) {
+                match handle.address().del(msg).execute().await {
+                    Ok(()) => {}
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRNOTAVAIL => {}
+                    Err(e) => return Err(net_err(format!("removing {ip}/32 from {bridge}"))(e)),
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `/32` addresses on the bridge (those [`Self::add_local_address`] adds; the gateway's
+    /// prefix is shorter, so it is never among them).
+    pub async fn local_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        let handle = connect()?;
+        let bridge = &self.config.bridge;
+        let Some(index) = link_index(&handle, bridge).await? else { return Ok(Vec::new()) };
+        let mut addresses = handle.address().get().set_link_index_filter(index).execute();
+        let mut found = Vec::new();
+        while let Some(msg) = addresses.try_next().await.map_err(net_err(format!("listing addresses of {bridge}")))? {
+            if msg.header.prefix_len == 32 {
+                found.extend(address_of(&msg));
+            }
+        }
+        Ok(found)
+    }
+
     /// Deletes the bridge (the node's network goes with its last pod; used on cleanup).
     pub async fn remove_bridge(&self) -> Result<()> {
         let handle = connect()?;
@@ -235,6 +286,13 @@ impl PodNetwork {
         }
         Ok(())
     }
+}
+
+fn address_of(msg: &rtnetlink::packet_route::address::AddressMessage) -> Option<Ipv4Addr> {
+    msg.attributes.iter().find_map(|a| match a {
+        rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    })
 }
 
 /// Runs `work` with a netlink connection inside the network namespace pinned at `netns`, on a

@@ -64,6 +64,10 @@ pub struct ContainerRuntimeState {
     pub restart_count: i32,
     pub current: Current,
     pub last_terminated: Option<Terminated>,
+    /// The readiness probe's result while it runs (`None`: no readiness probe).
+    pub readiness: Option<bool>,
+    /// The startup probe's result while it runs (`None`: no startup probe).
+    pub startup: Option<bool>,
 }
 
 impl Default for ContainerRuntimeState {
@@ -74,6 +78,8 @@ impl Default for ContainerRuntimeState {
             restart_count: 0,
             current: Current::Waiting { reason: "ContainerCreating".into(), message: None },
             last_terminated: None,
+            readiness: None,
+            startup: None,
         }
     }
 }
@@ -211,14 +217,17 @@ fn container_status(c: &Container, st: Option<&ContainerRuntimeState>, init: boo
             false,
             false,
         ),
-        Current::Running { started_at } => (
-            ContainerState {
-                running: Some(ContainerStateRunning { started_at: Some(time(*started_at)) }),
-                ..Default::default()
-            },
-            !init,
-            true,
-        ),
+        Current::Running { started_at } => {
+            let started = st.startup.unwrap_or(true);
+            (
+                ContainerState {
+                    running: Some(ContainerStateRunning { started_at: Some(time(*started_at)) }),
+                    ..Default::default()
+                },
+                !init && started && st.readiness.unwrap_or(true),
+                started,
+            )
+        }
         Current::Terminated(t) => (terminated_state(t), init && t.exit_code == 0, false),
     };
     ContainerStatus {
@@ -583,6 +592,25 @@ mod tests {
         let status = generate(&pod("Always", &["app"]), &rt, ts(5));
         assert_eq!(status.phase.as_deref(), Some("Failed"));
         assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
+    }
+
+    #[test]
+    fn probes_gate_ready_and_started() {
+        let p = pod("Always", &["app"]);
+        let probed = |readiness, startup| ContainerRuntimeState { readiness, startup, ..running() };
+        let cases = [
+            (None, None, true, true),
+            (Some(false), None, false, true),
+            (Some(true), None, true, true),
+            (None, Some(false), false, false),
+            (Some(true), Some(true), true, true),
+        ];
+        for (readiness, startup, ready, started) in cases {
+            let status = generate(&p, &state(true, vec![("app", probed(readiness, startup))]), ts(5));
+            let cs = &status.container_statuses.as_ref().unwrap()[0];
+            assert_eq!((cs.ready, cs.started), (ready, Some(started)), "{readiness:?} {startup:?}");
+            assert_eq!(cond(&status, "Ready").status == "True", ready);
+        }
     }
 
     #[test]

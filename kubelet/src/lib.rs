@@ -13,8 +13,8 @@
 //! On start the kubelet adopts what the runtime already runs for pods that still exist here,
 //! and removes everything else, so a restarted server neither loses nor leaks containers.
 //!
-//! Not yet here: probes (they need exec and the pod's network from the runtime), volumes
-//! (the runtime's `ContainerSpec` has no mounts yet) and exec/attach/port-forward streams.
+//! Not yet here: exec and gRPC probes (httpGet and tcpSocket probes run, to the pod IP),
+//! volumes (the runtime's `ContainerSpec` has no mounts yet), attach and port-forward.
 //! `status.podIP` is the runtime's sandbox address when it runs a pod network. Restarts back
 //! off as Kubernetes' do (10 s doubling to 5 min, reset after 10 min of clean running).
 
@@ -25,8 +25,9 @@ pub mod exec;
 pub mod generate;
 pub mod logs;
 pub mod node;
-pub mod service;
 mod pod_workers;
+pub mod prober;
+pub mod service;
 pub mod status;
 mod sync;
 
@@ -56,7 +57,7 @@ pub struct Kubelet {
     config: KubeletConfig,
     client: Arc<dyn ApiClient>,
     runtime: Arc<Runtime>,
-    recorder: Recorder,
+    recorder: Arc<Recorder>,
     status: status::StatusManager,
     workers: PodWorkers,
     logs: logs::LogWatchers,
@@ -66,7 +67,7 @@ pub struct Kubelet {
 impl Kubelet {
     pub fn new(config: KubeletConfig, client: Arc<dyn ApiClient>, runtime: Arc<Runtime>) -> Arc<Kubelet> {
         Arc::new(Kubelet {
-            recorder: events::recorder(client.clone(), &config.node_name),
+            recorder: Arc::new(events::recorder(client.clone(), &config.node_name)),
             status: status::StatusManager::new(client.clone()),
             workers: PodWorkers::default(),
             logs: logs::LogWatchers::default(),

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Kubelet;
-use crate::sync::{Exit, PodWorker};
+use crate::sync::{PodWorker, WorkerEvent};
 
 /// The latest word on a pod: its object, and whether it is gone from the API.
 #[derive(Debug, Clone)]
@@ -128,7 +128,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 async fn run_worker(
     mut w: PodWorker,
     mut rx: watch::Receiver<PodUpdate>,
-    mut exits: mpsc::UnboundedReceiver<Exit>,
+    mut exits: mpsc::UnboundedReceiver<WorkerEvent>,
     shutdown: CancellationToken,
 ) {
     let first = rx.borrow_and_update().clone();
@@ -148,7 +148,7 @@ async fn run_worker(
                 };
                 let mut exited = false;
                 while let Ok(exit) = exits.try_recv() {
-                    w.handle_exit(exit).await;
+                    w.handle_event(exit).await;
                     exited = true;
                 }
                 let phase = w.write_status(&update.pod).await;
@@ -163,7 +163,7 @@ async fn run_worker(
                             .unwrap_or_else(|| Instant::now() + RESYNC);
                         tokio::select! {
                             changed = rx.changed() => if changed.is_err() { return },
-                            Some(exit) = exits.recv() => w.handle_exit(exit).await,
+                            Some(exit) = exits.recv() => w.handle_event(exit).await,
                             _ = tokio::time::sleep_until(deadline) => {}
                             _ = shutdown.cancelled() => return,
                         }
@@ -177,7 +177,7 @@ async fn run_worker(
                     _ = shutdown.cancelled() => return,
                 }
                 while let Ok(exit) = exits.try_recv() {
-                    w.handle_exit(exit).await;
+                    w.handle_event(exit).await;
                 }
                 if !update.removed {
                     w.write_status(&update.pod).await;

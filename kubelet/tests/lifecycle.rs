@@ -18,11 +18,16 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use serde_json::json;
 use skiff_api::{Api, ApiClient, DeleteOptions, ListOptions, LogOptions, PodStreams};
 use skiff_kubelet::{Kubelet, KubeletConfig};
+use skiff_runtime::network::{Ipv4Cidr, NetworkConfig};
 use skiff_runtime::testing::{LocalRegistry, build_busybox_image, push};
 use skiff_runtime::{CgroupManager, Runtime, RuntimeConfig, SandboxSpec};
 use tokio_util::sync::CancellationToken;
 
 const NODE: &str = "node1";
+
+fn bridge_name() -> String {
+    format!("skkl{}", std::process::id() % 100_000)
+}
 
 struct Fixture {
     client: Arc<dyn ApiClient>,
@@ -47,13 +52,21 @@ impl Fixture {
         let local = LocalRegistry::start().expect("docker-registry (scripts/test.sh installs it)");
         let image = push(&local, "busybox:1", &oci).await.expect("push busybox");
         let cgroup_root = format!("skiff-kubelet-test-{}", std::process::id());
+        // A pod network of the test's own (bridge, /24), so probes reach pod IPs from the node.
+        let network = NetworkConfig {
+            bridge: bridge_name(),
+            cidr: Ipv4Cidr::parse(&format!("10.245.{}.0/24", std::process::id() % 250)).unwrap(),
+            state_dir: dir.path().join("runtime").join("network"),
+        };
         let runtime = Arc::new(
             Runtime::new(RuntimeConfig {
                 root: dir.path().join("runtime"),
                 shim_exe: std::env::current_exe().unwrap(),
                 cgroup_root: cgroup_root.clone(),
             })
-            .expect("runtime on this host (root)"),
+            .expect("runtime on this host (root)")
+            .with_network(network)
+            .expect("the test's pod network"),
         );
         let root = dir.path().join("kubelet");
         let kubelet =
@@ -162,7 +175,14 @@ impl Drop for Fixture {
                 for s in runtime.list_sandboxes().unwrap_or_default() {
                     let _ = runtime.remove_sandbox(&s).await;
                 }
+                if let Some(net) = runtime.network() {
+                    let _ = net.remove_bridge().await;
+                }
             });
+            let bridge = bridge_name();
+            if std::path::Path::new("/sys/class/net").join(&bridge).exists() {
+                let _ = std::process::Command::new("ip").args(["link", "del", &bridge]).status();
+            }
             if let Ok(m) = CgroupManager::detect(&cgroup_root) {
                 let _ = m.kill_and_remove(std::path::Path::new(&cgroup_root), Duration::from_secs(10));
             }
@@ -181,7 +201,11 @@ fn phase(pod: &Pod) -> &str {
 }
 
 fn container_status(pod: &Pod, i: usize) -> k8s_openapi::api::core::v1::ContainerStatus {
-    status(pod).container_statuses.as_ref().unwrap()[i].clone()
+    try_container_status(pod, i).expect("a container status")
+}
+
+fn try_container_status(pod: &Pod, i: usize) -> Option<k8s_openapi::api::core::v1::ContainerStatus> {
+    pod.status.as_ref()?.container_statuses.as_ref()?.get(i).cloned()
 }
 
 fn waiting_reason(pod: &Pod) -> Option<String> {
@@ -389,8 +413,8 @@ async fn changing_the_image_of_a_running_pod_replaces_its_container(f: &mut Fixt
     f.pods().patch("retag", skiff_api::PatchKind::StrategicMerge, patch).await.unwrap();
     let after = f
         .wait_pod("retag", "the replacement container", |p| {
-            let cs = container_status(p, 0);
-            cs.restart_count == 1 && cs.state.is_some_and(|s| s.running.is_some())
+            try_container_status(p, 0)
+                .is_some_and(|cs| cs.restart_count == 1 && cs.state.is_some_and(|s| s.running.is_some()))
         })
         .await;
     let cs = container_status(&after, 0);
@@ -401,6 +425,56 @@ async fn changing_the_image_of_a_running_pod_replaces_its_container(f: &mut Fixt
     assert!(killing.iter().any(|m| m == "Container app definition changed, will be restarted"), "{killing:?}");
     f.pods().delete("retag", &DeleteOptions::default()).await.unwrap();
     f.wait_gone("retag").await;
+}
+
+async fn readiness_waits_for_the_probe_and_a_failing_liveness_probe_restarts(f: &mut Fixture) {
+    let serve = "sleep 2; mkdir -p /www; echo ok > /www/index.html; exec httpd -f -p 8080 -h /www";
+    f.create(
+        "probed",
+        "Always",
+        json!([{"name": "web", "image": f.image, "command": ["sh", "-c", serve],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                "livenessProbe": {"tcpSocket": {"port": 8080}, "initialDelaySeconds": 5, "periodSeconds": 1}}]),
+    )
+    .await;
+    let running = f.wait_pod("probed", "Running", |p| phase(p) == "Running").await;
+    assert!(status(&running).pod_ip.is_some(), "the pod has an IP on the test network");
+    assert!(!container_status(&running, 0).ready, "not ready before the readiness probe passes");
+    let ready = f.wait_pod("probed", "ready", |p| try_container_status(p, 0).is_some_and(|c| c.ready)).await;
+    let condition = status(&ready).conditions.clone().unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(condition.status, "True");
+
+    f.create(
+        "unhealthy",
+        "Always",
+        json!([{"name": "app", "image": f.image, "command": ["sleep", "3600"],
+                "livenessProbe": {"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 2}}]),
+    )
+    .await;
+    let restarted = f
+        .wait_pod("unhealthy", "a liveness restart", |p| {
+            try_container_status(p, 0).is_some_and(|c| c.restart_count >= 1)
+        })
+        .await;
+    let last = container_status(&restarted, 0).last_state.unwrap().terminated.unwrap();
+    assert_eq!(last.exit_code, 137, "sleep ignores SIGTERM; the 2 s grace ends in SIGKILL");
+    let messages: Vec<String> = f.events("unhealthy").await.into_iter().filter_map(|e| e.message).collect();
+    assert!(messages.iter().any(|m| m == "Container app failed liveness probe, will be restarted"), "{messages:#?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("Liveness probe failed: dial tcp ")
+                && m.ends_with(":9999: connect: connection refused")),
+        "{messages:#?}"
+    );
+    // The probe flap in `probed` has not restarted it.
+    assert_eq!(container_status(&f.pods().get("probed").await.unwrap(), 0).restart_count, 0);
+    for name in ["probed", "unhealthy"] {
+        f.pods().delete(name, &DeleteOptions::default()).await.unwrap();
+    }
+    f.wait_gone("probed").await;
+    f.wait_gone("unhealthy").await;
 }
 
 async fn follow_streams_until_the_container_exits(f: &mut Fixture) {
@@ -468,6 +542,7 @@ fn main() {
         a_pod_deleted_while_its_image_is_pulling_goes_away,
         active_deadline_fails_the_pod_and_stops_it,
         changing_the_image_of_a_running_pod_replaces_its_container,
+        readiness_waits_for_the_probe_and_a_failing_liveness_probe_restarts,
         follow_streams_until_the_container_exits,
         restarted_kubelet_adopts_running_containers_and_removes_orphans,
     ];

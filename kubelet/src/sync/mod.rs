@@ -22,6 +22,13 @@ use crate::backoff::Backoff;
 use crate::generate::{self, Current, PodRuntimeState, Terminated};
 use crate::pod_workers::WorkerState;
 
+/// What wakes a pod worker besides a new pod: a container's exit, a probe result's flip.
+#[derive(Debug)]
+pub(crate) enum WorkerEvent {
+    Exit(Exit),
+    Probe(crate::prober::ProbeUpdate),
+}
+
 /// A container's exit, reported by its waiter task.
 #[derive(Debug)]
 pub(crate) struct Exit {
@@ -51,7 +58,11 @@ pub(crate) struct PodWorker {
     pub uid: String,
     rt: PodRuntimeState,
     tracks: HashMap<String, ContainerTrack>,
-    exits: mpsc::UnboundedSender<Exit>,
+    exits: mpsc::UnboundedSender<WorkerEvent>,
+    /// The probe tasks of each container, by container name.
+    probes: HashMap<String, tokio_util::sync::CancellationToken>,
+    /// The pod as last synced, for handling probe results between syncs.
+    pod: Option<Pod>,
 }
 
 pub(crate) fn timestamp(t: SystemTime) -> Timestamp {
@@ -87,9 +98,16 @@ fn is_terminal(pod: &Pod) -> bool {
 }
 
 impl PodWorker {
-    pub(crate) fn new(kubelet: Arc<Kubelet>, uid: String, exits: mpsc::UnboundedSender<Exit>) -> Self {
+    pub(crate) fn new(kubelet: Arc<Kubelet>, uid: String, exits: mpsc::UnboundedSender<WorkerEvent>) -> Self {
         let rt = PodRuntimeState { host_ip: kubelet.host_ip.clone(), ..Default::default() };
-        Self { kubelet, uid, rt, tracks: HashMap::new(), exits }
+        Self { kubelet, uid, rt, tracks: HashMap::new(), exits, probes: HashMap::new(), pod: None }
+    }
+
+    pub(crate) async fn handle_event(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Exit(exit) => self.handle_exit(exit).await,
+            WorkerEvent::Probe(update) => self.handle_probe(update).await,
+        }
     }
 
     pub(crate) fn kubelet(&self) -> &Arc<Kubelet> {
@@ -104,6 +122,7 @@ impl PodWorker {
     /// the pod's status says of earlier runs. A terminal pod goes straight to cleanup.
     pub(crate) async fn adopt(&mut self, pod: &Pod) -> WorkerState {
         let k = self.kubelet.clone();
+        self.pod = Some(pod.clone());
         let status = pod.status.clone().unwrap_or_default();
         self.rt.start_time = status.start_time.as_ref().map(|t| t.0);
         // What the status recorded, so restart counts and last states carry on.
@@ -179,7 +198,18 @@ impl PodWorker {
                 ContainerState::Running { started_at, .. } => {
                     st.current = Current::Running { started_at: timestamp(started_at) };
                     k.logs.started(&log_path);
+                    let started = status
+                        .container_statuses
+                        .iter()
+                        .flatten()
+                        .find(|cs| cs.name == info.name)
+                        .and_then(|cs| cs.started)
+                        .unwrap_or(false);
                     self.spawn_waiter(&info.name, &info.id, log_path);
+                    if let Some(c) = pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == info.name)) {
+                        let c = c.clone();
+                        self.start_probes(pod, &c, &info.id, started).await;
+                    }
                 }
                 ContainerState::Exited(exit) => {
                     st.current = Current::Terminated(terminated_from_exit(&exit, &info.id));
@@ -221,7 +251,7 @@ impl PodWorker {
         tokio::spawn(async move {
             let result = k.runtime.wait_container(&id).await.map_err(|e| e.to_string());
             k.logs.exited(&log_path);
-            let _ = tx.send(Exit { name, id, result });
+            let _ = tx.send(WorkerEvent::Exit(Exit { name, id, result }));
         });
     }
 
@@ -231,6 +261,9 @@ impl PodWorker {
             return; // an older container of this name
         }
         track.exited_at = Some(Instant::now());
+        if let Some(probes) = self.probes.remove(&exit.name) {
+            probes.cancel();
+        }
         let terminated = match exit.result {
             Ok(status) => terminated_from_exit(&status, &exit.id),
             Err(e) => match self.kubelet.runtime.container(&exit.id) {
@@ -256,6 +289,134 @@ impl PodWorker {
             }
         }
         st.current = Current::Terminated(terminated);
+    }
+
+    /// Starts the probes of a container that has just started (or was adopted running). While
+    /// a startup probe runs, the others wait for it; `startup_done` skips it (adoption).
+    pub(crate) async fn start_probes(
+        &mut self,
+        pod: &Pod,
+        c: &k8s_openapi::api::core::v1::Container,
+        id: &str,
+        startup_done: bool,
+    ) {
+        use crate::prober::{self, ProbeKind};
+        let k = self.kubelet.clone();
+        let defined = [
+            (ProbeKind::Startup, c.startup_probe.clone()),
+            (ProbeKind::Readiness, c.readiness_probe.clone()),
+            (ProbeKind::Liveness, c.liveness_probe.clone()),
+        ];
+        let mut runnable = Vec::new();
+        for (kind, probe) in defined {
+            let Some(probe) = probe else { continue };
+            if kind == ProbeKind::Startup && startup_done {
+                continue;
+            }
+            let why = if !prober::supported(&probe) {
+                Some("exec and grpc probes are not supported yet")
+            } else if self.rt.pod_ip.is_none() {
+                Some("the pod has no IP to probe (no pod network)")
+            } else {
+                None
+            };
+            match why {
+                Some(why) => {
+                    let message =
+                        format!("{} probe not run: {why}; the container counts as if it had none", kind.label());
+                    k.recorder
+                        .warning(&crate::events::container_ref(pod, &c.name), "ProbeNotSupported", &message)
+                        .await;
+                }
+                None => runnable.push((kind, probe)),
+            }
+        }
+        let has = |kind| runnable.iter().any(|(k, _)| *k == kind);
+        let waiting_for_startup = has(ProbeKind::Startup);
+        {
+            let st = self.rt.containers.entry(c.name.clone()).or_default();
+            st.startup = waiting_for_startup.then_some(false);
+            st.readiness = has(ProbeKind::Readiness).then_some(false);
+        }
+        let cancel = self.probes.entry(c.name.clone()).or_default().clone();
+        for (kind, probe) in runnable {
+            if waiting_for_startup && kind != ProbeKind::Startup {
+                continue;
+            }
+            let target = prober::ProbeTarget {
+                container: c.name.clone(),
+                id: id.to_string(),
+                ip: self.rt.pod_ip.clone().unwrap_or_default(),
+                ports: c.ports.clone().unwrap_or_default(),
+                pod: crate::events::pod_ref(pod),
+            };
+            let tx = self.exits.clone();
+            let notify = move |u| {
+                let _ = tx.send(WorkerEvent::Probe(u));
+            };
+            tokio::spawn(prober::run(kind, probe, target, k.recorder.clone(), notify, cancel.child_token()));
+        }
+    }
+
+    /// A probe result flipped: readiness changes `ready`; a startup success starts the other
+    /// probes; a liveness or startup failure kills the container, which then restarts (or not)
+    /// by the restart policy, as any exit.
+    async fn handle_probe(&mut self, update: crate::prober::ProbeUpdate) {
+        use crate::prober::ProbeKind;
+        let current = self.tracks.get(&update.container).and_then(|t| t.id.clone());
+        if current.as_deref() != Some(update.id.as_str()) {
+            return;
+        }
+        let Some(pod) = self.pod.clone() else { return };
+        match (update.kind, update.success) {
+            (ProbeKind::Readiness, ready) => {
+                self.rt.containers.entry(update.container).or_default().readiness = Some(ready);
+            }
+            (ProbeKind::Startup, true) => {
+                self.rt.containers.entry(update.container.clone()).or_default().startup = Some(true);
+                if let Some(c) =
+                    pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == update.container))
+                {
+                    let c = c.clone();
+                    let readiness = self.rt.containers.get(&c.name).and_then(|s| s.readiness);
+                    self.start_probes(&pod, &c, &update.id, true).await;
+                    // Keep what is known; start_probes resets readiness to "not yet".
+                    if readiness == Some(true) {
+                        self.rt.containers.entry(c.name.clone()).or_default().readiness = readiness;
+                    }
+                    self.rt.containers.entry(c.name).or_default().startup = Some(true);
+                }
+            }
+            (kind, false) => {
+                let k = self.kubelet.clone();
+                let which = if kind == ProbeKind::Liveness { "liveness" } else { "startup" };
+                k.recorder
+                    .normal(
+                        &crate::events::container_ref(&pod, &update.container),
+                        "Killing",
+                        &format!("Container {} failed {which} probe, will be restarted", update.container),
+                    )
+                    .await;
+                if let Some(probes) = self.probes.remove(&update.container) {
+                    probes.cancel();
+                }
+                let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+                if let Err(e) =
+                    k.runtime.stop_container(&update.id, std::time::Duration::from_secs(grace.max(0) as u64)).await
+                {
+                    tracing::warn!(container = %update.id, "stopping unhealthy container: {e}");
+                }
+                // Its waiter reports the exit, which decides the restart.
+            }
+            (ProbeKind::Liveness, true) => {}
+        }
+    }
+
+    /// Stops every probe of the pod (termination).
+    pub(crate) fn stop_probes(&mut self) {
+        for (_, cancel) in self.probes.drain() {
+            cancel.cancel();
+        }
     }
 
     /// When `spec.activeDeadlineSeconds` runs out, counted from the pod's start time.

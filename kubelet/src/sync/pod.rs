@@ -101,6 +101,7 @@ pub fn container_resources(container: &Container) -> Resources {
 
 impl PodWorker {
     pub(crate) async fn sync_pod(&mut self, pod: &Pod) -> Option<Instant> {
+        self.pod = Some(pod.clone());
         if self.rt.start_time.is_none() {
             self.rt.start_time = Some(generate::truncate(Timestamp::now()));
         }
@@ -215,6 +216,9 @@ impl PodWorker {
             }
             track.restart_backoff.step();
             let old = track.id.take();
+            if let Some(probes) = self.probes.remove(&c.name) {
+                probes.cancel();
+            }
             let st = self.rt.containers.get_mut(&c.name).expect("inserted above");
             st.last_terminated = Some(dead);
             st.restart_count += 1;
@@ -252,6 +256,9 @@ impl PodWorker {
         k.recorder
             .normal(&cref, "Killing", &format!("Container {} definition changed, will be restarted", c.name))
             .await;
+        if let Some(probes) = self.probes.remove(&c.name) {
+            probes.cancel();
+        }
         let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
         let status = match k.runtime.stop_container(&id, Duration::from_secs(grace.max(0) as u64)).await {
             Ok(status) => status,
@@ -425,6 +432,8 @@ impl PodWorker {
             log_path: log_path.clone(),
             resources: container_resources(c),
             image: Some(image.clone()),
+            // Volumes come with the runtime's mounts; none yet.
+            ..Default::default()
         };
         k.logs.started(&log_path);
         let id = match k.runtime.create_container(&self.uid, &spec).await {
@@ -465,6 +474,14 @@ impl PodWorker {
             return Some(Instant::now());
         }
         k.recorder.normal(&cref, "Started", &format!("Started container {}", c.name)).await;
+        let is_init = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|i| i.iter().any(|i| i.name == c.name));
+        if !is_init {
+            self.start_probes(pod, c, &id, false).await;
+        }
         let current = match k.runtime.container(&id).map(|i| i.state) {
             Ok(ContainerState::Running { started_at, .. }) => {
                 Current::Running { started_at: super::timestamp(started_at) }

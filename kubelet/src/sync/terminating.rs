@@ -14,6 +14,7 @@ use crate::generate::Current;
 impl PodWorker {
     pub(crate) async fn sync_terminating(&mut self, pod: &Pod, grace: Duration) {
         let k = self.kubelet.clone();
+        self.stop_probes();
         let containers = match k.runtime.list_containers() {
             Ok(list) => list.into_iter().filter(|c| c.sandbox_id == self.uid).collect::<Vec<_>>(),
             Err(e) => {

@@ -1,0 +1,378 @@
+//! Probes (Kubernetes `prober/worker.go`): one task per (container, kind) that waits out
+//! `initialDelaySeconds`, probes every `periodSeconds`, and reports to the pod worker only when
+//! the result flips after `successThreshold`/`failureThreshold` consecutive results. Readiness
+//! starts as failed, startup as unknown; liveness and readiness wait for startup to succeed (the
+//! pod worker starts them then). A startup probe stops once it has succeeded.
+//!
+//! `httpGet` and `tcpSocket` probes run from the node to the pod IP, as the kubelet's do; `exec`
+//! and `grpc` probes need the runtime's exec and are not run yet (the pod worker records a
+//! `ProbeNotSupported` warning and treats the container as if it had no such probe).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ContainerPort, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use skiff_api::{ObjectReference, Recorder};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    Readiness,
+    Liveness,
+    Startup,
+}
+
+impl ProbeKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Readiness => "Readiness",
+            Self::Liveness => "Liveness",
+            Self::Startup => "Startup",
+        }
+    }
+}
+
+/// A flip of one probe's result, for the pod worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeUpdate {
+    pub container: String,
+    /// The runtime id of the container probed (results of an older container are stale).
+    pub id: String,
+    pub kind: ProbeKind,
+    pub success: bool,
+}
+
+/// Whether this kubelet can run the probe (`httpGet` or `tcpSocket`).
+pub fn supported(probe: &Probe) -> bool {
+    probe.http_get.is_some() || probe.tcp_socket.is_some()
+}
+
+fn resolve_port(port: &IntOrString, ports: &[ContainerPort]) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(p) => u16::try_from(*p).map_err(|_| format!("invalid port {p}")),
+        IntOrString::String(name) => match name.parse::<u16>() {
+            Ok(p) => Ok(p),
+            Err(_) => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .and_then(|p| u16::try_from(p.container_port).ok())
+                .ok_or_else(|| format!("port {name:?} not found in the container's ports")),
+        },
+    }
+}
+
+/// Parses the status code of an HTTP/1.x response head.
+pub fn status_code(head: &str) -> Option<u16> {
+    let line = head.lines().next()?;
+    let mut parts = line.split_whitespace();
+    parts.next().filter(|v| v.starts_with("HTTP/"))?;
+    parts.next()?.parse().ok()
+}
+
+/// One probe attempt against `ip`. `Err` carries the message Kubernetes would show.
+pub async fn probe_once(probe: &Probe, ip: &str, ports: &[ContainerPort]) -> Result<(), String> {
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    if let Some(tcp) = &probe.tcp_socket {
+        let host = tcp.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| ip.to_string());
+        let port = resolve_port(&tcp.port, ports)?;
+        let addr = format!("{host}:{port}");
+        return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("dial tcp {addr}: connect: {}", connect_error(&e))),
+            Err(_) => Err(format!("dial tcp {addr}: i/o timeout")),
+        };
+    }
+    let Some(http) = &probe.http_get else { return Err("probe has no supported handler".into()) };
+    let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| ip.to_string());
+    let port = resolve_port(&http.port, ports)?;
+    let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+    let scheme = http.scheme.as_deref().unwrap_or("HTTP");
+    let url = format!("{}://{host}:{port}{path}", scheme.to_lowercase());
+    if scheme.eq_ignore_ascii_case("HTTPS") {
+        return Err(format!("Get \"{url}\": HTTPS probes are not supported yet"));
+    }
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(format!("{host}:{port}"))
+            .await
+            .map_err(|e| format!("Get \"{url}\": dial tcp {host}:{port}: connect: {}", connect_error(&e)))?;
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+        );
+        for h in http.http_headers.iter().flatten() {
+            request.push_str(&format!("{}: {}\r\n", h.name, h.value));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(2).any(|w| w == b"\r\n") {
+            let n = stream.read(&mut buf).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        match status_code(&String::from_utf8_lossy(&head)) {
+            Some(code) if (200..400).contains(&code) => Ok(()),
+            Some(code) => Err(format!("HTTP probe failed with statuscode: {code}")),
+            None => Err(format!("Get \"{url}\": malformed HTTP response")),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => {
+            Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"))
+        }
+    }
+}
+
+fn connect_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// What a probe task needs besides the probe itself.
+pub struct ProbeTarget {
+    pub container: String,
+    pub id: String,
+    pub ip: String,
+    pub ports: Vec<ContainerPort>,
+    pub pod: ObjectReference,
+}
+
+/// Runs one probe until `cancel`, handing flips to `notify` and `Unhealthy` events to `recorder`.
+pub async fn run(
+    kind: ProbeKind,
+    probe: Probe,
+    target: ProbeTarget,
+    recorder: Arc<Recorder>,
+    notify: impl Fn(ProbeUpdate) + Send + 'static,
+    cancel: CancellationToken,
+) {
+    let secs = |v: Option<i32>, default: i32| Duration::from_secs(v.unwrap_or(default).max(0) as u64);
+    let initial = secs(probe.initial_delay_seconds, 0);
+    let period = secs(probe.period_seconds, 10).max(Duration::from_secs(1));
+    let success_threshold = probe.success_threshold.unwrap_or(1).max(1);
+    let failure_threshold = probe.failure_threshold.unwrap_or(3).max(1);
+    tokio::select! {
+        _ = tokio::time::sleep(initial) => {}
+        _ = cancel.cancelled() => return,
+    }
+    let mut tick = tokio::time::interval(period);
+    let (mut successes, mut failures) = (0, 0);
+    let mut current: Option<bool> = None;
+    let field = target.pod.clone().with_field_path(format!("spec.containers{{{}}}", target.container));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return,
+        }
+        match probe_once(&probe, &target.ip, &target.ports).await {
+            Ok(()) => {
+                successes += 1;
+                failures = 0;
+                if successes >= success_threshold && current != Some(true) {
+                    current = Some(true);
+                    notify(ProbeUpdate {
+                        container: target.container.clone(),
+                        id: target.id.clone(),
+                        kind,
+                        success: true,
+                    });
+                    if kind == ProbeKind::Startup {
+                        return;
+                    }
+                }
+            }
+            Err(message) => {
+                failures += 1;
+                successes = 0;
+                recorder.warning(&field, "Unhealthy", &format!("{} probe failed: {message}", kind.label())).await;
+                if failures >= failure_threshold && current != Some(false) {
+                    current = Some(false);
+                    notify(ProbeUpdate {
+                        container: target.container.clone(),
+                        id: target.id.clone(),
+                        kind,
+                        success: false,
+                    });
+                    if kind != ProbeKind::Readiness {
+                        // The container is killed now; a new one gets new probes.
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn probe(v: serde_json::Value) -> Probe {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn status_lines_are_parsed() {
+        assert_eq!(status_code("HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(status_code("HTTP/1.0 503 Service Unavailable\r\nx: y"), Some(503));
+        assert_eq!(status_code("garbage"), None);
+    }
+
+    #[test]
+    fn named_ports_resolve_through_the_container_ports() {
+        let ports: Vec<ContainerPort> =
+            serde_json::from_value(json!([{"name": "http", "containerPort": 8080}])).unwrap();
+        assert_eq!(resolve_port(&IntOrString::String("http".into()), &ports), Ok(8080));
+        assert_eq!(resolve_port(&IntOrString::Int(81), &ports), Ok(81));
+        assert!(resolve_port(&IntOrString::String("nope".into()), &ports).is_err());
+    }
+
+    #[tokio::test]
+    async fn http_probes_succeed_on_2xx_and_3xx_and_fail_otherwise() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut answers =
+                ["HTTP/1.1 204 No Content\r\n\r\n", "HTTP/1.1 500 Internal Server Error\r\n\r\n"].into_iter();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /healthz HTTP/1.1\r\n"));
+                let _ = s.write_all(answers.next().unwrap_or("HTTP/1.1 200 OK\r\n\r\n").as_bytes()).await;
+            }
+        });
+        let p = probe(json!({"httpGet": {"path": "/healthz", "port": port}}));
+        assert_eq!(probe_once(&p, "127.0.0.1", &[]).await, Ok(()));
+        assert_eq!(probe_once(&p, "127.0.0.1", &[]).await, Err("HTTP probe failed with statuscode: 500".into()));
+    }
+
+    #[tokio::test]
+    async fn tcp_probes_fail_with_the_dial_error_when_nothing_listens() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let p = probe(json!({"tcpSocket": {"port": port}}));
+        assert_eq!(probe_once(&p, "127.0.0.1", &[]).await, Ok(()));
+        drop(listener);
+        assert_eq!(
+            probe_once(&p, "127.0.0.1", &[]).await,
+            Err(format!("dial tcp 127.0.0.1:{port}: connect: connection refused"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn results_flip_only_at_the_thresholds() {
+        use tokio::sync::mpsc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let p = probe(json!({"tcpSocket": {"port": port}, "periodSeconds": 1, "failureThreshold": 2}));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let events: Arc<dyn skiff_api::ApiClient> = Arc::new(NoEvents);
+        let recorder = Arc::new(Recorder::new(
+            events,
+            skiff_api::EventSource { component: "kubelet".into(), host: None, reporting_instance: "n".into() },
+        ));
+        let target = ProbeTarget {
+            container: "app".into(),
+            id: "c1".into(),
+            ip: "127.0.0.1".into(),
+            ports: vec![],
+            pod: ObjectReference::default(),
+        };
+        let notify = move |u| {
+            let _ = tx.send(u);
+        };
+        tokio::spawn(run(ProbeKind::Readiness, p, target, recorder, notify, cancel.clone()));
+        let update = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap();
+        assert_eq!((update.kind, update.success), (ProbeKind::Readiness, false));
+        cancel.cancel();
+    }
+
+    /// An API that accepts and drops events.
+    struct NoEvents;
+
+    #[async_trait::async_trait]
+    impl skiff_api::ApiClient for NoEvents {
+        async fn get(
+            &self,
+            _: &'static skiff_api::ResourceKind,
+            _: Option<&str>,
+            _: &str,
+        ) -> Result<serde_json::Value, skiff_api::ApiError> {
+            unreachable!()
+        }
+        async fn list(
+            &self,
+            _: &'static skiff_api::ResourceKind,
+            _: Option<&str>,
+            _: &skiff_api::ListOptions,
+        ) -> Result<skiff_api::ObjectList, skiff_api::ApiError> {
+            unreachable!()
+        }
+        async fn watch(
+            &self,
+            _: &'static skiff_api::ResourceKind,
+            _: Option<&str>,
+            _: &skiff_api::ListOptions,
+        ) -> Result<skiff_api::WatchStream, skiff_api::ApiError> {
+            unreachable!()
+        }
+        async fn create(
+            &self,
+            _: &'static skiff_api::ResourceKind,
+            _: Option<&str>,
+            o: serde_json::Value,
+        ) -> Result<serde_json::Value, skiff_api::ApiError> {
+            Ok(o)
+        }
+        async fn create_subresource(
+            &self,
+            _: &'static skiff_api::ResourceKind,
+            _: Option<&str>,
+            _: &str,
+            _: &str,
+            _: serde_json::Value,
+        ) -> Result<serde_json::Value, skiff_api::ApiError> {
+            unreachable!()
+        }
+        async fn update(
+            &self,
+            _: &'static skiff_api::ResourceKind,
+            _: Option<&str>,
+            _: &str,
+            _: Option<&str>,
+            _: serde_json::Value,
+        ) -> Result<serde_json::Value, skiff_api::ApiError> {
+            unreachable!()
+        }
+        async fn patch(
+            &self,
+            _: &'static skiff_api::ResourceKind,
+            _: Option<&str>,
+            _: &str,
+            _: Option<&str>,
+            _: skiff_api::PatchKind,
+            p: serde_json::Value,
+        ) -> Result<serde_json::Value, skiff_api::ApiError> {
+            Ok(p)
+        }
+        async fn delete(
+            &self,
+            _: &'static skiff_api::ResourceKind,
+            _: Option<&str>,
+            _: &str,
+            _: &skiff_api::DeleteOptions,
+        ) -> Result<serde_json::Value, skiff_api::ApiError> {
+            unreachable!()
+        }
+    }
+}

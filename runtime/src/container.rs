@@ -75,6 +75,26 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<oci_sp
         .map_err(spec_err)
 }
 
+/// A volume as an OCI bind mount: recursive, as Kubernetes binds volumes.
+fn volume_mount(m: &crate::MountSpec) -> Result<oci_spec::runtime::Mount> {
+    if !m.destination.starts_with('/') {
+        return Err(Error::Spawn(format!("mount destination {:?} is not an absolute path", m.destination)));
+    }
+    if !m.source.is_absolute() {
+        return Err(Error::Spawn(format!("mount source {} is not an absolute path", m.source.display())));
+    }
+    let propagation = match m.propagation {
+        crate::MountPropagation::Private => "rprivate",
+        crate::MountPropagation::HostToContainer => "rslave",
+        crate::MountPropagation::Bidirectional => "rshared",
+    };
+    let mut options = vec!["rbind", propagation];
+    if m.read_only {
+        options.push("ro");
+    }
+    mount(&m.destination, "bind", &m.source.display().to_string(), &options)
+}
+
 /// The OCI Spec of a new container: the contract the shim executes.
 pub fn build_spec(
     dir: &ContainerDir,
@@ -106,7 +126,7 @@ pub fn build_spec(
         .build()
         .map_err(spec_err)?;
 
-    let mounts = vec![
+    let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
         mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
@@ -116,6 +136,9 @@ pub fn build_spec(
         mount("/etc/hostname", "bind", &sandbox_dir.join("hostname").display().to_string(), &["bind"])?,
         mount("/etc/hosts", "bind", &sandbox_dir.join("hosts").display().to_string(), &["bind"])?,
     ];
+    for m in &spec.mounts {
+        mounts.push(volume_mount(m)?);
+    }
 
     let ns = |typ: LinuxNamespaceType, path: Option<PathBuf>| {
         let b = LinuxNamespaceBuilder::default().typ(typ);

@@ -170,6 +170,34 @@ pub struct ContainerSpec {
     /// Where the shim writes output in CRI format: `<RFC3339Nano> stdout|stderr F|P <line>`.
     pub log_path: PathBuf,
     pub resources: Resources,
+    /// Host paths bind-mounted into the container (volumes), in order, over the runtime's own
+    /// mounts (`/proc`, `/dev`, `/etc/hosts`, …).
+    pub mounts: Vec<MountSpec>,
+}
+
+/// A bind mount of a host file or directory into a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountSpec {
+    /// An existing host path (directory or file); symlinks in it are the host's.
+    pub source: PathBuf,
+    /// Absolute path in the container. Missing directories (or the file) are created in the
+    /// container's writable layer; symlinks on the way are resolved inside its root.
+    pub destination: String,
+    pub read_only: bool,
+    pub propagation: MountPropagation,
+}
+
+/// Kubernetes' `mountPropagation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MountPropagation {
+    /// `None`: rprivate, nothing propagates either way.
+    #[default]
+    Private,
+    /// rslave: mounts made on the host under the source appear in the container.
+    HostToContainer,
+    /// rshared: and the container's mounts appear on the host (Kubernetes allows it for
+    /// privileged containers only; the kubelet checks that).
+    Bidirectional,
 }
 
 /// What the runtime knows of one container.

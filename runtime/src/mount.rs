@@ -16,9 +16,12 @@ fn ctx<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> 
     move |e| format!("{what}: {e}")
 }
 
-pub fn make_private_root() -> R<()> {
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(ctx("making / private"))
+/// Cuts propagation from the container's new mount namespace back to the host, while host
+/// mounts under shared sources still reach the container's `HostToContainer` volumes (runc's
+/// default root propagation, rslave).
+pub fn make_root_slave() -> R<()> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(ctx("making / a slave mount"))
 }
 
 pub fn mount_overlay(layers_root: &Path, options: &str, target: &Path) -> R<()> {
@@ -64,6 +67,19 @@ pub fn secure_join(root: &Path, path: &Path) -> R<PathBuf> {
     Ok(root.join(resolved))
 }
 
+/// The propagation an OCI mount asks for, as the flags of a second mount(2) call.
+pub fn propagation(options: &[String]) -> Option<MsFlags> {
+    options.iter().rev().find_map(|o| match o.as_str() {
+        "private" => Some(MsFlags::MS_PRIVATE),
+        "rprivate" => Some(MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+        "slave" => Some(MsFlags::MS_SLAVE),
+        "rslave" => Some(MsFlags::MS_SLAVE | MsFlags::MS_REC),
+        "shared" => Some(MsFlags::MS_SHARED),
+        "rshared" => Some(MsFlags::MS_SHARED | MsFlags::MS_REC),
+        _ => None,
+    })
+}
+
 /// MS_* flags and the remaining data string of an OCI mount's options.
 pub fn parse_options(options: &[String]) -> (MsFlags, bool, String) {
     let mut flags = MsFlags::empty();
@@ -107,6 +123,10 @@ pub fn mount_spec(rootfs: &Path, m: &Mount) -> R<()> {
         if !remount.is_empty() {
             mount(None::<&str>, &dest, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | remount, None::<&str>)
                 .map_err(ctx(format!("remounting {}", dest.display())))?;
+        }
+        if let Some(p) = propagation(&options) {
+            mount(None::<&str>, &dest, None::<&str>, p, None::<&str>)
+                .map_err(ctx(format!("setting the propagation of {}", dest.display())))?;
         }
         return Ok(());
     }
@@ -202,5 +222,8 @@ mod tests {
         assert_eq!(data, "mode=755,size=65536k");
         let (flags, bind, _) = parse_options(&["rbind".to_string()]);
         assert!(bind && flags.contains(MsFlags::MS_REC));
+        let volume: Vec<String> = ["rbind", "rslave", "ro"].map(String::from).to_vec();
+        assert_eq!(propagation(&volume), Some(MsFlags::MS_SLAVE | MsFlags::MS_REC));
+        assert_eq!(propagation(&o), None, "no propagation option, no second mount call");
     }
 }

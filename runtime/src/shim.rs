@@ -411,7 +411,7 @@ fn setup(plan: &InitPlan, out: &OwnedFd, err: &OwnedFd) -> Result<OwnedFd, Strin
         setns(fd, *flag).map_err(|e| format!("joining the sandbox's {flag:?} namespace: {e}"))?;
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
-    mount::make_private_root()?;
+    mount::make_root_slave()?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
     mount::mount_overlay(&plan.layers_root, &plan.overlay, &plan.rootfs)?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use skiff_runtime::testing::{LocalRegistry, OciImage, build_busybox_image, push};
 use skiff_runtime::{
-    CgroupManager, ContainerSpec, ContainerState, Error, ExecSpec, Image, Resources, Runtime, RuntimeConfig,
+    CgroupManager, ContainerSpec, ContainerState, Error, ExecSpec, Image, MountSpec, Resources, Runtime, RuntimeConfig,
     SandboxSpec,
 };
 
@@ -58,6 +58,7 @@ impl Fixture {
             working_dir: None,
             log_path: self.root.path().join("logs").join(format!("{name}.log")),
             resources: Resources::default(),
+            ..Default::default()
         }
     }
 
@@ -563,4 +564,43 @@ async fn exec_runs_in_the_container_with_pipes_exit_codes_and_a_terminal() {
     assert!(matches!(f.rt().container(&id).unwrap().state, ContainerState::Running { .. }));
     f.rt().stop_container(&id, Duration::ZERO).await.unwrap();
     assert!(f.rt().exec(&id, piped(&["true"])).await.is_err(), "no exec into an exited container");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_directories_and_files_are_bind_mounted_and_read_only_ones_refuse_writes() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-vol", "vol-pod").await;
+    let host = tempfile::tempdir().unwrap();
+    let (data, config) = (host.path().join("data"), host.path().join("config"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(data.join("seed"), "from the host\n").unwrap();
+    std::fs::write(config.join("app.conf"), "key=value\n").unwrap();
+    let token = host.path().join("token");
+    std::fs::write(&token, "secret\n").unwrap();
+
+    let script = "cat /data/seed; echo written > /data/out; cat /etc/app/app.conf; \
+        echo x > /etc/app/new && echo config-writable || echo config-read-only; \
+        cat /var/run/token";
+    let mut spec = f.spec("vol", &["sh", "-c", script]);
+    spec.mounts = vec![
+        MountSpec { source: data.clone(), destination: "/data".into(), ..Default::default() },
+        // Nested, missing on the image: created in the container's layer, not on the host.
+        MountSpec { source: config.clone(), destination: "/etc/app".into(), read_only: true, ..Default::default() },
+        // /var/run is a symlink to /run in many images; either way it stays inside the root.
+        MountSpec { source: token, destination: "/var/run/token".into(), read_only: true, ..Default::default() },
+    ];
+    let (_, status, log) = f.run("pod-vol", spec).await;
+    let lines = log_lines(&log);
+    let out: Vec<&str> = lines.iter().filter(|(s, _, _)| s == "stdout").map(|(_, _, t)| t.as_str()).collect();
+    assert_eq!(out, ["from the host", "key=value", "config-read-only", "secret"], "{log}");
+    assert!(log.contains("can't create /etc/app/new: Read-only file system"), "{log}");
+    assert_eq!(status.code, 0);
+    assert_eq!(std::fs::read_to_string(data.join("out")).unwrap(), "written\n", "writes reach the host dir");
+    assert!(!config.join("new").exists());
+
+    let mut relative = f.spec("bad", &["true"]);
+    relative.mounts = vec![MountSpec { source: data, destination: "data".into(), ..Default::default() }];
+    let err = f.rt().create_container("pod-vol", &relative).await.unwrap_err();
+    assert!(err.to_string().contains("not an absolute path"), "{err}");
 }

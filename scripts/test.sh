@@ -7,6 +7,7 @@
 #   busybox-static   the rootfs of the test images
 #   docker-registry  a local OCI registry on 127.0.0.1 to pull the test images from
 #   kubectl          /usr/bin/kubectl (v1.32 ships with this project's machines)
+#   curl             the HTTPS client of the bad-input corpus (tests/api_bad_input.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,7 @@ apt_update() {
 missing=()
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || missing+=(busybox-static)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt_update

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -24,6 +24,9 @@ use super::table::{self, TableRequest};
 
 /// The largest request body accepted, as Kubernetes' default `MaxRequestBodyBytes`.
 const MAX_BODY: usize = 3 * 1024 * 1024;
+/// How much of a body over [`MAX_BODY`] is read (and dropped) before the 413 goes out.
+const MAX_DRAIN: usize = 64 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(req.uri().query());
@@ -249,14 +252,35 @@ async fn read_body(req: Request<Incoming>) -> Result<(String, Bytes), ApiError> 
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let body = Limited::new(req.into_body(), MAX_BODY).collect().await.map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            ApiError::too_large("the request body is larger than the 3 MiB limit")
-        } else {
-            ApiError::bad_request(format!("reading the request body: {e}"))
+    let mut body = req.into_body();
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if bytes.len() + data.len() > MAX_BODY {
+            drain(body).await;
+            return Err(ApiError::too_large("the request body is larger than the 3 MiB limit"));
         }
-    })?;
-    Ok((content_type, body.to_bytes()))
+        bytes.extend_from_slice(&data);
+    }
+    Ok((content_type, bytes.freeze()))
+}
+
+/// Reads and drops the rest of a refused body (up to [`MAX_DRAIN`] bytes, for at most
+/// [`DRAIN_TIME`]), so that an HTTP/1.1 client still sending it reads the 413 instead of a
+/// connection reset that discards it.
+async fn drain(mut body: Incoming) {
+    let mut left = MAX_DRAIN;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame.data_ref().map_or(0, Bytes::len);
+            if n >= left {
+                break;
+            }
+            left -= n;
+        }
+    })
+    .await;
 }
 
 fn decode_error(e: impl std::fmt::Display) -> ApiError {

@@ -12,9 +12,12 @@ const CONTAINER_LISTS: [&str; 3] = ["initContainers", "containers", "ephemeralCo
 /// The fields `k8s-openapi` requires, checked before decoding so they give 422s.
 pub fn precheck_spec(spec: &Value, path: &str) -> Vec<Cause> {
     let mut causes = Vec::new();
-    match spec["containers"].as_array() {
-        Some(c) if !c.is_empty() => {}
-        _ => causes.push(Cause::required(format!("{path}.containers"))),
+    match &spec["containers"] {
+        Value::Null | Value::Array(_) if spec["containers"].as_array().is_none_or(Vec::is_empty) => {
+            causes.push(Cause::required(format!("{path}.containers")))
+        }
+        // A value of the wrong type is the decoder's to refuse, with a 400 as in Kubernetes.
+        _ => {}
     }
     for list in CONTAINER_LISTS {
         for (i, c) in spec[list].as_array().into_iter().flatten().enumerate() {

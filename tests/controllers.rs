@@ -288,3 +288,68 @@ spec:
     drop(images);
     server.finish();
 }
+
+/// The pod IP in the Service's Endpoints: (in addresses, in notReadyAddresses).
+fn endpoint_state(server: &TestServer, service: &str, ip: &str) -> (bool, bool) {
+    let out = server.kubectl(&["get", "endpoints", service, "-o", "json"]);
+    if !out.status.success() {
+        return (false, false);
+    }
+    let ep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let has = |field: &str| {
+        ep["subsets"].as_array().into_iter().flatten().any(|s| s[field].as_array().into_iter().flatten().any(|a| a["ip"] == ip))
+    };
+    (has("addresses"), has("notReadyAddresses"))
+}
+
+#[test]
+fn a_readiness_flip_moves_the_pod_between_ready_and_not_ready_endpoints() {
+    let images = TestImages::start();
+    let server = TestServer::start();
+    // Ready for a while, then not ready, then ready again: the probe follows the file.
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: flip
+  labels: {{app: flip}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: {}
+    command: ["sh", "-c", "touch /tmp/ready; sleep 20; rm /tmp/ready; sleep 20; touch /tmp/ready; sleep 3600"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe:
+      exec: {{command: ["cat", "/tmp/ready"]}}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: flip
+spec:
+  selector: {{app: flip}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#,
+        images.busybox()
+    );
+    apply(&server, &manifest);
+    let ip = server.wait_for("a pod IP", TIMEOUT, || {
+        let ip = server.kubectl_ok(&["get", "pod", "flip", "-o", "jsonpath={.status.podIP}"]);
+        (!ip.is_empty()).then_some(ip)
+    });
+    server.wait_for("the pod among ready addresses", TIMEOUT, || (endpoint_state(&server, "flip", &ip) == (true, false)).then_some(()));
+    server.wait_for("the pod among notReadyAddresses", TIMEOUT, || (endpoint_state(&server, "flip", &ip) == (false, true)).then_some(()));
+    server.wait_for("the pod ready again", TIMEOUT, || (endpoint_state(&server, "flip", &ip) == (true, false)).then_some(()));
+    let ports = server.kubectl_ok(&["get", "endpoints", "flip", "-o", "jsonpath={.subsets[0].ports[0].port}"]);
+    assert_eq!(ports, "8080", "the named targetPort resolves to the container port");
+    let slices = server.kubectl_ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=flip", "-o", "jsonpath={.items[0].endpoints[0].addresses[0]}"]);
+    assert_eq!(slices, ip);
+
+    server.kubectl_ok(&["delete", "pod", "flip"]);
+    server.kubectl_ok(&["delete", "service", "flip"]);
+    drop(images);
+    server.finish();
+}

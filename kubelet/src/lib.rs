@@ -13,8 +13,9 @@
 //! On start the kubelet adopts what the runtime already runs for pods that still exist here,
 //! and removes everything else, so a restarted server neither loses nor leaks containers.
 //!
-//! Not yet here: exec and gRPC probes (httpGet and tcpSocket probes run, to the pod IP),
-//! volumes (the runtime's `ContainerSpec` has no mounts yet), attach and port-forward.
+//! Not yet here: gRPC probes (exec probes run in the container, httpGet and tcpSocket probes to
+//! the pod IP), volumes (the runtime's `ContainerSpec` has no mounts yet), attach and
+//! port-forward.
 //! `status.podIP` is the runtime's sandbox address when it runs a pod network. Restarts back
 //! off as Kubernetes' do (10 s doubling to 5 min, reset after 10 min of clean running).
 

@@ -5,8 +5,9 @@
 //! pod worker starts them then). A startup probe stops once it has succeeded.
 //!
 //! `httpGet` and `tcpSocket` probes run from the node to the pod IP, as the kubelet's do; `exec`
-//! and `grpc` probes need the runtime's exec and are not run yet (the pod worker records a
-//! `ProbeNotSupported` warning and treats the container as if it had no such probe).
+//! probes run the command in the container through the runtime (exit 0 is success). `grpc`
+//! probes are not run yet (the pod worker records a `ProbeNotSupported` warning and treats the
+//! container as if it had no such probe).
 
 use std::time::Duration;
 
@@ -44,9 +45,60 @@ pub struct ProbeUpdate {
     pub success: bool,
 }
 
-/// Whether this kubelet can run the probe (`httpGet` or `tcpSocket`).
+/// Whether this kubelet can run the probe (`httpGet`, `tcpSocket` or `exec`).
 pub fn supported(probe: &Probe) -> bool {
+    probe.http_get.is_some() || probe.tcp_socket.is_some() || probe.exec.is_some()
+}
+
+/// Whether the probe goes over the network to the pod IP.
+pub fn needs_pod_ip(probe: &Probe) -> bool {
     probe.http_get.is_some() || probe.tcp_socket.is_some()
+}
+
+/// Runs an exec probe's command in the container: success is exit code 0; a failure carries the
+/// command's output, as Kubernetes shows it. A command still running at the timeout is killed.
+pub async fn probe_exec(runtime: &skiff_runtime::Runtime, id: &str, probe: &Probe) -> Result<(), String> {
+    let argv = probe.exec.as_ref().and_then(|e| e.command.clone()).unwrap_or_default();
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    let spec = skiff_runtime::ExecSpec {
+        argv,
+        env: Vec::new(),
+        tty: false,
+        stdin: false,
+        stdout: true,
+        stderr: true,
+        terminal_size: None,
+    };
+    let mut process = runtime.exec(id, spec).await.map_err(|e| e.to_string())?;
+    let pid = process.pid();
+    let (mut out, mut err) = (process.take_stdout(), process.take_stderr());
+    let run = async {
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let read_out = async {
+            if let Some(r) = out.as_mut() {
+                let _ = r.read_to_end(&mut o).await;
+            }
+        };
+        let read_err = async {
+            if let Some(r) = err.as_mut() {
+                let _ = r.read_to_end(&mut e).await;
+            }
+        };
+        tokio::join!(read_out, read_err);
+        let code = process.wait().await.map_err(|e| e.to_string())?;
+        o.extend_from_slice(&e);
+        Ok::<_, String>((code, String::from_utf8_lossy(&o).into_owned()))
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok((0, _))) => Ok(()),
+        Ok(Ok((_, output))) => Err(output),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid the runtime reported for this exec; no memory involved.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            Err(format!("command timed out after {}s", timeout.as_secs()))
+        }
+    }
 }
 
 fn resolve_port(port: &IntOrString, ports: &[ContainerPort]) -> Result<u16, String> {
@@ -139,6 +191,8 @@ fn connect_error(e: &std::io::Error) -> String {
 pub struct ProbeTarget {
     pub container: String,
     pub id: String,
+    /// For exec probes.
+    pub runtime: Option<Arc<skiff_runtime::Runtime>>,
     pub ip: String,
     pub ports: Vec<ContainerPort>,
     pub pod: ObjectReference,
@@ -171,7 +225,11 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = cancel.cancelled() => return,
         }
-        match probe_once(&probe, &target.ip, &target.ports).await {
+        let result = match (&probe.exec, &target.runtime) {
+            (Some(_), Some(runtime)) => probe_exec(runtime, &target.id, &probe).await,
+            _ => probe_once(&probe, &target.ip, &target.ports).await,
+        };
+        match result {
             Ok(()) => {
                 successes += 1;
                 failures = 0;
@@ -284,6 +342,7 @@ mod tests {
         let target = ProbeTarget {
             container: "app".into(),
             id: "c1".into(),
+            runtime: None,
             ip: "127.0.0.1".into(),
             ports: vec![],
             pod: ObjectReference::default(),

@@ -468,13 +468,30 @@ async fn readiness_waits_for_the_probe_and_a_failing_liveness_probe_restarts(f: 
                 && m.ends_with(":9999: connect: connection refused")),
         "{messages:#?}"
     );
+    // An exec probe: ready once the file exists.
+    f.create(
+        "execprobe",
+        "Always",
+        json!([{"name": "app", "image": f.image, "command": ["sh", "-c", "sleep 2; touch /tmp/ready; sleep 3600"],
+                "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1}}]),
+    )
+    .await;
+    let running = f.wait_pod("execprobe", "Running", |p| phase(p) == "Running").await;
+    assert!(!container_status(&running, 0).ready);
+    f.wait_pod("execprobe", "exec readiness", |p| try_container_status(p, 0).is_some_and(|c| c.ready)).await;
+    let unhealthy: Vec<String> = f.events("execprobe").await.into_iter().filter_map(|e| e.message).collect();
+    assert!(
+        unhealthy.iter().any(|m| m.starts_with("Readiness probe failed: cat: can't open '/tmp/ready'")),
+        "{unhealthy:#?}"
+    );
     // The probe flap in `probed` has not restarted it.
     assert_eq!(container_status(&f.pods().get("probed").await.unwrap(), 0).restart_count, 0);
-    for name in ["probed", "unhealthy"] {
+    for name in ["probed", "unhealthy", "execprobe"] {
         f.pods().delete(name, &DeleteOptions::default()).await.unwrap();
     }
-    f.wait_gone("probed").await;
-    f.wait_gone("unhealthy").await;
+    for name in ["probed", "unhealthy", "execprobe"] {
+        f.wait_gone(name).await;
+    }
 }
 
 async fn follow_streams_until_the_container_exits(f: &mut Fixture) {

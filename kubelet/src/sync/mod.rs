@@ -314,8 +314,8 @@ impl PodWorker {
                 continue;
             }
             let why = if !prober::supported(&probe) {
-                Some("exec and grpc probes are not supported yet")
-            } else if self.rt.pod_ip.is_none() {
+                Some("grpc probes are not supported yet")
+            } else if prober::needs_pod_ip(&probe) && self.rt.pod_ip.is_none() {
                 Some("the pod has no IP to probe (no pod network)")
             } else {
                 None
@@ -346,6 +346,7 @@ impl PodWorker {
             let target = prober::ProbeTarget {
                 container: c.name.clone(),
                 id: id.to_string(),
+                runtime: Some(k.runtime.clone()),
                 ip: self.rt.pod_ip.clone().unwrap_or_default(),
                 ports: c.ports.clone().unwrap_or_default(),
                 pod: crate::events::pod_ref(pod),

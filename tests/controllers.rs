@@ -353,3 +353,43 @@ spec:
     drop(images);
     server.finish();
 }
+
+#[test]
+fn a_pod_that_fits_nowhere_stays_pending_with_failed_scheduling_until_it_fits() {
+    let images = TestImages::start();
+    let server = TestServer::start();
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: huge
+spec:
+  terminationGracePeriodSeconds: 1
+  nodeSelector: {{disk: ssd}}
+  containers:
+  - name: app
+    image: {}
+    command: ["sleep", "3600"]
+"#,
+        images.busybox()
+    );
+    apply(&server, &manifest);
+    let events = server.wait_for("a FailedScheduling event", TIMEOUT, || {
+        let events = server.kubectl_ok(&["get", "events", "--field-selector", "involvedObject.name=huge"]);
+        events.contains("FailedScheduling").then_some(events)
+    });
+    assert!(events.contains("0/1 nodes are available"), "{events}");
+    let pod = json(&server, &["get", "pod", "huge"]);
+    assert_eq!(pod["status"]["phase"], "Pending");
+    let scheduled = pod["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled").unwrap().clone();
+    assert_eq!((scheduled["status"].as_str(), scheduled["reason"].as_str()), (Some("False"), Some("Unschedulable")));
+
+    // Once the node carries the label, the pod is retried and runs.
+    server.kubectl_ok(&["label", "node", server.node_name(), "disk=ssd"]);
+    server.wait_for("the pod to run", TIMEOUT, || {
+        (server.kubectl_ok(&["get", "pod", "huge", "-o", "jsonpath={.status.phase}"]) == "Running").then_some(())
+    });
+    server.kubectl_ok(&["delete", "pod", "huge"]);
+    drop(images);
+    server.finish();
+}

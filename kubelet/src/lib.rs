@@ -63,6 +63,8 @@ pub struct Kubelet {
     workers: PodWorkers,
     logs: logs::LogWatchers,
     host_ip: String,
+    // service plane wiring: the cluster DNS pods' resolv.conf points at (ClusterFirst).
+    cluster_dns: std::sync::OnceLock<service::ServiceConfig>,
 }
 
 impl Kubelet {
@@ -73,6 +75,7 @@ impl Kubelet {
             workers: PodWorkers::default(),
             logs: logs::LogWatchers::default(),
             host_ip: node::internal_ip(),
+            cluster_dns: std::sync::OnceLock::new(),
             config,
             client,
             runtime,
@@ -81,6 +84,12 @@ impl Kubelet {
 
     pub fn config(&self) -> &KubeletConfig {
         &self.config
+    }
+
+    /// Points ClusterFirst pods at the cluster DNS (set once, before `run`); without it pods
+    /// get the node's resolv.conf, as Kubernetes' kubelet without `clusterDNS`.
+    pub fn set_cluster_dns(&self, config: service::ServiceConfig) {
+        let _ = self.cluster_dns.set(config);
     }
 
     /// Registers the node, then runs pods until `shutdown`. Containers keep running after

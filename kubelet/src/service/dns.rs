@@ -475,6 +475,25 @@ pub fn pod_resolv_conf(pod: &Pod, cluster: Option<&ServiceConfig>, host: &str) -
     out
 }
 
+/// Writes the pod's resolv.conf (see [`pod_resolv_conf`]) as `<pod_dir>/resolv.conf` and
+/// returns the bind mount that puts it at /etc/resolv.conf in a container. The file is only
+/// rewritten when its content changes, in place, so containers already running see it too.
+pub fn resolv_conf_mount(
+    pod: &Pod,
+    cluster: Option<&ServiceConfig>,
+    pod_dir: &std::path::Path,
+) -> std::io::Result<skiff_runtime::MountSpec> {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let content = pod_resolv_conf(pod, cluster, &host);
+    let path = pod_dir.join("resolv.conf");
+    let with_path = |e: std::io::Error| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display()));
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
+        std::fs::create_dir_all(pod_dir).map_err(with_path)?;
+        std::fs::write(&path, content).map_err(with_path)?;
+    }
+    Ok(skiff_runtime::MountSpec { source: path.clone(), destination: "/etc/resolv.conf".into(), ..Default::default() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,6 +671,19 @@ mod tests {
         assert!(pod_resolv_conf(&p, Some(&cluster()), HOST).contains("nameserver 10.96.0.10\n"));
         let p = pod(serde_json::json!({"containers": []}));
         assert_eq!(pod_resolv_conf(&p, None, HOST), "search corp.example\nnameserver 10.255.255.53\noptions edns0\n");
+    }
+
+    #[test]
+    fn the_resolv_conf_file_is_written_once_and_mounted_at_etc_resolv_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pod(serde_json::json!({"containers": []}));
+        let mount = resolv_conf_mount(&p, Some(&cluster()), &dir.path().join("pod")).unwrap();
+        assert_eq!((mount.destination.as_str(), mount.read_only), ("/etc/resolv.conf", false));
+        let text = std::fs::read_to_string(&mount.source).unwrap();
+        assert!(text.starts_with("search shop.svc.cluster.local ") && text.contains("nameserver 10.96.0.10\n"));
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&mount.source).unwrap());
+        resolv_conf_mount(&p, Some(&cluster()), &dir.path().join("pod")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&mount.source).unwrap()), inode);
     }
 
     #[test]

@@ -424,6 +424,12 @@ impl PodWorker {
                 return self.config_failed(pod, c, "CreateContainerError", msg).await;
             }
         }
+        // service plane wiring: /etc/resolv.conf as the pod's dnsPolicy says.
+        let pod_dir = crate::logs::pod_log_dir(&k.config.root, ns, name, &self.uid);
+        let resolv_conf = match crate::service::dns::resolv_conf_mount(pod, k.cluster_dns.get(), &pod_dir) {
+            Ok(mount) => mount,
+            Err(e) => return self.config_failed(pod, c, "CreateContainerError", e.to_string()).await,
+        };
         let spec = ContainerSpec {
             name: c.name.clone(),
             argv,
@@ -432,6 +438,7 @@ impl PodWorker {
             log_path: log_path.clone(),
             resources: container_resources(c),
             image: Some(image.clone()),
+            mounts: vec![resolv_conf],
             // Volumes come with the runtime's mounts; none yet.
             ..Default::default()
         };

@@ -8,6 +8,8 @@
 #   docker-registry  a local OCI registry on 127.0.0.1 to pull the test images from
 #   kubectl          /usr/bin/kubectl (v1.32 ships with this project's machines)
 #   curl             the HTTPS client of the bad-input corpus (tests/api_bad_input.rs)
+#   python3-venv     a venv at target/pyvenv with the `kubernetes` package from PyPI, the second
+#                    independent client (tests/python_client.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +51,21 @@ if [ ! -x /usr/bin/kubectl ]; then
   fi
 fi
 echo "kubectl: $(/usr/bin/kubectl version --client 2>/dev/null | head -n 1)"
+
+# The Python client's venv: made once, the package installed once (a pinned version).
+PY_KUBERNETES="kubernetes==37.0.2"
+venv=target/pyvenv
+if ! "$venv/bin/python" -c 'import kubernetes' >/dev/null 2>&1; then
+  if ! /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    echo "installing python3-venv"
+    apt_update
+    apt-get install -y -qq --no-install-recommends python3 python3-venv
+  fi
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "$PY_KUBERNETES"
+fi
+echo "python client: $("$venv/bin/python" -c 'import kubernetes; print("kubernetes", kubernetes.__version__)')"
 
 # Tests run side by side, each with its own server; the two cores are the limit, not memory.
 # --no-fail-fast: one failing test binary must not hide the results of the others.

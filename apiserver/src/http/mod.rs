@@ -173,7 +173,8 @@ impl State {
         tracing::debug!(method = %req.method(), uri = %req.uri(), "request");
         match path.as_str() {
             "/livez" | "/readyz" | "/healthz" => return reply::text(StatusCode::OK, "ok"),
-            "/version" => return reply::json(StatusCode::OK, &version()),
+            // Kubernetes serves both; the Python client asks for `/version/`.
+            "/version" | "/version/" => return reply::json(StatusCode::OK, &version()),
             _ => {}
         }
         if !self.authorized(&req) {

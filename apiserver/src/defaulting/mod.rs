@@ -30,6 +30,20 @@ pub fn apply(res: &ResourceKind, object: &mut Value) {
         ("batch", "CronJob") => workloads::cron_job(object),
         _ => {}
     }
+    // Indexing a JSON map to look at a field inserts it as null when it is missing; null means
+    // absent in Kubernetes, and clients must not see `env: null` that nobody wrote.
+    remove_nulls(object);
+}
+
+fn remove_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(remove_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(remove_nulls),
+        _ => {}
+    }
 }
 
 /// Sets `object[field]` when it is absent or null. `object` becomes a map if it is not one.
@@ -40,5 +54,20 @@ pub(crate) fn default(object: &mut Value, field: &str, value: Value) {
     let slot = &mut object[field];
     if slot.is_null() {
         *slot = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaulting_leaves_no_null_fields_behind() {
+        let pods = ResourceKind::by_plural("", "v1", "pods").unwrap();
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "busybox"}]}});
+        apply(pods, &mut pod);
+        let text = pod.to_string();
+        assert!(!text.contains("null"), "{text}");
+        assert_eq!(pod["spec"]["restartPolicy"], "Always");
     }
 }

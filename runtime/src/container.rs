@@ -114,7 +114,16 @@ pub fn build_spec(
         env.push(format!("HOSTNAME={hostname}"));
     }
     let cwd = spec.working_dir.clone().or(image_config.working_dir.clone()).unwrap_or_else(|| "/".into());
-    let (uid, gid) = resolve_user(image_config.user.as_deref(), layers_root, spec)?;
+    let sc = &spec.security;
+    let user = match sc.run_as_user {
+        Some(uid) => Some(uid.to_string()),
+        None => image_config.user.clone(),
+    };
+    let (uid, mut gid) = resolve_user(user.as_deref(), layers_root, spec)?;
+    if let Some(g) = sc.run_as_group {
+        gid = g;
+    }
+    let capabilities = crate::security::capability_names(sc).map_err(Error::Spawn)?;
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", if uid == 0 { "/root" } else { "/" }));
     }
@@ -122,7 +131,16 @@ pub fn build_spec(
         .args(spec.argv.clone())
         .env(env)
         .cwd(cwd)
-        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(spec_err)?)
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .additional_gids(sc.supplemental_groups.clone())
+                .build()
+                .map_err(spec_err)?,
+        )
+        .capabilities(crate::security::oci_capabilities(&capabilities).map_err(Error::Spawn)?)
+        .no_new_privileges(sc.no_new_privs)
         .build()
         .map_err(spec_err)?;
 
@@ -132,7 +150,12 @@ pub fn build_spec(
         mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            if sc.privileged { &["nosuid", "noexec", "nodev"] } else { &["nosuid", "noexec", "nodev", "ro"] },
+        )?,
         mount("/etc/hostname", "bind", &sandbox_dir.join("hostname").display().to_string(), &["bind"])?,
         mount("/etc/hosts", "bind", &sandbox_dir.join("hosts").display().to_string(), &["bind"])?,
     ];
@@ -170,8 +193,18 @@ pub fn build_spec(
         }
         resources = resources.cpu(cpu.build().map_err(spec_err)?);
     }
+    let (masked, readonly): (Vec<String>, Vec<String>) = if sc.privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            crate::security::MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
+            crate::security::READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
+        )
+    };
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
+        .masked_paths(masked)
+        .readonly_paths(readonly)
         .cgroups_path(Path::new("/").join(cgroup_rel))
         .resources(resources.build().map_err(spec_err)?)
         .build()
@@ -193,7 +226,13 @@ pub fn build_spec(
     let mut s = Spec::default();
     s.set_hostname(Some(hostname.to_string()))
         .set_process(Some(process))
-        .set_root(Some(RootBuilder::default().path(dir.rootfs()).readonly(false).build().map_err(spec_err)?))
+        .set_root(Some(
+            RootBuilder::default()
+                .path(dir.rootfs())
+                .readonly(sc.read_only_root_filesystem)
+                .build()
+                .map_err(spec_err)?,
+        ))
         .set_mounts(Some(mounts))
         .set_linux(Some(linux))
         .set_annotations(Some(annotations));

@@ -173,6 +173,30 @@ pub struct ContainerSpec {
     /// Host paths bind-mounted into the container (volumes), in order, over the runtime's own
     /// mounts (`/proc`, `/dev`, `/etc/hosts`, …).
     pub mounts: Vec<MountSpec>,
+    /// The Kubernetes securityContext; its default is Docker's unprivileged container.
+    pub security: SecurityContext,
+}
+
+/// A container's securityContext, already merged with the pod's (the container's fields win).
+/// The default runs as the image's user with Docker's default capabilities, masked and
+/// read-only `/proc` paths, a writable root and privilege escalation allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityContext {
+    /// `runAsUser`: replaces the image's user; the group is then that uid's in the image's
+    /// `/etc/passwd`, else 0.
+    pub run_as_user: Option<u32>,
+    /// `runAsGroup`: replaces the primary group.
+    pub run_as_group: Option<u32>,
+    /// The pod's `supplementalGroups` (and `fsGroup`, which the kubelet adds).
+    pub supplemental_groups: Vec<u32>,
+    pub read_only_root_filesystem: bool,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privs: bool,
+    /// All capabilities, no masked or read-only paths, a writable `/sys`.
+    pub privileged: bool,
+    /// `capabilities.add` / `capabilities.drop`: names with or without `CAP_`, or `ALL`.
+    pub capabilities_add: Vec<String>,
+    pub capabilities_drop: Vec<String>,
 }
 
 /// A bind mount of a host file or directory into a container.

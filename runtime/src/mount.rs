@@ -184,6 +184,51 @@ pub fn populate_dev(rootfs: &Path) -> R<()> {
     Ok(())
 }
 
+/// Hides a path of the new root (runc's masked paths): a file under `/dev/null`, a directory
+/// under an empty read-only tmpfs. A path this kernel lacks is skipped.
+pub fn mask_path(path: &Path) -> R<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("masking {}: {e}", path.display())),
+    };
+    if meta.is_dir() {
+        mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None::<&str>)
+    } else {
+        mount(Some("/dev/null"), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+    }
+    .map_err(ctx(format!("masking {}", path.display())))
+}
+
+/// Makes a path of the new root read-only (runc's readonly paths, and a read-only root): a bind
+/// mount on itself, remounted read-only with the flags it had. A path this kernel lacks is
+/// skipped.
+pub fn make_readonly(path: &Path) -> R<()> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let existing = nix::sys::statvfs::statvfs(path).map_err(ctx(format!("statvfs {}", path.display())))?;
+    if path != Path::new("/") {
+        mount(Some(path), path, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(ctx(format!("binding {} onto itself", path.display())))?;
+    }
+    // A bind remount must repeat the mount's locked flags (nosuid, nodev, noexec).
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let f = existing.flags();
+    use nix::sys::statvfs::FsFlags;
+    for (have, want) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if f.contains(have) {
+            flags |= want;
+        }
+    }
+    mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+        .map_err(ctx(format!("remounting {} read-only", path.display())))
+}
+
 /// Makes `rootfs` the root: pivot_root with the old root stacked on the new one, then detached
 /// (runc's trick, needing no temporary directory inside the image).
 pub fn pivot_into(rootfs: &Path) -> R<()> {

@@ -111,6 +111,9 @@ struct InitPlan {
     argv: Vec<String>,
     env: Vec<String>,
     identity: Identity,
+    readonly_root: bool,
+    masked_paths: Vec<String>,
+    readonly_paths: Vec<String>,
 }
 
 fn run_container_shim(dir: &ContainerDir) -> Result<(), String> {
@@ -243,6 +246,9 @@ fn plan(dir: &ContainerDir, spec: &Spec, meta: &container::Meta) -> Result<InitP
         argv: process.args().clone().unwrap_or_default(),
         env: process.env().clone().unwrap_or_default(),
         identity: Identity::from_process(process),
+        readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
+        masked_paths: linux.masked_paths().clone().unwrap_or_default(),
+        readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
     })
 }
 
@@ -427,6 +433,15 @@ fn setup(plan: &InitPlan, out: &OwnedFd, err: &OwnedFd) -> Result<OwnedFd, Strin
     .map_err(|e| format!("opening {}: {e}", plan.dir.path().display()))?;
     mount::pivot_into(&plan.rootfs)?;
     std::fs::create_dir_all(&plan.cwd).map_err(|e| format!("creating working dir {}: {e}", plan.cwd.display()))?;
+    for p in &plan.masked_paths {
+        mount::mask_path(Path::new(p))?;
+    }
+    for p in &plan.readonly_paths {
+        mount::make_readonly(Path::new(p))?;
+    }
+    if plan.readonly_root {
+        mount::make_readonly(Path::new("/"))?;
+    }
     nix::unistd::chdir(&plan.cwd).map_err(|e| format!("chdir {}: {e}", plan.cwd.display()))?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0o022) };

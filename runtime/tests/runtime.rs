@@ -11,7 +11,7 @@ use std::time::Duration;
 use skiff_runtime::testing::{LocalRegistry, OciImage, build_busybox_image, push};
 use skiff_runtime::{
     CgroupManager, ContainerSpec, ContainerState, Error, ExecSpec, Image, MountSpec, Resources, Runtime, RuntimeConfig,
-    SandboxSpec,
+    SandboxSpec, SecurityContext,
 };
 
 fn busybox() -> &'static OciImage {
@@ -603,4 +603,108 @@ async fn host_directories_and_files_are_bind_mounted_and_read_only_ones_refuse_w
     relative.mounts = vec![MountSpec { source: data, destination: "data".into(), ..Default::default() }];
     let err = f.rt().create_container("pod-vol", &relative).await.unwrap_err();
     assert!(err.to_string().contains("not an absolute path"), "{err}");
+}
+
+/// `/proc/self/status` lines about identity and privileges, whitespace squeezed.
+const STATUS: &str = "grep -E '^(Uid|Gid|Groups|CapBnd|CapEff|NoNewPrivs):' /proc/self/status | tr -s '\\t ' ' '";
+
+fn stdout_of(log: &str) -> Vec<String> {
+    log_lines(log).into_iter().filter(|(s, _, _)| s == "stdout").map(|(_, _, t)| t.trim_end().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_security_context_is_dockers_unprivileged_container() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-sec", "sec-pod").await;
+    let script = format!(
+        "{STATUS}; stat -c '%n %F' /proc/keys /proc/timer_list; echo firmware $(ls /sys/firmware | wc -l); \\
+         awk '$5 == \"/proc/sys\" || $5 == \"/proc/irq\" {{ print $5, substr($6, 1, 2) }}' /proc/self/mountinfo; \\
+         touch /written && echo root-writable"
+    );
+    let (_, status, log) = f.run("pod-sec", f.spec("default", &["sh", "-c", &script])).await;
+    assert_eq!(status.code, 0, "{log}");
+    assert_eq!(
+        stdout_of(&log),
+        [
+            "Uid: 0 0 0 0",
+            "Gid: 0 0 0 0",
+            "Groups:",
+            "CapEff: 00000000a80425fb",
+            "CapBnd: 00000000a80425fb",
+            "NoNewPrivs: 0",
+            "/proc/keys character special file",
+            "/proc/timer_list character special file",
+            "firmware 0",
+            "/proc/irq ro",
+            "/proc/sys ro",
+            "root-writable",
+        ],
+        "{log}"
+    );
+
+    let mut caps = f.spec("caps", &["sh", "-c", STATUS]);
+    caps.security = SecurityContext {
+        capabilities_add: vec!["NET_ADMIN".into()],
+        capabilities_drop: vec!["ALL".into()],
+        ..Default::default()
+    };
+    let (_, _, log) = f.run("pod-sec", caps).await;
+    let out = stdout_of(&log);
+    assert!(out.contains(&"CapBnd: 0000000000001000".to_string()), "only NET_ADMIN (12) is left: {out:?}");
+
+    let mut privileged = f.spec("privileged", &["sh", "-c", &script]);
+    privileged.security.privileged = true;
+    let (_, status, log) = f.run("pod-sec", privileged).await;
+    assert_eq!(status.code, 0, "{log}");
+    let out = stdout_of(&log);
+    let host_bounding = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:").map(|v| format!("CapBnd: {}", v.trim())))
+        .unwrap();
+    assert!(out.contains(&host_bounding), "privileged keeps every capability: {out:?}");
+    assert!(out.iter().any(|l| l.starts_with("/proc/keys regular")), "nothing masked: {out:?}");
+    assert!(!out.iter().any(|l| l.ends_with(" ro")), "nothing read-only: {out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_groups_no_new_privs_and_a_read_only_root_apply_to_the_init_and_to_execs() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-user", "user-pod").await;
+    let mut spec =
+        f.spec("user", &["sh", "-c", &format!("{STATUS}; touch /x; touch /dev/shm/x && echo shm-writable; sleep 30")]);
+    spec.security = SecurityContext {
+        run_as_user: Some(1234),
+        run_as_group: Some(2345),
+        supplemental_groups: vec![3456, 4567],
+        read_only_root_filesystem: true,
+        no_new_privs: true,
+        ..Default::default()
+    };
+    let id = f.rt().create_container("pod-user", &spec).await.unwrap();
+    f.rt().start_container(&id).await.unwrap();
+    wait_for_log(&spec.log_path, "shm-writable").await;
+    let log = std::fs::read_to_string(&spec.log_path).unwrap();
+    let expected = [
+        "Uid: 1234 1234 1234 1234",
+        "Gid: 2345 2345 2345 2345",
+        "Groups: 3456 4567",
+        "CapEff: 0000000000000000",
+        "CapBnd: 00000000a80425fb",
+        "NoNewPrivs: 1",
+    ];
+    assert_eq!(stdout_of(&log)[..6], expected, "{log}");
+    assert!(log.contains("touch: /x: Read-only file system"), "{log}");
+
+    let exec = ExecSpec {
+        argv: vec!["sh".into(), "-c".into(), STATUS.into()],
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    };
+    let (code, out, err) = exec_collect(f.rt(), &id, exec, None).await;
+    assert_eq!(code, 0, "{err}");
+    let out: Vec<String> = out.lines().map(|l| l.trim_end().to_string()).collect();
+    assert_eq!(out, expected, "an exec'd process runs as the container's user with its privileges");
+    f.rt().stop_container(&id, Duration::ZERO).await.unwrap();
 }

@@ -118,7 +118,7 @@ fn subscript(path: &str) -> Option<(&str, &str)> {
     Some((head, rest.strip_suffix("']")?))
 }
 
-fn field_ref(pod: &Pod, path: &str, host_ip: &str, pod_ip: &str) -> Result<String, ConfigError> {
+pub(crate) fn field_ref(pod: &Pod, path: &str, host_ip: &str, pod_ip: &str) -> Result<String, ConfigError> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let value = match path {
@@ -142,7 +142,7 @@ fn field_ref(pod: &Pod, path: &str, host_ip: &str, pod_ip: &str) -> Result<Strin
     Ok(value)
 }
 
-fn resource_field_ref(
+pub(crate) fn resource_field_ref(
     container: &Container,
     r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
 ) -> Result<String, ConfigError> {

@@ -14,8 +14,7 @@
 //! and removes everything else, so a restarted server neither loses nor leaks containers.
 //!
 //! Not yet here: gRPC probes (exec probes run in the container, httpGet and tcpSocket probes to
-//! the pod IP), volumes (the runtime's `ContainerSpec` has no mounts yet), attach and
-//! port-forward.
+//! the pod IP), attach and port-forward. Volumes: see [`volumes`].
 //! `status.podIP` is the runtime's sandbox address when it runs a pod network. Restarts back
 //! off as Kubernetes' do (10 s doubling to 5 min, reset after 10 min of clean running).
 
@@ -31,6 +30,7 @@ pub mod prober;
 pub mod service;
 pub mod status;
 mod sync;
+pub mod volumes;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -65,6 +65,7 @@ pub struct Kubelet {
     host_ip: String,
     // service plane wiring: the cluster DNS pods' resolv.conf points at (ClusterFirst).
     cluster_dns: std::sync::OnceLock<service::ServiceConfig>,
+    volumes: Arc<volumes::VolumeManager>,
 }
 
 impl Kubelet {
@@ -76,6 +77,7 @@ impl Kubelet {
             logs: logs::LogWatchers::default(),
             host_ip: node::internal_ip(),
             cluster_dns: std::sync::OnceLock::new(),
+            volumes: Arc::new(volumes::VolumeManager::new(config.root.clone(), client.clone())),
             config,
             client,
             runtime,
@@ -84,6 +86,12 @@ impl Kubelet {
 
     pub fn config(&self) -> &KubeletConfig {
         &self.config
+    }
+
+    /// `<data-dir>/storage`, where the `local-path` StorageClass puts claims' directories: the
+    /// sibling of the kubelet's root, as `skiff server` lays out its data dir.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.config.root.parent().unwrap_or(&self.config.root).join("storage")
     }
 
     /// Points ClusterFirst pods at the cluster DNS (set once, before `run`); without it pods
@@ -119,6 +127,11 @@ impl Kubelet {
             .normal(&node_ref, "NodeReady", &format!("Node {} status is now: NodeReady", self.config.node_name))
             .await;
 
+        if let Err(e) = volumes::pvc::ensure_storage_class(&self.client, &self.storage_dir()).await {
+            tracing::warn!("creating the default StorageClass {}: {e}", volumes::pvc::CLASS);
+        }
+        let refresher = tokio::spawn(self.volumes.clone().run(shutdown.child_token()));
+
         let selector = format!("spec.nodeName={}", self.config.node_name);
         let (store, mut events, _informer) =
             Informer::<Pod>::new(self.client.clone(), None, ListOptions::fields(selector)).spawn();
@@ -141,6 +154,7 @@ impl Kubelet {
         }
         self.workers.stop_all().await;
         let _ = heartbeat.await;
+        let _ = refresher.await;
     }
 
     /// Removes containers and sandboxes of pods that no longer exist here (left by a server
@@ -181,7 +195,8 @@ impl Kubelet {
                 // `<ns>_<name>_<uid>`: the uid is the last part (namespaces and names have no `_`).
                 let uid = name.rsplit('_').next().unwrap_or_default();
                 if !known.contains(uid) {
-                    if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    // Memory-backed volumes are mounted under it: unmounted first.
+                    if let Err(e) = volumes::mount::remove_dir(&entry.path()) {
                         tracing::warn!("removing {}: {e}", entry.path().display());
                     }
                 }

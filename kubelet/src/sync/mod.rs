@@ -63,6 +63,8 @@ pub(crate) struct PodWorker {
     probes: HashMap<String, tokio_util::sync::CancellationToken>,
     /// The pod as last synced, for handling probe results between syncs.
     pod: Option<Pod>,
+    /// The pod's volumes, once all are set up.
+    volumes: Option<crate::volumes::PodVolumes>,
 }
 
 pub(crate) fn timestamp(t: SystemTime) -> Timestamp {
@@ -100,7 +102,7 @@ fn is_terminal(pod: &Pod) -> bool {
 impl PodWorker {
     pub(crate) fn new(kubelet: Arc<Kubelet>, uid: String, exits: mpsc::UnboundedSender<WorkerEvent>) -> Self {
         let rt = PodRuntimeState { host_ip: kubelet.host_ip.clone(), ..Default::default() };
-        Self { kubelet, uid, rt, tracks: HashMap::new(), exits, probes: HashMap::new(), pod: None }
+        Self { kubelet, uid, rt, tracks: HashMap::new(), exits, probes: HashMap::new(), pod: None, volumes: None }
     }
 
     pub(crate) async fn handle_event(&mut self, event: WorkerEvent) {

@@ -19,6 +19,8 @@ use crate::generate::{self, Current, Terminated, will_restart, will_restart_init
 
 /// How soon a container whose configuration failed is tried again.
 const CONFIG_RETRY: Duration = Duration::from_secs(10);
+/// How soon a volume that failed to set up is tried again.
+const VOLUME_RETRY: Duration = Duration::from_secs(2);
 /// How long `ErrImagePull` shows before it turns into `ImagePullBackOff`.
 const ERR_IMAGE_PULL_SHOWN: Duration = Duration::from_secs(1);
 
@@ -123,6 +125,17 @@ impl PodWorker {
                         .await;
                     return Some(Instant::now() + CONFIG_RETRY);
                 }
+            }
+        }
+        match k.volumes.setup(pod).await {
+            Ok(volumes) => self.volumes = Some(volumes),
+            Err(e) => {
+                // As Kubernetes: the containers wait (ContainerCreating) and the mount is retried.
+                k.recorder.warning(&pod_ref(pod), "FailedMount", &e.to_string()).await;
+                if self.volumes.is_none() {
+                    return Some(Instant::now() + VOLUME_RETRY);
+                }
+                // Already running: keep what is mounted, try again later.
             }
         }
         let sources = self.env_sources(pod).await;
@@ -430,6 +443,11 @@ impl PodWorker {
             Ok(mount) => mount,
             Err(e) => return self.config_failed(pod, c, "CreateContainerError", e.to_string()).await,
         };
+        let volume_mounts =
+            match crate::volumes::container_mounts(c, self.volumes.as_ref().unwrap_or(&Default::default())) {
+                Ok(m) => m,
+                Err(e) => return self.config_failed(pod, c, "CreateContainerConfigError", e).await,
+            };
         let spec = ContainerSpec {
             name: c.name.clone(),
             argv,
@@ -438,8 +456,7 @@ impl PodWorker {
             log_path: log_path.clone(),
             resources: container_resources(c),
             image: Some(image.clone()),
-            mounts: vec![resolv_conf],
-            // Volumes come with the runtime's mounts; none yet.
+            mounts: std::iter::once(resolv_conf).chain(volume_mounts).collect(),
             ..Default::default()
         };
         k.logs.started(&log_path);

@@ -1,5 +1,5 @@
 //! `sync_terminating`: stop every container of the pod (SIGTERM, SIGKILL once the grace period
-//! has passed), then remove the containers and the sandbox. It works from the runtime's own
+//! has passed), then remove the containers, the sandbox and the pod's volumes. It works from the runtime's own
 //! list of the pod's containers, so nothing a cancelled sync created is left behind.
 
 use std::time::Duration;
@@ -60,5 +60,10 @@ impl PodWorker {
             tracing::warn!(pod = %self.uid, "removing sandbox: {e}");
         }
         self.rt.sandbox_ready = false;
+        // Nothing uses the volumes now: emptyDirs (tmpfs unmounted) and API-data files go.
+        self.volumes = None;
+        if let Err(e) = k.volumes.teardown(&self.uid).await {
+            tracing::warn!(pod = %self.uid, "removing volumes: {e}");
+        }
     }
 }

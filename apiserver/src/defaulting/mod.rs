@@ -35,7 +35,8 @@ pub fn apply(res: &ResourceKind, object: &mut Value) {
     remove_nulls(object);
 }
 
-fn remove_nulls(value: &mut Value) {
+/// Drops every null map entry, recursively (null means absent in Kubernetes' JSON).
+pub(crate) fn remove_nulls(value: &mut Value) {
     match value {
         Value::Object(map) => {
             map.retain(|_, v| !v.is_null());

@@ -238,6 +238,8 @@ pub fn validate_update(pod: &Value, old: &Value) -> Vec<Cause> {
     } else if let Some(m) = allowed.as_object_mut() {
         m.remove("schedulingGates");
     }
+    // Looking into `allowed` above inserted nulls for absent lists; absent and null are equal.
+    crate::defaulting::remove_nulls(&mut allowed);
     if *new_spec != allowed {
         causes.push(Cause::forbidden("spec", UPDATE_FORBIDDEN));
     }

@@ -393,3 +393,53 @@ spec:
     drop(images);
     server.finish();
 }
+
+#[test]
+fn deployment_pause_resume_restart_recreate_and_progress_deadline() {
+    let images = TestImages::start();
+    let server = TestServer::start();
+    apply(&server, &deployment(&images.busybox(), 2).replace("type: RollingUpdate\n    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}", "type: Recreate"));
+    rollout_status(&server);
+
+    // Paused: a template change makes no new ReplicaSet until resumed.
+    assert!(server.kubectl_ok(&["rollout", "pause", "deployment/web"]).contains("deployment.apps/web paused"));
+    server.kubectl_ok(&["set", "env", "deployment/web", "STAGE=two"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let sets = json(&server, &["get", "replicasets", "-l", "app=web"]);
+    assert_eq!(sets["items"].as_array().unwrap().len(), 1, "a paused Deployment rolled out");
+    assert!(server.kubectl_ok(&["rollout", "resume", "deployment/web"]).contains("deployment.apps/web resumed"));
+    rollout_status(&server);
+    let sets = json(&server, &["get", "replicasets", "-l", "app=web"]);
+    assert_eq!(sets["items"].as_array().unwrap().len(), 2);
+
+    // Restart: a new ReplicaSet with the restartedAt annotation, all pods replaced.
+    let before: Vec<String> = json(&server, &["get", "pods", "-l", "app=web"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(server.kubectl_ok(&["rollout", "restart", "deployment/web"]).contains("deployment.apps/web restarted"));
+    rollout_status(&server);
+    server.wait_for("every pod replaced", TIMEOUT, || {
+        let pods = json(&server, &["get", "pods", "-l", "app=web"]);
+        let live: Vec<&Value> = pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
+        (live.len() == 2 && live.iter().all(|p| !before.contains(&p["metadata"]["name"].as_str().unwrap().to_string()))).then_some(())
+    });
+
+    // An image that never arrives: past progressDeadlineSeconds, rollout status reports it.
+    server.kubectl_ok(&["patch", "deployment", "web", "-p", r#"{"spec":{"progressDeadlineSeconds":5}}"#]);
+    server.kubectl_ok(&["set", "image", "deployment/web", &format!("app={}", images.missing())]);
+    let out = server.kubectl(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("deployment \"web\" exceeded its progress deadline"), "{stderr}");
+    let d = json(&server, &["get", "deployment", "web"]);
+    let progressing = d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Progressing").unwrap().clone();
+    assert_eq!(progressing["reason"], "ProgressDeadlineExceeded");
+
+    server.kubectl_ok(&["delete", "deployment", "web"]);
+    server.wait_for("pods to go", TIMEOUT, || json(&server, &["get", "pods", "-l", "app=web"])["items"].as_array().unwrap().is_empty().then_some(()));
+    drop(images);
+    server.finish();
+}

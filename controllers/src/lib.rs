@@ -10,7 +10,8 @@
 //! - [`cronjob`]: creates Jobs on a schedule;
 //! - [`namespace`]: empties and finalizes terminating namespaces, keeps `default` ServiceAccounts;
 //! - [`endpoints`]: the service endpoint table (Endpoints and EndpointSlices);
-//! - [`gc`]: deletes objects whose owners are gone (background cascading deletion).
+//! - [`gc`]: deletes objects whose owners are gone (background cascading deletion);
+//! - [`volume`]: the built-in local-path provisioner: PersistentVolumes for claims, bound, reclaimed.
 
 pub mod controller;
 pub mod cronjob;
@@ -24,6 +25,7 @@ pub mod namespace;
 mod pods;
 pub mod replicaset;
 pub mod statefulset;
+pub mod volume;
 
 use std::sync::Arc;
 
@@ -41,6 +43,7 @@ pub async fn run_all(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
         statefulset::StatefulSetController::run(client.clone(), shutdown.clone()),
         namespace::NamespaceController::run(client.clone(), shutdown.clone()),
         endpoints::EndpointsController::run(client.clone(), shutdown.clone()),
+        volume::LocalPathProvisioner::run(client.clone(), None, shutdown.clone()),
         gc::GarbageCollector::run(client, shutdown),
     );
 }

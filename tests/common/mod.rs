@@ -272,6 +272,39 @@ impl TestServer {
         }
     }
 
+    /// `kubectl apply -f -` of `manifest`, which must succeed: kubectl's stdout.
+    pub fn apply(&self, manifest: &str) -> String {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], manifest);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed ({}): {}{}\nserver log tail:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 40)
+        );
+        String::from_utf8(out.stdout).expect("kubectl printed UTF-8")
+    }
+
+    /// `kubectl get <kind> <name> -o json` (or the list when `name` is empty), parsed.
+    pub fn get_json(&self, kind: &str, name: &str) -> serde_json::Value {
+        let mut args = vec!["get", kind];
+        if !name.is_empty() {
+            args.push(name);
+        }
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.kubectl_ok(&args)).expect("kubectl -o json printed JSON")
+    }
+
+    /// The events of the default namespace about the object named `name`, as kubectl lists them.
+    pub fn events_about(&self, name: &str) -> Vec<serde_json::Value> {
+        let list = self.get_json("events", "");
+        list["items"]
+            .as_array()
+            .map(|items| items.iter().filter(|e| e["involvedObject"]["name"] == name).cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -459,6 +492,15 @@ impl Leftovers {
         }
         out
     }
+}
+
+/// The columns of the row for `name` in a `kubectl get` table, if it has one.
+pub fn table_row(table: &str, name: &str) -> Option<Vec<String>> {
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|cols| cols.first().map(String::as_str) == Some(name))
 }
 
 pub fn link_exists(name: &str) -> bool {

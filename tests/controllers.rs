@@ -443,3 +443,43 @@ fn deployment_pause_resume_restart_recreate_and_progress_deadline() {
     drop(images);
     server.finish();
 }
+
+#[test]
+fn kubectl_create_job_from_a_cronjob_runs_it_once() {
+    let images = TestImages::start();
+    let server = TestServer::start();
+    let manifest = format!(
+        r#"apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: nightly
+spec:
+  schedule: "0 3 * * *"
+  suspend: true
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: work
+            image: {}
+            command: ["sh", "-c", "echo by hand"]
+"#,
+        images.busybox()
+    );
+    apply(&server, &manifest);
+    let out = server.kubectl_ok(&["create", "job", "manual", "--from=cronjob/nightly"]);
+    assert!(out.contains("job.batch/manual created"), "{out}");
+    let out = server.kubectl_ok(&["wait", "--for=condition=complete", "job/manual", "--timeout=120s"]);
+    assert!(out.contains("condition met"), "{out}");
+    assert_eq!(server.kubectl_ok(&["logs", "job/manual"]).trim(), "by hand");
+    let job = json(&server, &["get", "job", "manual"]);
+    assert_eq!(job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual");
+    server.kubectl_ok(&["delete", "cronjob", "nightly"]);
+    server.wait_for("the Job to go with its CronJob", TIMEOUT, || {
+        json(&server, &["get", "jobs,pods"])["items"].as_array().unwrap().is_empty().then_some(())
+    });
+    drop(images);
+    server.finish();
+}

@@ -276,9 +276,11 @@ pub async fn run(
 ) -> Result<(), Error> {
     let (services, mut service_events, _s) =
         Informer::<Service>::new(client.clone(), None, ListOptions::default()).spawn();
+    let client_for_dns = client.clone();
     let (endpoints, mut endpoint_events, _e) = Informer::<Endpoints>::new(client, None, ListOptions::default()).spawn();
     let table: SharedTable = Arc::default();
 
+    ensure_dns_service(client_for_dns.as_ref(), config.cluster_dns).await;
     addresses.add(config.cluster_dns).await?;
     let dns = dns::DnsServer::bind(config.clone(), table.clone(), dns::host_upstream()).await?;
     let dns_task = tokio::spawn(dns.serve(shutdown.clone()));
@@ -333,6 +335,27 @@ pub async fn run(
         tracing::warn!("removing the cluster DNS address {}: {e}", config.cluster_dns);
     }
     Ok(())
+}
+
+/// Creates Service `kube-system/kube-dns` on the cluster DNS address if it is missing, as
+/// clusters have it (k3s, kubeadm): it names the DNS server in the API and keeps the address
+/// from being allocated to another Service.
+async fn ensure_dns_service(client: &dyn ApiClient, cluster_dns: Ipv4Addr) {
+    let Some(res) = skiff_api::ResourceKind::by_plural("", "v1", "services") else { return };
+    let ip = cluster_dns.to_string();
+    let service = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {
+            "k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"}},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip], "selector": {"k8s-app": "kube-dns"}, "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]},
+    });
+    match client.create(res, Some("kube-system"), service).await {
+        Ok(_) => tracing::info!("created Service kube-system/kube-dns at {cluster_dns}"),
+        Err(e) if e.is_already_exists() => {}
+        Err(e) => tracing::warn!("creating Service kube-system/kube-dns at {cluster_dns}: {e}"),
+    }
 }
 
 #[cfg(test)]

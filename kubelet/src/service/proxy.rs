@@ -28,11 +28,12 @@ pub struct ListenerKey {
 }
 
 /// The listeners the table calls for: clusterIP:port for every TCP and UDP port of a Service
-/// with a clusterIP, and 0.0.0.0:nodePort where one is allocated. SCTP is not proxied.
-pub fn desired_listeners(table: &Table) -> BTreeSet<ListenerKey> {
+/// with a clusterIP, and 0.0.0.0:nodePort where one is allocated. SCTP is not proxied, nor the
+/// cluster DNS address (`reserved`), where the DNS server itself listens.
+pub fn desired_listeners(table: &Table, reserved: Ipv4Addr) -> BTreeSet<ListenerKey> {
     let mut keys = BTreeSet::new();
     for ((namespace, name), svc) in &table.services {
-        let Some(ip) = svc.cluster_ip else { continue };
+        let Some(ip) = svc.cluster_ip.filter(|ip| *ip != reserved) else { continue };
         for port in svc.ports.iter().filter(|p| p.protocol != Protocol::Sctp) {
             let target = Target {
                 namespace: namespace.clone(),
@@ -146,7 +147,9 @@ impl Proxy {
     /// Brings addresses and listeners in line with the table.
     pub async fn reconcile(&mut self) {
         let table = self.snapshot();
-        let wanted_ips = table.cluster_ips();
+        let mut wanted_ips = table.cluster_ips();
+        // The DNS server's address comes and goes with the DNS server only.
+        wanted_ips.remove(&self.cluster_dns);
         for ip in wanted_ips.difference(&self.local.clone()) {
             match self.addresses.add(*ip).await {
                 Ok(()) => {
@@ -155,7 +158,7 @@ impl Proxy {
                 Err(e) => tracing::warn!("adding service address {ip}: {e}"),
             }
         }
-        let wanted = desired_listeners(&table);
+        let wanted = desired_listeners(&table, self.cluster_dns);
         self.listeners.retain(|key, task| {
             let keep = wanted.contains(key) && !task.is_finished();
             if !keep {
@@ -347,6 +350,18 @@ mod tests {
     use super::*;
     use crate::service::tests::seeded;
 
+    const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+    #[test]
+    fn the_cluster_dns_address_gets_no_proxy_listener() {
+        let dns = crate::service::tests::service(
+            "kube-system",
+            "kube-dns",
+            serde_json::json!({"clusterIP": "10.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}),
+        );
+        assert!(desired_listeners(&Table::build([&dns], []), RESERVED).is_empty());
+    }
+
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
     }
@@ -386,8 +401,10 @@ mod tests {
 
     #[test]
     fn listeners_cover_every_tcp_and_udp_port_of_services_with_a_cluster_ip() {
-        let keys: Vec<(String, Protocol)> =
-            desired_listeners(&seeded()).into_iter().map(|k| (k.bind.to_string(), k.target.protocol)).collect();
+        let keys: Vec<(String, Protocol)> = desired_listeners(&seeded(), RESERVED)
+            .into_iter()
+            .map(|k| (k.bind.to_string(), k.target.protocol))
+            .collect();
         assert_eq!(
             keys,
             vec![("10.96.0.20:53".to_string(), Protocol::Udp), ("10.96.0.20:80".to_string(), Protocol::Tcp)]
@@ -403,7 +420,7 @@ mod tests {
                                "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}]}),
         );
         let keys: Vec<String> =
-            desired_listeners(&Table::build([&svc], [])).into_iter().map(|k| k.bind.to_string()).collect();
+            desired_listeners(&Table::build([&svc], []), RESERVED).into_iter().map(|k| k.bind.to_string()).collect();
         assert_eq!(keys, vec!["0.0.0.0:30080", "10.96.0.30:80"]);
     }
 }

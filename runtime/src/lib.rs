@@ -7,7 +7,12 @@
 //! - containers: an overlay rootfs over the image layers with its own writable layer, own pid and
 //!   mount namespaces, a cgroup with limits, started through `skiff shim` (a re-exec of the
 //!   `skiff` binary, single-threaded) which stays as the container's parent, writes its output to
-//!   a CRI-format log file and records the exit status on disk, so a restarted server can adopt it.
+//!   a CRI-format log file and records the exit status on disk, so a restarted server can adopt it;
+//!   volumes are bind mounts ([`MountSpec`]); [`SecurityContext`] gives users, groups, Docker's
+//!   default capabilities, masked and read-only `/proc` paths, a read-only root, no_new_privs;
+//! - exec: [`Runtime::exec`] runs a process in a running container through `skiff shim exec`
+//!   (its namespaces, cgroup, root, env, user; pipes or a pty of the container's devpts);
+//! - archives: [`Runtime::import_archive`] loads `docker save` and OCI layout tarballs.
 //!
 //! CONTRACT (written before the implementation; the kubelet codes against it): the public items
 //! below keep these names and signatures; later additions are additive.
@@ -320,6 +325,14 @@ impl Runtime {
         image::pull::pull(&self.images, &r, auth).await
     }
 
+    /// Imports a `docker save` tarball or an OCI image layout tarball (plain or gzip'd) into the
+    /// image store: each layer unpacked once (layers already present are kept), every image
+    /// recorded under its tags (an untagged one under its ID). Returns one entry per reference.
+    pub async fn import_archive(&self, path: &std::path::Path) -> Result<Vec<Image>> {
+        let (images, path) = (self.images.clone(), path.to_path_buf());
+        blocking(move || image::archive::import(&images, &path)).await
+    }
+
     /// The stored image of `reference`, if present.
     pub fn find_image(&self, reference: &str) -> Option<Image> {
         let Ok(r) = Reference::parse(reference) else {
@@ -600,6 +613,7 @@ mod tests {
         assert_send(&rt.stop_container("c", Duration::ZERO));
         assert_send(&rt.remove_container("c"));
         assert_send(&rt.exec("c", ExecSpec::default()));
+        assert_send(&rt.import_archive(std::path::Path::new("a.tar")));
     }
 
     #[test]

@@ -708,3 +708,115 @@ async fn users_groups_no_new_privs_and_a_read_only_root_apply_to_the_init_and_to
     assert_eq!(out, expected, "an exec'd process runs as the container's user with its privileges");
     f.rt().stop_container(&id, Duration::ZERO).await.unwrap();
 }
+
+fn append(b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, name, data).unwrap();
+}
+
+fn hex_of(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap()
+}
+
+/// A `docker save` tarball (legacy layout: `<id>/layer.tar`, `<config>.json`, manifest.json) of
+/// the busybox fixture with one more layer on top holding `/imported.txt`.
+fn docker_save_tar(image: &OciImage, tag: &str, out: &Path) -> String {
+    use std::io::Read;
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    let (extra, _) = skiff_runtime::testing::layer_tar(vec![skiff_runtime::testing::Entry::File(
+        "imported.txt".into(),
+        b"from a docker save archive\n".to_vec(),
+        0o644,
+    )])
+    .unwrap();
+    let mut layers = Vec::new();
+    let mut diff_ids = Vec::new();
+    for blob in &image.layers {
+        let mut tar_bytes = Vec::new();
+        flate2::read::GzDecoder::new(&blob.data[..]).read_to_end(&mut tar_bytes).unwrap();
+        layers.push(tar_bytes);
+    }
+    layers.push(extra);
+    let mut names = Vec::new();
+    for layer in &layers {
+        let diff_id = skiff_runtime::testing::sha256(layer);
+        let name = format!("{}/layer.tar", hex_of(&diff_id));
+        append(&mut b, &name, layer);
+        names.push(name);
+        diff_ids.push(diff_id);
+    }
+    let mut config: serde_json::Value = serde_json::from_slice(&image.config.data).unwrap();
+    config["rootfs"]["diff_ids"] = serde_json::json!(diff_ids);
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_name = format!("{}.json", hex_of(&skiff_runtime::testing::sha256(&config)));
+    append(&mut b, &config_name, &config);
+    let manifest = serde_json::json!([{"Config": config_name, "RepoTags": [tag], "Layers": names}]);
+    append(&mut b, "manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    b.finish().unwrap();
+    diff_ids.last().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_save_and_oci_layout_archives_import_and_run() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-import", "import-pod").await;
+    let dir = tempfile::tempdir().unwrap();
+    let layers_dir = f.root.path().join("images/layers");
+    let count_layers = || std::fs::read_dir(&layers_dir).unwrap().count();
+    let before = count_layers();
+
+    let saved = dir.path().join("saved.tar");
+    let top_layer = docker_save_tar(busybox(), "skiff.test/busybox:saved", &saved);
+    let images = f.rt().import_archive(&saved).await.unwrap();
+    assert_eq!(images.len(), 1);
+    let image = &images[0];
+    assert_eq!(image.reference, "skiff.test/busybox:saved");
+    assert!(image.repo_digest.starts_with("skiff.test/busybox@sha256:"), "{}", image.repo_digest);
+    assert_eq!(image.layers.last().unwrap(), &top_layer);
+    assert_eq!(count_layers(), before + 1, "the pulled busybox layers are reused, only the new one unpacked");
+    assert_eq!(f.rt().find_image("skiff.test/busybox:saved").unwrap(), *image);
+    // Importing again unpacks nothing and records the same image.
+    assert_eq!(f.rt().import_archive(&saved).await.unwrap(), images);
+    assert_eq!(count_layers(), before + 1);
+
+    let mut spec = f.spec("imported", &["sh", "-c", "cat /imported.txt; ls /bin/busybox"]);
+    spec.image = Some(image.clone());
+    let (_, status, log) = f.run("pod-import", spec).await;
+    assert_eq!(status.code, 0, "{log}");
+    assert_eq!(stdout_of(&log), ["from a docker save archive", "/bin/busybox"]);
+
+    // An OCI layout tarball, named by its index annotation.
+    let layout = dir.path().join("layout.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&layout).unwrap());
+    for blob in busybox().layers.iter().chain([&busybox().config, &busybox().manifest]) {
+        append(&mut b, &format!("blobs/sha256/{}", hex_of(&blob.digest)), &blob.data);
+    }
+    append(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": busybox().manifest.media_type,
+        "digest": busybox().manifest.digest,
+        "size": busybox().manifest.data.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "skiff.test/busybox:oci"},
+    }]});
+    append(&mut b, "index.json", &serde_json::to_vec(&index).unwrap());
+    b.finish().unwrap();
+    let images = f.rt().import_archive(&layout).await.unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].reference, "skiff.test/busybox:oci");
+    assert_eq!(images[0].id, f.image.id, "the same config as the pulled image");
+    assert_eq!(images[0].repo_digest, format!("skiff.test/busybox@{}", busybox().manifest.digest));
+    let mut spec = f.spec("oci", &["echo", "from the layout"]);
+    spec.image = Some(images[0].clone());
+    let (_, status, log) = f.run("pod-import", spec).await;
+    assert_eq!((status.code, stdout_of(&log)), (0, vec!["from the layout".to_string()]));
+
+    let junk = dir.path().join("junk.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&junk).unwrap());
+    append(&mut b, "hello.txt", b"hi");
+    b.finish().unwrap();
+    let err = f.rt().import_archive(&junk).await.unwrap_err();
+    assert!(err.to_string().contains("neither a docker save archive"), "{err}");
+}

@@ -1,5 +1,6 @@
-//! Images: references, the content-addressed store, pulls.
+//! Images: references, the content-addressed store, pulls, archive imports.
 
+pub mod archive;
 pub mod pull;
 pub mod reference;
 pub mod store;

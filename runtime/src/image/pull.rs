@@ -209,7 +209,7 @@ pub fn parse_config(reference: &str, bytes: &[u8]) -> Result<(ImageConfig, Vec<S
     Ok((config, f.rootfs.diff_ids))
 }
 
-fn go_arch() -> &'static str {
+pub(crate) fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -628,6 +628,117 @@ mod tests {
         assert_eq!(answer(&table, DOMAIN, &q.to_vec().unwrap()), Err(Some(9)));
     }
 
+    fn query(id: u16, name: &str) -> Vec<u8> {
+        let mut q = Message::new();
+        q.set_id(id).set_recursion_desired(true);
+        q.add_query(hickory_proto::op::Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        q.to_vec().unwrap()
+    }
+
+    /// A stand-in upstream on loopback (UDP and TCP on one port) answering every A query with
+    /// 192.0.2.1.
+    async fn fake_upstream() -> SocketAddr {
+        fn reply(request: &[u8]) -> Vec<u8> {
+            let request = Message::from_vec(request).unwrap();
+            let mut reply = Message::new();
+            reply.set_id(request.id()).set_message_type(MessageType::Response).add_queries(request.queries().to_vec());
+            let name = request.queries()[0].name().clone();
+            reply.add_answer(Record::from_rdata(name, 60, RData::A(A(Ipv4Addr::new(192, 0, 2, 1)))));
+            reply.to_vec().unwrap()
+        }
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                let _ = udp.send_to(&reply(&buf[..n]), from).await;
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = tcp.accept().await {
+                let len = conn.read_u16().await.unwrap();
+                let mut request = vec![0u8; len as usize];
+                conn.read_exact(&mut request).await.unwrap();
+                let answer = reply(&request);
+                conn.write_u16(answer.len() as u16).await.unwrap();
+                conn.write_all(&answer).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    async fn ask_udp(server: SocketAddr, request: &[u8]) -> Message {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(request, server).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf)).await.unwrap().unwrap();
+        Message::from_vec(&buf[..n]).unwrap()
+    }
+
+    /// Binds port 53 on a loopback address of its own, so it needs root as the other network
+    /// tests do.
+    #[tokio::test]
+    async fn the_server_answers_cluster_names_and_relays_the_rest_over_udp_and_tcp() {
+        let pid = std::process::id();
+        let ip = Ipv4Addr::new(127, 53, (pid % 250) as u8, 1 + (pid / 250 % 250) as u8);
+        let config = ServiceConfig { cluster_dns: ip, cluster_domain: DOMAIN.into() };
+        let table: SharedTable = Arc::new(std::sync::RwLock::new(Arc::new(seeded())));
+        let server = DnsServer::bind(config, table.clone(), Some(fake_upstream().await)).await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(server.serve(stop.clone()));
+        let _stop = stop.drop_guard();
+        let at = SocketAddr::new(IpAddr::V4(ip), 53);
+
+        let local = ask_udp(at, &query(1, "web.default.svc.cluster.local.")).await;
+        assert_eq!((local.id(), local.answers().len()), (1, 1));
+        assert_eq!(local.answers()[0].data(), &RData::A(A(Ipv4Addr::new(10, 96, 0, 20))));
+
+        let relayed = ask_udp(at, &query(2, "example.com.")).await;
+        assert_eq!(relayed.id(), 2);
+        assert_eq!(relayed.answers()[0].data(), &RData::A(A(Ipv4Addr::new(192, 0, 2, 1))));
+
+        let mut conn = TcpStream::connect(at).await.unwrap();
+        let request = query(3, "example.org.");
+        conn.write_u16(request.len() as u16).await.unwrap();
+        conn.write_all(&request).await.unwrap();
+        let len = conn.read_u16().await.unwrap();
+        let mut reply = vec![0u8; len as usize];
+        conn.read_exact(&mut reply).await.unwrap();
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!((reply.id(), reply.answers().len()), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn without_an_upstream_outside_names_get_servfail() {
+        let pid = std::process::id();
+        let ip = Ipv4Addr::new(127, 54, (pid % 250) as u8, 1 + (pid / 250 % 250) as u8);
+        let config = ServiceConfig { cluster_dns: ip, cluster_domain: DOMAIN.into() };
+        let table: SharedTable = Arc::new(std::sync::RwLock::new(Arc::new(seeded())));
+        let server = DnsServer::bind(config, table, None).await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(server.serve(stop.clone()));
+        let _stop = stop.drop_guard();
+        let reply = ask_udp(SocketAddr::new(IpAddr::V4(ip), 53), &query(4, "example.com.")).await;
+        assert_eq!((reply.id(), reply.response_code()), (4, ResponseCode::ServFail));
+        assert_eq!(reply.queries().len(), 1);
+    }
+
+    #[test]
+    fn a_udp_reply_past_512_bytes_is_cut_to_the_question_with_tc_set() {
+        let addresses: Vec<_> = (1..=60).map(|i| serde_json::json!({"ip": format!("10.244.1.{i}")})).collect();
+        let svc = crate::service::tests::service("d", "many", serde_json::json!({"clusterIP": "None"}));
+        let eps = crate::service::tests::endpoints("d", "many", serde_json::json!([{"addresses": addresses}]));
+        let table = Table::build([&svc], [&eps]);
+        let request = query(5, "many.d.svc.cluster.local.");
+        let full = answer(&table, DOMAIN, &request).unwrap();
+        assert!(full.len() > 512);
+        assert_eq!(Message::from_vec(&full).unwrap().answers().len(), 60, "TCP gets everything");
+        let cut = Message::from_vec(&fit_udp(&request, full)).unwrap();
+        assert!(cut.truncated() && cut.answers().is_empty());
+        assert_eq!((cut.id(), cut.queries().len()), (5, 1));
+    }
+
     #[test]
     fn the_first_nameserver_of_resolv_conf_is_the_upstream() {
         let conf = "# comment\nsearch example.org\nnameserver 10.255.255.53\nnameserver 1.1.1.1\n";

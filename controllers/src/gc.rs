@@ -258,3 +258,49 @@ impl Reconciler for GarbageCollector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+
+    use super::*;
+
+    fn owner_ref(api_version: &str, kind: &str, name: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_deleting_object_with_the_foreground_finalizer_is_in_foreground_deletion() {
+        let mut meta = ObjectMeta { finalizers: Some(vec![FOREGROUND.into()]), ..Default::default() };
+        assert!(!in_foreground_deletion(&meta), "not deleting yet");
+        meta.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
+        assert!(in_foreground_deletion(&meta));
+        meta.finalizers = Some(vec!["example.com/other".into()]);
+        assert!(!in_foreground_deletion(&meta));
+    }
+
+    #[test]
+    fn a_deleted_dependent_names_its_owners_to_look_at_again() {
+        let meta = ObjectMeta {
+            namespace: Some("team".into()),
+            owner_references: Some(vec![
+                owner_ref("apps/v1", "ReplicaSet", "web-1"),
+                owner_ref("v1", "Node", "n1"),
+                owner_ref("example.com/v1", "Widget", "w"),
+            ]),
+            ..Default::default()
+        };
+        let owners: Vec<String> = owners_of(&meta).iter().map(ToString::to_string).collect();
+        // A namespaced owner is in the dependent's namespace, a cluster-scoped one in none; a
+        // kind Skiff does not serve is skipped.
+        assert_eq!(owners.len(), 2, "{owners:?}");
+        assert!(owners[0].starts_with("replicasets") && owners[0].contains("team") && owners[0].contains("web-1"));
+        assert!(owners[1].starts_with("nodes") && !owners[1].contains("team"), "{owners:?}");
+    }
+}

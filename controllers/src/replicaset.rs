@@ -289,8 +289,11 @@ impl Reconciler for ReplicaSetController {
         }
         let now = jiff::Timestamp::now();
         // Pods deleted just now no longer count, though the cache has not seen it yet.
-        let owned_refs: Vec<&Pod> =
-            owned.iter().map(|p| p.as_ref()).filter(|p| !p.metadata.name.as_ref().is_some_and(|n| deleted.contains(n))).collect();
+        let owned_refs: Vec<&Pod> = owned
+            .iter()
+            .map(|p| p.as_ref())
+            .filter(|p| !p.metadata.name.as_ref().is_some_and(|n| deleted.contains(n)))
+            .collect();
         let status = compute_status(&rs, &owned_refs, now);
         if rs.status.as_ref() != Some(&status) {
             let mut updated = (*rs).clone();

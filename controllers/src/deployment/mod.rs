@@ -24,7 +24,10 @@ use crate::pods::{controller_of, is_active};
 pub use history::{CHANGE_CAUSE, REVISION, TEMPLATE_HASH, template_hash};
 use history::{DESIRED_REPLICAS, MAX_REPLICAS, revision, same_template};
 pub use rollout::scaled_value;
-use rollout::{desired, new_rs_replicas, old_rs_scale_down, spec_replicas, surge_and_unavailable};
+use rollout::{
+    desired, desired_annotation, is_scaling_event, new_rs_replicas, old_rs_scale_down, proportional_sizes,
+    spec_replicas, surge_and_unavailable,
+};
 
 pub struct DeploymentController {
     client: Arc<dyn ApiClient>,
@@ -178,7 +181,11 @@ impl DeploymentController {
             Err(e) if e.is_already_exists() => {
                 let existing = self.rs_api(&ns).get(&name).await?;
                 let ours = controller_of(&existing.metadata).is_some_and(|o| Some(&o.uid) == d.metadata.uid.as_ref());
-                let same = existing.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| same_template(t, &spec.template));
+                let same = existing
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .is_some_and(|t| same_template(t, &spec.template));
                 if ours && same {
                     return Ok(existing);
                 }
@@ -248,6 +255,45 @@ impl DeploymentController {
         } && controller_of(&p.metadata).is_some_and(|o| uids.contains(&o.uid.as_str())))
     }
 
+    /// Sizes the ReplicaSets for a changed `spec.replicas` without rolling out (also while
+    /// paused, so `kubectl scale` works on a paused Deployment): one active set takes all; several
+    /// (mid-rollout) share the change in proportion. Returns the new ReplicaSet afterwards.
+    async fn scale_to_spec(
+        &self,
+        d: &Deployment,
+        new_rs: Option<ReplicaSet>,
+        old: &[ReplicaSet],
+    ) -> Result<Option<ReplicaSet>, ApiError> {
+        let mut active: Vec<&ReplicaSet> = old.iter().chain(new_rs.iter()).filter(|rs| spec_replicas(rs) > 0).collect();
+        let recreate =
+            d.spec.as_ref().and_then(|s| s.strategy.as_ref()).and_then(|s| s.type_.as_deref()) == Some("Recreate");
+        let mut scaled_new = None;
+        if active.len() <= 1 || recreate {
+            // The active set, else the newest one.
+            let target = active.last().copied().or(new_rs.as_ref()).or(old.last());
+            if let Some(rs) = target
+                && (spec_replicas(rs) != desired(d) || desired_annotation(rs) != Some(desired(d)))
+            {
+                let scaled = self.scale(d, rs, desired(d)).await?;
+                if new_rs.as_ref().is_some_and(|n| n.metadata.uid == rs.metadata.uid) {
+                    scaled_new = Some(scaled);
+                }
+            }
+        } else {
+            // Largest first; on ties the newer one grows first.
+            active.sort_by(|a, b| spec_replicas(b).cmp(&spec_replicas(a)).then_with(|| revision(b).cmp(&revision(a))));
+            for (rs, size) in active.iter().zip(proportional_sizes(d, &active)) {
+                if size != spec_replicas(rs) || desired_annotation(rs) != Some(desired(d)) {
+                    let scaled = self.scale(d, rs, size).await?;
+                    if new_rs.as_ref().is_some_and(|n| n.metadata.uid == rs.metadata.uid) {
+                        scaled_new = Some(scaled);
+                    }
+                }
+            }
+        }
+        Ok(scaled_new.or(new_rs))
+    }
+
     /// One step of the rollout. Returns the new ReplicaSet as it stands afterwards.
     async fn rollout(
         &self,
@@ -292,7 +338,8 @@ impl DeploymentController {
         }
         // Availability read from a ReplicaSet whose controller has not caught up with its last
         // scale may still count pods that are going away: wait for it.
-        let settled = |rs: &ReplicaSet| rs.status.as_ref().and_then(|s| s.observed_generation) >= rs.metadata.generation;
+        let settled =
+            |rs: &ReplicaSet| rs.status.as_ref().and_then(|s| s.observed_generation) >= rs.metadata.generation;
         if !settled(&new_rs) || !old.iter().all(settled) {
             return Ok(Some(new_rs));
         }
@@ -470,7 +517,12 @@ impl Reconciler for DeploymentController {
             Some(rs) => Some(self.stamp_revision(&d, rs, next_revision).await?),
             None => None,
         };
-        let new_rs = if paused { new_rs } else { self.rollout(&d, new_rs, &old, next_revision).await? };
+        let active: Vec<&ReplicaSet> = old.iter().chain(new_rs.iter()).filter(|rs| spec_replicas(rs) > 0).collect();
+        let new_rs = if paused || is_scaling_event(&d, &active) {
+            self.scale_to_spec(&d, new_rs, &old).await?
+        } else {
+            self.rollout(&d, new_rs, &old, next_revision).await?
+        };
 
         if let Some(rs) = &new_rs {
             let rev = revision(rs).to_string();

@@ -96,6 +96,54 @@ pub fn old_rs_scale_down(d: &Deployment, old: &[&ReplicaSet], new_rs: &ReplicaSe
     cuts
 }
 
+/// The `deployment.kubernetes.io/desired-replicas` a ReplicaSet was last scaled for.
+pub fn desired_annotation(rs: &ReplicaSet) -> Option<i32> {
+    rs.metadata.annotations.as_ref()?.get(super::history::DESIRED_REPLICAS)?.parse().ok()
+}
+
+fn max_annotation(rs: &ReplicaSet) -> Option<i32> {
+    rs.metadata.annotations.as_ref()?.get(super::history::MAX_REPLICAS)?.parse().ok()
+}
+
+/// Whether `spec.replicas` changed since the active ReplicaSets were last sized for it
+/// (Kubernetes' `isScalingEvent`).
+pub fn is_scaling_event(d: &Deployment, active: &[&ReplicaSet]) -> bool {
+    active.iter().any(|rs| desired_annotation(rs).is_some_and(|want| want != desired(d)))
+}
+
+/// New sizes for the active ReplicaSets of a rolling Deployment whose replicas changed in the
+/// middle of a rollout: the change is spread in proportion to each set's share, the rest goes
+/// to the largest (Kubernetes' proportional scaling). `active` lists the largest first.
+pub fn proportional_sizes(d: &Deployment, active: &[&ReplicaSet]) -> Vec<i32> {
+    let replicas = desired(d);
+    let (surge, _) = surge_and_unavailable(d);
+    let allowed = if replicas > 0 { replicas + surge } else { 0 };
+    let current: i32 = active.iter().map(|rs| spec_replicas(rs)).sum();
+    let mut sizes: Vec<i32> = active.iter().map(|rs| spec_replicas(rs)).collect();
+    let to_add = allowed - current;
+    if to_add == 0 || active.is_empty() {
+        return sizes;
+    }
+    let mut added = 0;
+    for (i, rs) in active.iter().enumerate() {
+        if added == to_add {
+            break;
+        }
+        let fraction = if replicas == 0 {
+            -sizes[i]
+        } else {
+            let annotated = max_annotation(rs).unwrap_or(current).max(1);
+            (f64::from(sizes[i]) * f64::from(allowed) / f64::from(annotated)).round() as i32 - sizes[i]
+        };
+        let left = to_add - added;
+        let step = if to_add > 0 { fraction.min(left) } else { fraction.max(left) };
+        sizes[i] += step;
+        added += step;
+    }
+    sizes[0] += to_add - added;
+    sizes.into_iter().map(|s| s.max(0)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +208,33 @@ mod tests {
         // …but only as far as the budget allows: 4 pods - 3 min available - 1 unavailable new = 0.
         assert_eq!(old_rs_scale_down(&d, &[&rs(3, 1)], &rs(1, 0)), vec![0]);
         assert_eq!(old_rs_scale_down(&d, &[&rs(3, 1)], &rs(1, 1)), vec![1]);
+    }
+
+    fn annotated(mut rs: ReplicaSet, desired: i32, max: i32) -> ReplicaSet {
+        rs.metadata.annotations = Some(
+            [
+                ("deployment.kubernetes.io/desired-replicas".to_string(), desired.to_string()),
+                ("deployment.kubernetes.io/max-replicas".to_string(), max.to_string()),
+            ]
+            .into(),
+        );
+        rs
+    }
+
+    #[test]
+    fn scaling_mid_rollout_spreads_the_change_in_proportion() {
+        // 10 replicas with surge 3 (25%): old 8 + new 5 = 13 = max. Scale to 20 (surge 5): 25.
+        let old = annotated(rs(8, 8), 10, 13);
+        let new = annotated(rs(5, 0), 10, 13);
+        let d = deployment(20, IntOrString::String("25%".into()), IntOrString::String("25%".into()));
+        assert!(is_scaling_event(&d, &[&old, &new]));
+        let sizes = proportional_sizes(&d, &[&old, &new]);
+        assert_eq!(sizes.iter().sum::<i32>(), 25);
+        assert_eq!(sizes, vec![15, 10]);
+        // Back down to 10: both shrink in proportion.
+        let old = annotated(rs(15, 15), 20, 25);
+        let new = annotated(rs(10, 0), 20, 25);
+        let d = deployment(10, IntOrString::String("25%".into()), IntOrString::String("25%".into()));
+        assert_eq!(proportional_sizes(&d, &[&old, &new]), vec![8, 5]);
     }
 }

@@ -218,3 +218,58 @@ spec:
     drop(images);
     server.finish();
 }
+
+#[test]
+fn a_private_registry_image_pulls_with_the_pods_image_pull_secret_and_not_without() {
+    let server = TestServer::start();
+    let images = TestImages::start_with_auth("puller", "pull-secret-pw");
+    let pod = |name: &str, secrets: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: Never\n{secrets}  containers:\n  \
+             - name: main\n    image: {}\n    command: [\"echo\", \"pulled with credentials\"]\n",
+            images.busybox()
+        )
+    };
+
+    // Without credentials the registry answers 401: the pull fails and backs off.
+    server.apply(&pod("anonymous", ""));
+    let row = wait_row(&server, "anonymous", "ErrImagePull or ImagePullBackOff", |c| {
+        c[1] == "ErrImagePull" || c[1] == "ImagePullBackOff"
+    });
+    assert_eq!(row[0], "0/1");
+    let st = status(&server, "anonymous");
+    assert_eq!(st["phase"], "Pending", "{st}");
+    server.wait_for("a Failed event about the anonymous pull", RUN_TIMEOUT, || {
+        server.events_about("anonymous").into_iter().find(|e| {
+            e["reason"] == "Failed"
+                && e["type"] == "Warning"
+                && e["message"].as_str().is_some_and(|m| m.contains("Failed to pull image") && m.contains("busybox"))
+        })
+    });
+
+    // With a dockerconfigjson Secret made by kubectl, named in imagePullSecrets, it runs.
+    let registry = images.registry_addr();
+    let server_flag = format!("--docker-server={registry}");
+    server.kubectl_ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &server_flag,
+        "--docker-username=puller",
+        "--docker-password=pull-secret-pw",
+    ]);
+    server.apply(&pod("authenticated", "  imagePullSecrets:\n  - name: regcred\n"));
+    wait_row(&server, "authenticated", "Completed", |c| c[1] == "Completed");
+    assert_eq!(server.kubectl_ok(&["logs", "authenticated"]), "pulled with credentials\n");
+    let pulled = server.events_about("authenticated");
+    assert!(
+        pulled.iter().any(|e| e["reason"] == "Pulled"),
+        "a Pulled event: {:?}",
+        pulled.iter().map(|e| e["reason"].clone()).collect::<Vec<_>>()
+    );
+
+    server.kubectl_ok(&["delete", "pods", "--all", "--timeout", "90s"]);
+    drop(images);
+    server.finish();
+}

@@ -660,10 +660,21 @@ pub struct TestImages {
 
 impl TestImages {
     pub fn start() -> TestImages {
-        use skiff_runtime::testing::{LocalRegistry, build_busybox_image, push};
+        Self::start_on(skiff_runtime::testing::LocalRegistry::start().expect("starting docker-registry on loopback"))
+    }
+
+    /// The same image on a registry that wants basic auth as `username`/`password`.
+    pub fn start_with_auth(username: &str, password: &str) -> TestImages {
+        Self::start_on(
+            skiff_runtime::testing::LocalRegistry::start_with_auth(username, password)
+                .expect("starting docker-registry with htpasswd auth on loopback"),
+        )
+    }
+
+    fn start_on(registry: skiff_runtime::testing::LocalRegistry) -> TestImages {
+        use skiff_runtime::testing::{build_busybox_image, push};
         let layout = tempfile::Builder::new().prefix("skiff-test-image-").tempdir_in("/tmp").unwrap();
         let image = build_busybox_image(layout.path()).expect("building the busybox test image");
-        let registry = LocalRegistry::start().expect("starting docker-registry on loopback");
         let busybox = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -676,6 +687,11 @@ impl TestImages {
     /// `127.0.0.1:PORT/busybox:1.36`
     pub fn busybox(&self) -> String {
         self.busybox.clone()
+    }
+
+    /// `127.0.0.1:PORT` of the registry.
+    pub fn registry_addr(&self) -> String {
+        self.registry.addr().to_string()
     }
 
     /// A reference on the same registry that was never pushed: pulling it gets a 404.

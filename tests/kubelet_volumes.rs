@@ -76,11 +76,17 @@ fn secret_and_config_map_volumes_hold_decoded_read_only_files_that_follow_update
     ]);
     server.kubectl_ok(&["create", "configmap", "app", "--from-literal=greeting=hello"]);
     let manifest = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: vols\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  \
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: vols\n  labels:\n    app: web\n    tier: \"1\"\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  \
          - name: main\n    image: {}\n    command: {SLEEP}\n    volumeMounts:\n    - name: creds\n      mountPath: \
-         /etc/creds\n    - name: app\n      mountPath: /etc/app\n  volumes:\n  - name: creds\n    secret:\n      \
+         /etc/creds\n    - name: app\n      mountPath: /etc/app\n    - name: info\n      mountPath: /etc/info\n    - \
+         name: labels\n      mountPath: /etc/labels\n  volumes:\n  - name: creds\n    secret:\n      \
          secretName: creds\n      defaultMode: 0400\n  - name: app\n    configMap:\n      name: app\n      items:\n      \
-         - key: greeting\n        path: conf/greeting.txt\n",
+         - key: greeting\n        path: conf/greeting.txt\n  - name: info\n    projected:\n      sources:\n      - \
+         configMap:\n          name: app\n          items:\n          - key: greeting\n            path: greeting\n      \
+         - secret:\n          name: creds\n          items:\n          - key: user\n            path: user\n      - \
+         downwardAPI:\n          items:\n          - path: name\n            fieldRef:\n              fieldPath: \
+         metadata.name\n  - name: labels\n    downwardAPI:\n      items:\n      - path: labels\n        fieldRef:\n          \
+         fieldPath: metadata.labels\n",
         images.busybox()
     );
     assert_eq!(server.apply(&manifest).trim(), "pod/vols created");
@@ -92,7 +98,13 @@ fn secret_and_config_map_volumes_hold_decoded_read_only_files_that_follow_update
     assert_eq!(exec_ok(&server, "vols", "main", "readlink /etc/creds/password").trim(), "..data/password");
     assert_eq!(exec_ok(&server, "vols", "main", "cat /etc/app/conf/greeting.txt"), "hello");
     assert_eq!(exec_ok(&server, "vols", "main", "stat -L -c %a /etc/app/conf/greeting.txt").trim(), "644");
-    for dir in ["/etc/creds", "/etc/app"] {
+    // projected (configMap, secret and downward API in one directory) and downwardAPI.
+    assert_eq!(
+        exec_ok(&server, "vols", "main", "cat /etc/info/greeting /etc/info/user /etc/info/name"),
+        "helloadminvols"
+    );
+    assert_eq!(exec_ok(&server, "vols", "main", "cat /etc/labels/labels"), "app=\"web\"\ntier=\"1\"");
+    for dir in ["/etc/creds", "/etc/app", "/etc/info", "/etc/labels"] {
         let write = exec(&server, "vols", "main", &format!("echo x > {dir}/new"));
         assert!(!write.status.success(), "{dir} must be read-only");
         let stderr = String::from_utf8_lossy(&write.stderr);
@@ -105,7 +117,8 @@ fn secret_and_config_map_volumes_hold_decoded_read_only_files_that_follow_update
     // An update of the ConfigMap reaches the mounted file (through the `..data` swap).
     server.kubectl_ok(&["patch", "configmap", "app", "-p", r#"{"data":{"greeting":"bonjour"}}"#]);
     server.wait_for("the configMap update to reach the container", UPDATE_TIMEOUT, || {
-        (exec_ok(&server, "vols", "main", "cat /etc/app/conf/greeting.txt") == "bonjour").then_some(())
+        (exec_ok(&server, "vols", "main", "cat /etc/app/conf/greeting.txt /etc/info/greeting") == "bonjourbonjour")
+            .then_some(())
     });
 
     // A missing, non-optional ConfigMap holds the pod in ContainerCreating until it exists.

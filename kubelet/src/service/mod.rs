@@ -266,8 +266,8 @@ impl Table {
 pub type SharedTable = Arc<RwLock<Arc<Table>>>;
 
 /// Runs the proxy and the DNS server until `shutdown`, then removes every listener and every
-/// address it added. Returns an error only when it cannot start (the DNS address cannot be
-/// added or bound).
+/// address it added. Returns an error only when it cannot start (the node has no pod network
+/// or the DNS address cannot be added to it).
 pub async fn run(
     client: Arc<dyn ApiClient>,
     addresses: Arc<dyn NodeAddresses>,
@@ -282,8 +282,7 @@ pub async fn run(
 
     ensure_dns_service(client_for_dns.as_ref(), config.cluster_dns).await;
     addresses.add(config.cluster_dns).await?;
-    let dns = dns::DnsServer::bind(config.clone(), table.clone(), dns::host_upstream()).await?;
-    let dns_task = tokio::spawn(dns.serve(shutdown.clone()));
+    let dns_task = tokio::spawn(serve_dns(config.clone(), table.clone(), shutdown.clone()));
 
     let mut proxy = proxy::Proxy::new(addresses.clone(), table.clone(), config.cluster_dns);
     let (mut services_synced, mut endpoints_synced, mut cleaned) = (false, false, false);
@@ -335,6 +334,32 @@ pub async fn run(
         tracing::warn!("removing the cluster DNS address {}: {e}", config.cluster_dns);
     }
     Ok(())
+}
+
+/// Serves cluster DNS until `shutdown`. Port 53 on the DNS address may be held by a resolver
+/// of the host bound to every address (dnsmasq): the proxy keeps working meanwhile, and binding
+/// is retried until it succeeds.
+async fn serve_dns(config: ServiceConfig, table: SharedTable, shutdown: CancellationToken) {
+    let mut warned = false;
+    loop {
+        match dns::DnsServer::bind(config.clone(), table.clone(), dns::host_upstream()).await {
+            Ok(server) => {
+                if warned {
+                    tracing::info!("cluster DNS is serving on {}:53", config.cluster_dns);
+                }
+                return server.serve(shutdown).await;
+            }
+            Err(e) if !warned => {
+                tracing::error!("cluster DNS cannot serve yet, retrying every 10s: {e}");
+                warned = true;
+            }
+            Err(e) => tracing::debug!("cluster DNS: {e}"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
 }
 
 /// Creates Service `kube-system/kube-dns` on the cluster DNS address if it is missing, as

@@ -52,6 +52,28 @@ fn kubectl_exec_runs_in_the_container_pipes_stdin_and_reports_exit_codes() {
     assert!(stderr.contains("to-stderr\n"), "stderr is its own stream: {stderr}");
     assert!(stderr.contains("command terminated with exit code 3"), "{stderr}");
 
+    // A terminal for kubectl (util-linux `script`), so that `-it` asks for one in the container.
+    let kubectl = format!(
+        "{} --kubeconfig {} --cache-dir {} exec -it shell -- tty",
+        common::KUBECTL,
+        server.kubeconfig().display(),
+        server.dir().join("kube-cache").display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &kubectl, "/dev/null"])
+        .env("HOME", server.dir().join("home"))
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running script(1)");
+    let printed = String::from_utf8_lossy(&tty.stdout);
+    let line = printed.lines().map(str::trim).find(|l| l.starts_with("/dev/")).unwrap_or_default();
+    assert!(
+        line.strip_prefix("/dev/pts/").is_some_and(|n| n.parse::<u32>().is_ok()),
+        "tty in the container names its own pts: {printed:?} {}",
+        String::from_utf8_lossy(&tty.stderr)
+    );
+
     let missing = server.kubectl(&["exec", "shell", "--", "nope"]);
     assert!(!missing.status.success());
     let stderr = String::from_utf8_lossy(&missing.stderr);

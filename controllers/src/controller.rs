@@ -5,8 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_api::{ApiError, WorkQueue};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use skiff_api::{ApiError, InformerEvent, ObjectKey, WorkQueue};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::pods::controller_of;
 
 /// What a reconcile asks of the queue once it has succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,5 +68,57 @@ pub async fn run<R: Reconciler>(
     queue.shut_down();
     for task in tasks {
         let _ = task.await;
+    }
+}
+
+/// Trigger: queues the key of every object an informer of the controller's own kind reports.
+pub fn queue_objects<K>(queue: WorkQueue<ObjectKey>, mut events: UnboundedReceiver<InformerEvent<K>>) -> JoinHandle<()>
+where
+    K: k8s_openapi::Metadata<Ty = ObjectMeta> + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let InformerEvent::Applied(object) | InformerEvent::Deleted(object) = event {
+                queue.add(ObjectKey::of(object.as_ref()));
+            }
+        }
+    })
+}
+
+/// Trigger: queues the controlling owner of kind `owner_kind` of every dependent an informer
+/// reports (a Job's pods wake the Job).
+pub fn queue_owners<K>(
+    queue: WorkQueue<ObjectKey>,
+    mut events: UnboundedReceiver<InformerEvent<K>>,
+    owner_kind: &'static str,
+) -> JoinHandle<()>
+where
+    K: k8s_openapi::Metadata<Ty = ObjectMeta> + Send + Sync + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let InformerEvent::Applied(object) | InformerEvent::Deleted(object) = event {
+                let meta = object.metadata();
+                if let Some(owner) = controller_of(meta).filter(|o| o.kind == owner_kind) {
+                    queue.add(ObjectKey::new(meta.namespace.as_deref(), &owner.name));
+                }
+            }
+        }
+    })
+}
+
+/// The owner reference a controller puts on what it creates: `controller` and
+/// `blockOwnerDeletion` set, as Kubernetes' controllers do.
+pub fn controller_reference<K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta>>(
+    owner: &K,
+) -> OwnerReference {
+    let meta = owner.metadata();
+    OwnerReference {
+        api_version: K::API_VERSION.to_string(),
+        kind: K::KIND.to_string(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
     }
 }

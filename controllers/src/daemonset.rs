@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_api::{
     Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, InformerEvent, ListOptions, ObjectKey,
     ObjectReference, Recorder, Store, WorkQueue,
@@ -70,14 +70,7 @@ fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
             namespace: ds.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: meta.annotations,
-            owner_references: Some(vec![OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: "DaemonSet".into(),
-                name,
-                uid: ds.metadata.uid.clone().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![controller::controller_reference(ds)]),
             ..Default::default()
         },
         spec: Some(spec),

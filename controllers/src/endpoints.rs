@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference as CoreReference, Pod, Service,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skiff_api::{
     Api, ApiClient, ApiError, DeleteOptions, Informer, InformerEvent, LabelSelector, ListOptions, ObjectKey, Store,
@@ -156,17 +156,6 @@ fn slice_bodies(service: &Service, subsets: &[EndpointSubset]) -> Vec<(Vec<Endpo
         .collect()
 }
 
-fn owned_by(service: &Service) -> OwnerReference {
-    OwnerReference {
-        api_version: "v1".into(),
-        kind: "Service".into(),
-        name: service.metadata.name.clone().unwrap_or_default(),
-        uid: service.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
 impl EndpointsController {
     pub async fn run(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
         let all = ListOptions::default;
@@ -293,7 +282,7 @@ impl EndpointsController {
                             generate_name: Some(format!("{}-", key.name)),
                             namespace: key.namespace.clone(),
                             labels: Some(labels.clone()),
-                            owner_references: Some(vec![owned_by(service)]),
+                            owner_references: Some(vec![controller::controller_reference(service)]),
                             ..Default::default()
                         },
                         address_type: "IPv4".into(),

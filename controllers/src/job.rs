@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use skiff_api::{
-    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, InformerEvent, ListOptions, ObjectKey,
-    ObjectReference, Recorder, Store, WorkQueue,
+    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, ListOptions, ObjectKey, ObjectReference, Recorder,
+    Store, WorkQueue,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -212,14 +212,7 @@ fn pod_for(job: &Job, index: Option<i32>) -> Pod {
             namespace: job.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: (!annotations.is_empty()).then_some(annotations),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "batch/v1".into(),
-                kind: "Job".into(),
-                name,
-                uid,
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![controller::controller_reference(job)]),
             ..Default::default()
         },
         spec: Some(spec),
@@ -229,34 +222,20 @@ fn pod_for(job: &Job, index: Option<i32>) -> Pod {
 
 impl JobController {
     pub async fn run(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
-        let (jobs, mut job_events, _j) = Informer::<Job>::new(client.clone(), None, ListOptions::default()).spawn();
-        let (pods, mut pod_events, _p) = Informer::<Pod>::new(client.clone(), None, ListOptions::default()).spawn();
+        let (jobs, job_events, _j) = Informer::<Job>::new(client.clone(), None, ListOptions::default()).spawn();
+        let (pods, pod_events, _p) = Informer::<Pod>::new(client.clone(), None, ListOptions::default()).spawn();
         let recorder = Recorder::new(
             client.clone(),
             EventSource { component: "job-controller".into(), host: None, reporting_instance: String::new() },
         );
         let this = Arc::new(Self { client, jobs, pods, expectations: Expectations::default(), recorder });
         let queue = WorkQueue::<ObjectKey>::new();
-        let triggers = {
-            let queue = queue.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        Some(event) = job_events.recv() => if let InformerEvent::Applied(job) | InformerEvent::Deleted(job) = event {
-                            queue.add(ObjectKey::of(job.as_ref()));
-                        },
-                        Some(event) = pod_events.recv() => if let InformerEvent::Applied(pod) | InformerEvent::Deleted(pod) = event {
-                            if let Some(owner) = controller_of(&pod.metadata).filter(|o| o.kind == "Job") {
-                                queue.add(ObjectKey::new(pod.metadata.namespace.as_deref(), &owner.name));
-                            }
-                        },
-                        else => break,
-                    }
-                }
-            })
-        };
+        let triggers = [
+            controller::queue_objects(queue.clone(), job_events),
+            controller::queue_owners(queue.clone(), pod_events, "Job"),
+        ];
         controller::run(this, queue, 2, shutdown).await;
-        triggers.abort();
+        triggers.iter().for_each(|t| t.abort());
     }
 
     fn pod_api(&self, ns: &str) -> Api<Pod> {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_api::{
-    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, InformerEvent, ListOptions, ObjectKey,
-    ObjectReference, Recorder, Store, WorkQueue,
+    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, ListOptions, ObjectKey, ObjectReference, Recorder,
+    Store, WorkQueue,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -83,14 +83,7 @@ fn pod_for(sts: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
             namespace: sts.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: meta.annotations,
-            owner_references: Some(vec![OwnerReference {
-                api_version: "apps/v1".into(),
-                kind: "StatefulSet".into(),
-                name: set,
-                uid: sts.metadata.uid.clone().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![controller::controller_reference(sts)]),
             ..Default::default()
         },
         spec: Some(pod_spec),
@@ -101,34 +94,20 @@ fn pod_for(sts: &StatefulSet, ordinal: i32, revision: &str) -> Pod {
 impl StatefulSetController {
     pub async fn run(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
         let all = ListOptions::default;
-        let (sets, mut set_events, _s) = Informer::<StatefulSet>::new(client.clone(), None, all()).spawn();
-        let (pods, mut pod_events, _p) = Informer::<Pod>::new(client.clone(), None, all()).spawn();
+        let (sets, set_events, _s) = Informer::<StatefulSet>::new(client.clone(), None, all()).spawn();
+        let (pods, pod_events, _p) = Informer::<Pod>::new(client.clone(), None, all()).spawn();
         let recorder = Recorder::new(
             client.clone(),
             EventSource { component: "statefulset-controller".into(), host: None, reporting_instance: String::new() },
         );
         let this = Arc::new(Self { client, sets, pods, recorder });
         let queue = WorkQueue::<ObjectKey>::new();
-        let triggers = {
-            let queue = queue.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        Some(event) = set_events.recv() => if let InformerEvent::Applied(s) | InformerEvent::Deleted(s) = event {
-                            queue.add(ObjectKey::of(s.as_ref()));
-                        },
-                        Some(event) = pod_events.recv() => if let InformerEvent::Applied(pod) | InformerEvent::Deleted(pod) = event {
-                            if let Some(owner) = controller_of(&pod.metadata).filter(|o| o.kind == "StatefulSet") {
-                                queue.add(ObjectKey::new(pod.metadata.namespace.as_deref(), &owner.name));
-                            }
-                        },
-                        else => break,
-                    }
-                }
-            })
-        };
+        let triggers = [
+            controller::queue_objects(queue.clone(), set_events),
+            controller::queue_owners(queue.clone(), pod_events, "StatefulSet"),
+        ];
         controller::run(this, queue, 1, shutdown).await;
-        triggers.abort();
+        triggers.iter().for_each(|t| t.abort());
     }
 
     /// Creates the claims of one ordinal that do not exist yet. They are never deleted here:

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobStatus, Job};
 use k8s_openapi::api::core::v1::ObjectReference as CoreReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 pub use schedule::{MISSED_LIMIT, Schedule};
 use skiff_api::{
-    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, InformerEvent, ListOptions, ObjectKey,
-    ObjectReference, Recorder, Store, WorkQueue,
+    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, ListOptions, ObjectKey, ObjectReference, Recorder,
+    Store, WorkQueue,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -58,14 +58,7 @@ fn job_for(cj: &CronJob, scheduled: jiff::Timestamp, schedule: &Schedule) -> Job
             namespace: cj.metadata.namespace.clone(),
             labels: meta.labels,
             annotations: Some(annotations),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "batch/v1".into(),
-                kind: "CronJob".into(),
-                name,
-                uid: cj.metadata.uid.clone().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            owner_references: Some(vec![controller::controller_reference(cj)]),
             ..Default::default()
         },
         spec: template.spec,
@@ -87,35 +80,20 @@ fn reference(job: &Job) -> CoreReference {
 
 impl CronJobController {
     pub async fn run(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
-        let (cronjobs, mut cj_events, _c) =
-            Informer::<CronJob>::new(client.clone(), None, ListOptions::default()).spawn();
-        let (jobs, mut job_events, _j) = Informer::<Job>::new(client.clone(), None, ListOptions::default()).spawn();
+        let (cronjobs, cj_events, _c) = Informer::<CronJob>::new(client.clone(), None, ListOptions::default()).spawn();
+        let (jobs, job_events, _j) = Informer::<Job>::new(client.clone(), None, ListOptions::default()).spawn();
         let recorder = Recorder::new(
             client.clone(),
             EventSource { component: "cronjob-controller".into(), host: None, reporting_instance: String::new() },
         );
         let this = Arc::new(Self { client, cronjobs, jobs, recorder });
         let queue = WorkQueue::<ObjectKey>::new();
-        let triggers = {
-            let queue = queue.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        Some(event) = cj_events.recv() => if let InformerEvent::Applied(cj) | InformerEvent::Deleted(cj) = event {
-                            queue.add(ObjectKey::of(cj.as_ref()));
-                        },
-                        Some(event) = job_events.recv() => if let InformerEvent::Applied(job) | InformerEvent::Deleted(job) = event {
-                            if let Some(owner) = controller_of(&job.metadata).filter(|o| o.kind == "CronJob") {
-                                queue.add(ObjectKey::new(job.metadata.namespace.as_deref(), &owner.name));
-                            }
-                        },
-                        else => break,
-                    }
-                }
-            })
-        };
+        let triggers = [
+            controller::queue_objects(queue.clone(), cj_events),
+            controller::queue_owners(queue.clone(), job_events, "CronJob"),
+        ];
         controller::run(this, queue, 1, shutdown).await;
-        triggers.abort();
+        triggers.iter().for_each(|t| t.abort());
     }
 
     async fn delete_job(&self, cj: &CronJob, job: &Job) -> Result<(), ApiError> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as K8sSelector, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as K8sSelector, ObjectMeta, Time};
 use serde_json::json;
 use skiff_api::{
     Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, InformerEvent, LabelSelector, ListOptions,
@@ -99,7 +99,7 @@ impl DeploymentController {
                 Some(owner) if owner.uid == uid => owned.push((*rs).clone()),
                 None if selector.matches(&labels) && d.metadata.deletion_timestamp.is_none() => {
                     let mut refs = rs.metadata.owner_references.clone().unwrap_or_default();
-                    refs.push(owner_reference(d));
+                    refs.push(controller::controller_reference(d));
                     let name = rs.metadata.name.as_deref().unwrap_or_default();
                     let patch = json!({"metadata": {"ownerReferences": refs}});
                     owned.push(self.rs_api(ns).patch(name, PatchKind::Merge, patch).await?);
@@ -163,7 +163,7 @@ impl DeploymentController {
                 namespace: Some(ns.clone()),
                 labels,
                 annotations: Some(annotations),
-                owner_references: Some(vec![owner_reference(d)]),
+                owner_references: Some(vec![controller::controller_reference(d)]),
                 ..Default::default()
             },
             spec: Some(ReplicaSetSpec {
@@ -350,17 +350,6 @@ impl DeploymentController {
             }
         }
         Ok(Some(new_rs))
-    }
-}
-
-fn owner_reference(d: &Deployment) -> OwnerReference {
-    OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "Deployment".into(),
-        name: d.metadata.name.clone().unwrap_or_default(),
-        uid: d.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
     }
 }
 

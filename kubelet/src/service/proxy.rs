@@ -73,13 +73,13 @@ impl Balancer {
         if backends.is_empty() {
             return None;
         }
-        if let Some(timeout) = affinity {
-            if let Some((backend, at)) = self.sticky.get(&client).copied() {
-                if now.duration_since(at) < timeout && backends.contains(&backend) {
-                    self.sticky.insert(client, (backend, now));
-                    return Some(backend);
-                }
-            }
+        if let Some(timeout) = affinity
+            && let Some((backend, at)) = self.sticky.get(&client).copied()
+            && now.duration_since(at) < timeout
+            && backends.contains(&backend)
+        {
+            self.sticky.insert(client, (backend, now));
+            return Some(backend);
         }
         let backend = backends[self.next % backends.len()];
         self.next = self.next.wrapping_add(1);
@@ -170,10 +170,11 @@ impl Proxy {
             if self.listeners.contains_key(&key) {
                 continue;
             }
-            if let IpAddr::V4(ip) = key.bind.ip() {
-                if !ip.is_unspecified() && !self.local.contains(&ip) {
-                    continue;
-                }
+            if let IpAddr::V4(ip) = key.bind.ip()
+                && !ip.is_unspecified()
+                && !self.local.contains(&ip)
+            {
+                continue;
             }
             match self.start(&key).await {
                 Ok(task) => {

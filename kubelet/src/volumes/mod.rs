@@ -250,6 +250,11 @@ impl VolumeManager {
                 if !self.pods.lock().expect("volume pods lock").contains_key(&uid) || !dir.exists() {
                     continue;
                 }
+                // Secret data only ever onto its tmpfs (gone after a reboot until the pod's
+                // next sync mounts it again).
+                if (v.secret.is_some() || v.projected.is_some()) && !mount::is_mount_point(&dir) {
+                    continue;
+                }
                 match atomic_writer::write(&dir, &payload) {
                     Ok(true) => tracing::debug!(pod = %uid, volume = %v.name, "volume updated"),
                     Ok(false) => {}

@@ -33,8 +33,10 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether `path` is a mount point. Compared resolved: mountinfo shows paths without symlinks.
 pub fn is_mount_point(path: &Path) -> bool {
-    mount_points().is_ok_and(|points| points.iter().any(|p| p == path))
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    mount_points().is_ok_and(|points| points.iter().any(|p| *p == path))
 }
 
 /// Mounts a tmpfs on `path` (made if missing) unless one is there already.
@@ -69,7 +71,8 @@ pub fn ensure_tmpfs(path: &Path, mode: u32, size_bytes: Option<u64>) -> io::Resu
 /// Unmounts every mount at or under `dir`, deepest first (lazily: the containers that used
 /// them are gone, but a straggling reader must not keep the pod directory alive).
 pub fn unmount_under(dir: &Path) -> io::Result<()> {
-    let mut points: Vec<PathBuf> = mount_points()?.into_iter().filter(|p| p.starts_with(dir)).collect();
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut points: Vec<PathBuf> = mount_points()?.into_iter().filter(|p| p.starts_with(&dir)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     points.dedup();
     for p in points {
@@ -100,6 +103,15 @@ pub fn remove_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_root_is_a_mount_point_through_a_symlink_too() {
+        assert!(is_mount_point(Path::new("/proc")));
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/proc", dir.path().join("p")).unwrap();
+        assert!(is_mount_point(&dir.path().join("p")));
+        assert!(!is_mount_point(dir.path()));
+    }
 
     #[test]
     fn mountinfo_escapes_are_undone() {

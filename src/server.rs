@@ -161,11 +161,20 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         ("controllers", Ok(()))
     });
 
+    let service_config = skiff_kubelet::service::ServiceConfig {
+        cluster_dns: config.cluster_dns,
+        cluster_domain: config.cluster_domain.clone(),
+    };
+    let service_plane =
+        skiff_kubelet::service::run(api.clone(), runtime.clone(), service_config.clone(), shutdown.clone());
+    parts.spawn(async move { ("service proxy and DNS", service_plane.await.map_err(anyhow::Error::from)) });
+
     let kubelet = skiff_kubelet::Kubelet::new(
         skiff_kubelet::KubeletConfig { node_name: config.node_name.clone(), root: config.data_dir.join("kubelet") },
         api.clone(),
         runtime,
     );
+    kubelet.set_cluster_dns(service_config);
     if streams.set(kubelet.clone()).is_err() {
         unreachable!("the pod streams are set once, here");
     }

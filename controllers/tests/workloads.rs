@@ -333,3 +333,85 @@ async fn a_statefulset_creates_ordered_pods_with_stable_claims_and_scales_down_f
     let (pvcs, _) = claims.list(&ListOptions::default()).await.unwrap();
     assert_eq!(pvcs.len(), 3);
 }
+
+fn with_spec(mut job: Job, extra: serde_json::Value) -> Job {
+    let mut spec = serde_json::to_value(job.spec.take().unwrap()).unwrap();
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    job.spec = Some(serde_json::from_value(spec).unwrap());
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_active_deadline_fails_with_deadline_exceeded_and_its_pods_go() {
+    let c = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
+    jobs.create(&with_spec(job("slow", "run", 1, 2, 6), json!({"activeDeadlineSeconds": 1}))).await.unwrap();
+    let failed = eventually("DeadlineExceeded", || async {
+        jobs.get("slow").await.ok().filter(|j| condition(j, "Failed").is_some())
+    })
+    .await;
+    assert_eq!(condition(&failed, "Failed").as_deref(), Some("DeadlineExceeded"));
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    eventually("the running pods deleted", || async {
+        let (left, _) = pods.list(&ListOptions::labels("batch.kubernetes.io/job-name=slow")).await.unwrap();
+        left.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_with_ttl_zero_is_deleted_with_its_pods() {
+    let c = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
+    jobs.create(&with_spec(job("once", "succeed", 1, 1, 6), json!({"ttlSecondsAfterFinished": 0}))).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    eventually("the Job and its pod gone", || async {
+        let gone = jobs.get_opt("once").await.unwrap().is_none();
+        let (left, _) = pods.list(&ListOptions::labels("batch.kubernetes.io/job-name=once")).await.unwrap();
+        (gone && left.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_job_runs_no_pods_until_resumed() {
+    let c = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
+    jobs.create(&with_spec(job("later", "succeed", 2, 2, 6), json!({"suspend": true}))).await.unwrap();
+    let suspended = eventually("Suspended", || async {
+        jobs.get("later").await.ok().filter(|j| condition(j, "Suspended").is_some())
+    })
+    .await;
+    assert_eq!(condition(&suspended, "Suspended").as_deref(), Some("JobSuspended"));
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let (none, _) = pods.list(&ListOptions::labels("batch.kubernetes.io/job-name=later")).await.unwrap();
+    assert!(none.is_empty());
+    jobs.patch("later", PatchKind::Merge, json!({"spec": {"suspend": false}})).await.unwrap();
+    let done = eventually("complete after resume", || async {
+        jobs.get("later").await.ok().filter(|j| condition(j, "Complete").is_some())
+    })
+    .await;
+    assert_eq!(done.status.unwrap().succeeded, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_indexed_job_gives_each_pod_its_completion_index() {
+    let c = cluster().await;
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
+    jobs.create(&with_spec(job("indexed", "succeed", 3, 3, 6), json!({"completionMode": "Indexed"}))).await.unwrap();
+    let done = eventually("complete", || async {
+        jobs.get("indexed").await.ok().filter(|j| condition(j, "Complete").is_some())
+    })
+    .await;
+    assert_eq!(done.status.unwrap().completed_indexes.as_deref(), Some("0-2"));
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), "default");
+    let (made, _) = pods.list(&ListOptions::labels("batch.kubernetes.io/job-name=indexed")).await.unwrap();
+    let mut indexes: Vec<String> = made
+        .iter()
+        .map(|p| p.metadata.annotations.as_ref().unwrap()["batch.kubernetes.io/job-completion-index"].clone())
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1", "2"]);
+}

@@ -415,3 +415,62 @@ async fn an_indexed_job_gives_each_pod_its_completion_index() {
     indexes.sort();
     assert_eq!(indexes, ["0", "1", "2"]);
 }
+
+async fn cronjob_jobs(c: &Cluster, name: &str) -> Vec<Job> {
+    let jobs: Api<Job> = Api::namespaced(c.client.clone(), "default");
+    let (all, _) = jobs.list(&ListOptions::default()).await.unwrap();
+    all.into_iter().filter(|j| j.metadata.name.as_deref().is_some_and(|n| n.starts_with(&format!("{name}-")))).collect()
+}
+
+/// Two schedule ticks of `* * * * *` with a Job that never finishes: Forbid keeps the first
+/// running and starts none; Replace deletes it and starts the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_policy_forbid_skips_and_replace_replaces_a_running_job() {
+    use k8s_openapi::api::batch::v1::CronJob;
+    let c = cluster().await;
+    let cronjobs: Api<CronJob> = Api::namespaced(c.client.clone(), "default");
+    for (name, policy) in [("forbid", "Forbid"), ("replace", "Replace")] {
+        let cj: CronJob = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"schedule": "* * * * *", "concurrencyPolicy": policy,
+                     "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                         "containers": [{"name": "w", "image": "busybox:1"}]}}}}}}))
+        .unwrap();
+        cronjobs.create(&cj).await.unwrap();
+    }
+    let wait = |what: &'static str, name: &'static str, want: usize| {
+        let c = &c;
+        async move {
+            for _ in 0..1500 {
+                let jobs = cronjob_jobs(c, name).await;
+                let live: Vec<&Job> = jobs.iter().filter(|j| j.metadata.deletion_timestamp.is_none()).collect();
+                if live.len() == want {
+                    return live.iter().filter_map(|j| j.metadata.name.clone()).collect::<Vec<_>>();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("timed out waiting for {what}");
+        }
+    };
+    let first_forbid = wait("the first forbid run", "forbid", 1).await;
+    let first_replace = wait("the first replace run", "replace", 1).await;
+    // The next minute boundary: Replace swaps its Job, Forbid keeps its one Job.
+    let replaced = {
+        let mut found = None;
+        for _ in 0..1500 {
+            let names = wait("one replace job", "replace", 1).await;
+            if names != first_replace {
+                found = Some(names);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        found.expect("Replace started a new Job at the next tick")
+    };
+    assert_ne!(replaced, first_replace);
+    assert_eq!(
+        wait("forbid still one job", "forbid", 1).await,
+        first_forbid,
+        "Forbid started another Job while one ran"
+    );
+}

@@ -297,7 +297,11 @@ fn endpoint_state(server: &TestServer, service: &str, ip: &str) -> (bool, bool) 
     }
     let ep: Value = serde_json::from_slice(&out.stdout).unwrap();
     let has = |field: &str| {
-        ep["subsets"].as_array().into_iter().flatten().any(|s| s[field].as_array().into_iter().flatten().any(|a| a["ip"] == ip))
+        ep["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s[field].as_array().into_iter().flatten().any(|a| a["ip"] == ip))
     };
     (has("addresses"), has("notReadyAddresses"))
 }
@@ -340,12 +344,25 @@ spec:
         let ip = server.kubectl_ok(&["get", "pod", "flip", "-o", "jsonpath={.status.podIP}"]);
         (!ip.is_empty()).then_some(ip)
     });
-    server.wait_for("the pod among ready addresses", TIMEOUT, || (endpoint_state(&server, "flip", &ip) == (true, false)).then_some(()));
-    server.wait_for("the pod among notReadyAddresses", TIMEOUT, || (endpoint_state(&server, "flip", &ip) == (false, true)).then_some(()));
-    server.wait_for("the pod ready again", TIMEOUT, || (endpoint_state(&server, "flip", &ip) == (true, false)).then_some(()));
+    server.wait_for("the pod among ready addresses", TIMEOUT, || {
+        (endpoint_state(&server, "flip", &ip) == (true, false)).then_some(())
+    });
+    server.wait_for("the pod among notReadyAddresses", TIMEOUT, || {
+        (endpoint_state(&server, "flip", &ip) == (false, true)).then_some(())
+    });
+    server.wait_for("the pod ready again", TIMEOUT, || {
+        (endpoint_state(&server, "flip", &ip) == (true, false)).then_some(())
+    });
     let ports = server.kubectl_ok(&["get", "endpoints", "flip", "-o", "jsonpath={.subsets[0].ports[0].port}"]);
     assert_eq!(ports, "8080", "the named targetPort resolves to the container port");
-    let slices = server.kubectl_ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=flip", "-o", "jsonpath={.items[0].endpoints[0].addresses[0]}"]);
+    let slices = server.kubectl_ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=flip",
+        "-o",
+        "jsonpath={.items[0].endpoints[0].addresses[0]}",
+    ]);
     assert_eq!(slices, ip);
 
     server.kubectl_ok(&["delete", "pod", "flip"]);
@@ -381,7 +398,8 @@ spec:
     assert!(events.contains("0/1 nodes are available"), "{events}");
     let pod = json(&server, &["get", "pod", "huge"]);
     assert_eq!(pod["status"]["phase"], "Pending");
-    let scheduled = pod["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled").unwrap().clone();
+    let scheduled =
+        pod["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "PodScheduled").unwrap().clone();
     assert_eq!((scheduled["status"].as_str(), scheduled["reason"].as_str()), (Some("False"), Some("Unschedulable")));
 
     // Once the node carries the label, the pod is retried and runs.
@@ -398,7 +416,11 @@ spec:
 fn deployment_pause_resume_restart_recreate_and_progress_deadline() {
     let images = TestImages::start();
     let server = TestServer::start();
-    apply(&server, &deployment(&images.busybox(), 2).replace("type: RollingUpdate\n    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}", "type: Recreate"));
+    apply(
+        &server,
+        &deployment(&images.busybox(), 2)
+            .replace("type: RollingUpdate\n    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}", "type: Recreate"),
+    );
     rollout_status(&server);
 
     // Paused: a template change makes no new ReplicaSet until resumed.
@@ -423,8 +445,10 @@ fn deployment_pause_resume_restart_recreate_and_progress_deadline() {
     rollout_status(&server);
     server.wait_for("every pod replaced", TIMEOUT, || {
         let pods = json(&server, &["get", "pods", "-l", "app=web"]);
-        let live: Vec<&Value> = pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
-        (live.len() == 2 && live.iter().all(|p| !before.contains(&p["metadata"]["name"].as_str().unwrap().to_string()))).then_some(())
+        let live: Vec<&Value> =
+            pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
+        (live.len() == 2 && live.iter().all(|p| !before.contains(&p["metadata"]["name"].as_str().unwrap().to_string())))
+            .then_some(())
     });
 
     // An image that never arrives: past progressDeadlineSeconds, rollout status reports it.
@@ -435,11 +459,14 @@ fn deployment_pause_resume_restart_recreate_and_progress_deadline() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("deployment \"web\" exceeded its progress deadline"), "{stderr}");
     let d = json(&server, &["get", "deployment", "web"]);
-    let progressing = d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Progressing").unwrap().clone();
+    let progressing =
+        d["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Progressing").unwrap().clone();
     assert_eq!(progressing["reason"], "ProgressDeadlineExceeded");
 
     server.kubectl_ok(&["delete", "deployment", "web"]);
-    server.wait_for("pods to go", TIMEOUT, || json(&server, &["get", "pods", "-l", "app=web"])["items"].as_array().unwrap().is_empty().then_some(()));
+    server.wait_for("pods to go", TIMEOUT, || {
+        json(&server, &["get", "pods", "-l", "app=web"])["items"].as_array().unwrap().is_empty().then_some(())
+    });
     drop(images);
     server.finish();
 }

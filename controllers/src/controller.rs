@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use skiff_api::{ApiError, InformerEvent, ObjectKey, WorkQueue};
+
+use skiff_api::{ApiClient, ApiError, EventSource, InformerEvent, ObjectKey, Recorder, WorkQueue};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -121,4 +122,10 @@ pub fn controller_reference<K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty 
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// The event recorder of a controller: events carry `source.component` = `component`, as
+/// Kubernetes' controllers report (`deployment-controller`, `job-controller`…).
+pub fn recorder(client: Arc<dyn ApiClient>, component: &str) -> Recorder {
+    Recorder::new(client, EventSource { component: component.into(), host: None, reporting_instance: String::new() })
 }

@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_api::{
-    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, InformerEvent, ListOptions, ObjectKey,
-    ObjectReference, Recorder, Store, WorkQueue,
+    Api, ApiClient, ApiError, DeleteOptions, Informer, InformerEvent, ListOptions, ObjectKey, ObjectReference,
+    Recorder, Store, WorkQueue,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -99,10 +99,7 @@ impl DaemonSetController {
         let (daemonsets, mut ds_events, _d) = Informer::<DaemonSet>::new(client.clone(), None, all()).spawn();
         let (pods, mut pod_events, _p) = Informer::<Pod>::new(client.clone(), None, all()).spawn();
         let (nodes, mut node_events, _n) = Informer::<Node>::new(client.clone(), None, all()).spawn();
-        let recorder = Recorder::new(
-            client.clone(),
-            EventSource { component: "daemonset-controller".into(), host: None, reporting_instance: String::new() },
-        );
+        let recorder = controller::recorder(client.clone(), "daemonset-controller");
         let this = Arc::new(Self { client, daemonsets, pods, nodes, expectations: Expectations::default(), recorder });
         let queue = WorkQueue::<ObjectKey>::new();
         let triggers = {

@@ -12,8 +12,8 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use skiff_api::{
-    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, ListOptions, ObjectKey, ObjectReference, Recorder,
-    Store, WorkQueue,
+    Api, ApiClient, ApiError, DeleteOptions, Informer, ListOptions, ObjectKey, ObjectReference, Recorder, Store,
+    WorkQueue,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -224,10 +224,7 @@ impl JobController {
     pub async fn run(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
         let (jobs, job_events, _j) = Informer::<Job>::new(client.clone(), None, ListOptions::default()).spawn();
         let (pods, pod_events, _p) = Informer::<Pod>::new(client.clone(), None, ListOptions::default()).spawn();
-        let recorder = Recorder::new(
-            client.clone(),
-            EventSource { component: "job-controller".into(), host: None, reporting_instance: String::new() },
-        );
+        let recorder = controller::recorder(client.clone(), "job-controller");
         let this = Arc::new(Self { client, jobs, pods, expectations: Expectations::default(), recorder });
         let queue = WorkQueue::<ObjectKey>::new();
         let triggers = [

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 use skiff_api::{
-    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, InformerEvent, LabelSelector, ListOptions,
-    ObjectKey, ObjectReference, PatchKind, Recorder, Store, WorkQueue,
+    Api, ApiClient, ApiError, DeleteOptions, Informer, InformerEvent, LabelSelector, ListOptions, ObjectKey,
+    ObjectReference, PatchKind, Recorder, Store, WorkQueue,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -103,10 +103,7 @@ impl ReplicaSetController {
             Informer::<ReplicaSet>::new(client.clone(), None, ListOptions::default()).spawn();
         let (pods, mut pod_events, _pod_informer) =
             Informer::<Pod>::new(client.clone(), None, ListOptions::default()).spawn();
-        let recorder = Recorder::new(
-            client.clone(),
-            EventSource { component: "replicaset-controller".into(), host: None, reporting_instance: String::new() },
-        );
+        let recorder = controller::recorder(client.clone(), "replicaset-controller");
         let this = Arc::new(Self { client, replicasets, pods, expectations: Expectations::default(), recorder });
         let queue = WorkQueue::<ObjectKey>::new();
 

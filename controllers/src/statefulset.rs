@@ -11,8 +11,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use skiff_api::{
-    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, ListOptions, ObjectKey, ObjectReference, Recorder,
-    Store, WorkQueue,
+    Api, ApiClient, ApiError, DeleteOptions, Informer, ListOptions, ObjectKey, ObjectReference, Recorder, Store,
+    WorkQueue,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -96,10 +96,7 @@ impl StatefulSetController {
         let all = ListOptions::default;
         let (sets, set_events, _s) = Informer::<StatefulSet>::new(client.clone(), None, all()).spawn();
         let (pods, pod_events, _p) = Informer::<Pod>::new(client.clone(), None, all()).spawn();
-        let recorder = Recorder::new(
-            client.clone(),
-            EventSource { component: "statefulset-controller".into(), host: None, reporting_instance: String::new() },
-        );
+        let recorder = controller::recorder(client.clone(), "statefulset-controller");
         let this = Arc::new(Self { client, sets, pods, recorder });
         let queue = WorkQueue::<ObjectKey>::new();
         let triggers = [

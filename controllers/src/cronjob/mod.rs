@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::ObjectReference as CoreReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 pub use schedule::{MISSED_LIMIT, Schedule};
 use skiff_api::{
-    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, ListOptions, ObjectKey, ObjectReference, Recorder,
-    Store, WorkQueue,
+    Api, ApiClient, ApiError, DeleteOptions, Informer, ListOptions, ObjectKey, ObjectReference, Recorder, Store,
+    WorkQueue,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -82,10 +82,7 @@ impl CronJobController {
     pub async fn run(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
         let (cronjobs, cj_events, _c) = Informer::<CronJob>::new(client.clone(), None, ListOptions::default()).spawn();
         let (jobs, job_events, _j) = Informer::<Job>::new(client.clone(), None, ListOptions::default()).spawn();
-        let recorder = Recorder::new(
-            client.clone(),
-            EventSource { component: "cronjob-controller".into(), host: None, reporting_instance: String::new() },
-        );
+        let recorder = controller::recorder(client.clone(), "cronjob-controller");
         let this = Arc::new(Self { client, cronjobs, jobs, recorder });
         let queue = WorkQueue::<ObjectKey>::new();
         let triggers = [

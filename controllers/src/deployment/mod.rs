@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector as K8sSelector, ObjectMeta, Time};
 use serde_json::json;
 use skiff_api::{
-    Api, ApiClient, ApiError, DeleteOptions, EventSource, Informer, InformerEvent, LabelSelector, ListOptions,
-    ObjectKey, ObjectReference, PatchKind, Recorder, Store, WorkQueue,
+    Api, ApiClient, ApiError, DeleteOptions, Informer, InformerEvent, LabelSelector, ListOptions, ObjectKey,
+    ObjectReference, PatchKind, Recorder, Store, WorkQueue,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -48,10 +48,7 @@ impl DeploymentController {
         let (deployments, mut d_events, _d) = Informer::<Deployment>::new(client.clone(), None, all()).spawn();
         let (replicasets, mut rs_events, _rs) = Informer::<ReplicaSet>::new(client.clone(), None, all()).spawn();
         let (pods, mut pod_events, _p) = Informer::<Pod>::new(client.clone(), None, all()).spawn();
-        let recorder = Recorder::new(
-            client.clone(),
-            EventSource { component: "deployment-controller".into(), host: None, reporting_instance: String::new() },
-        );
+        let recorder = controller::recorder(client.clone(), "deployment-controller");
         let this = Arc::new(Self { client, deployments, replicasets, pods, recorder });
         let queue = WorkQueue::<ObjectKey>::new();
         let triggers = {

@@ -32,15 +32,7 @@ struct Reply {
 
 impl Client {
     fn new(server: &TestServer) -> Client {
-        let kubeconfig = std::fs::read_to_string(server.kubeconfig()).unwrap();
-        let field = |name: &str| {
-            kubeconfig
-                .lines()
-                .find_map(|l| l.trim_start().strip_prefix(&format!("{name}: ")))
-                .unwrap_or_else(|| panic!("no {name} in the kubeconfig"))
-                .trim()
-                .to_string()
-        };
+        let field = |name: &str| server.kubeconfig_field(name);
         let ca = base64::engine::general_purpose::STANDARD.decode(field("certificate-authority-data")).unwrap();
         let path = server.dir().join("ca.pem");
         std::fs::write(&path, ca).unwrap();

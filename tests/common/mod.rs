@@ -117,6 +117,17 @@ impl TestServer {
         }
     }
 
+    /// A `name: value` field of this server's kubeconfig (`certificate-authority-data`, `token`).
+    pub fn kubeconfig_field(&self, name: &str) -> String {
+        let kubeconfig = fs::read_to_string(self.kubeconfig()).unwrap();
+        kubeconfig
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in the kubeconfig"))
+            .trim()
+            .to_string()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("server.log")
     }

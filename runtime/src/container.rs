@@ -23,6 +23,7 @@ const A_NAME: &str = "io.skiff.container-name";
 const A_LOG: &str = "io.skiff.log-path";
 const A_LAYERS_ROOT: &str = "io.skiff.layers-root";
 const A_LAYERS: &str = "io.skiff.layers";
+const A_STDIN: &str = "io.skiff.stdin";
 
 /// What the runtime and shim need beyond the standard Spec fields, kept in its annotations.
 #[derive(Debug, Clone)]
@@ -35,6 +36,7 @@ pub struct Meta {
     pub layers: Vec<String>,
     /// The container's cgroup, relative to each hierarchy root.
     pub cgroup_rel: PathBuf,
+    pub stdio: crate::StdioSpec,
 }
 
 impl Meta {
@@ -54,6 +56,11 @@ impl Meta {
             layers_root: get(A_LAYERS_ROOT)?.into(),
             layers: layers.split(':').filter(|l| !l.is_empty()).map(String::from).collect(),
             cgroup_rel: cgroup.strip_prefix("/").unwrap_or(&cgroup).to_path_buf(),
+            stdio: crate::StdioSpec {
+                stdin: a.get(A_STDIN).is_some(),
+                stdin_once: a.get(A_STDIN).is_some_and(|v| v == "once"),
+                tty: spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false),
+            },
         })
     }
 }
@@ -141,6 +148,7 @@ pub fn build_spec(
         )
         .capabilities(crate::security::oci_capabilities(&capabilities).map_err(Error::Spawn)?)
         .no_new_privileges(sc.no_new_privs)
+        .terminal(spec.stdio.tty)
         .build()
         .map_err(spec_err)?;
 
@@ -215,13 +223,16 @@ pub fn build_spec(
         .as_ref()
         .map(|i| i.layers.iter().map(|l| l.strip_prefix("sha256:").unwrap_or(l).to_string()).collect())
         .unwrap_or_default();
-    let annotations = HashMap::from([
+    let mut annotations = HashMap::from([
         (A_SANDBOX.to_string(), sandbox_id.to_string()),
         (A_NAME.to_string(), spec.name.clone()),
         (A_LOG.to_string(), spec.log_path.display().to_string()),
         (A_LAYERS_ROOT.to_string(), layers_root.display().to_string()),
         (A_LAYERS.to_string(), layers.join(":")),
     ]);
+    if spec.stdio.stdin {
+        annotations.insert(A_STDIN.to_string(), if spec.stdio.stdin_once { "once" } else { "open" }.to_string());
+    }
 
     let mut s = Spec::default();
     s.set_hostname(Some(hostname.to_string()))

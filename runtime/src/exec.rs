@@ -124,7 +124,7 @@ impl ExecProcess {
     }
 }
 
-fn set_window_size(fd: RawFd, size: TerminalSize) -> std::io::Result<()> {
+pub(crate) fn set_window_size(fd: RawFd, size: TerminalSize) -> std::io::Result<()> {
     let ws = libc::winsize { ws_row: size.height, ws_col: size.width, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: TIOCSWINSZ reads one winsize from the pointer.
     if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } < 0 {
@@ -408,7 +408,7 @@ fn run_helper(dir: &ContainerDir, request: &str, sock: &OwnedFd) -> Result<i32, 
 
 /// A pty of the container's devpts (the helper is in its mount namespace): the master and the
 /// slave's path.
-fn open_terminal(size: Option<TerminalSize>) -> Result<(OwnedFd, String), String> {
+pub(crate) fn open_terminal(size: Option<TerminalSize>) -> Result<(OwnedFd, String), String> {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| format!("opening /dev/ptmx in the container: {e}"))?;

@@ -48,6 +48,7 @@ mod sandbox;
 mod security;
 mod shim;
 mod state;
+mod stdio;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -55,6 +56,7 @@ pub use cgroups::{CgroupManager, Layout as cgroups_layout};
 pub use exec::{ExecProcess, ExecReader, ExecSpec, ExecWriter, TerminalSize};
 pub use image::reference::{Reference, ReferenceError};
 pub use log::{CriStream, format_cri_line, rfc3339_nano};
+pub use stdio::{AttachInput, AttachOutput, AttachStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -180,6 +182,19 @@ pub struct ContainerSpec {
     pub mounts: Vec<MountSpec>,
     /// The Kubernetes securityContext; its default is Docker's unprivileged container.
     pub security: SecurityContext,
+    /// The process's own stdin and terminal, reached through [`Runtime::attach`].
+    pub stdio: StdioSpec,
+}
+
+/// Kubernetes' `stdin`, `stdinOnce` and `tty` of a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StdioSpec {
+    /// Keep stdin open for attach sessions (otherwise the process reads `/dev/null`).
+    pub stdin: bool,
+    /// Close stdin when the first attach session that used it ends.
+    pub stdin_once: bool,
+    /// A terminal as stdin, stdout and stderr.
+    pub tty: bool,
 }
 
 /// A container's securityContext, already merged with the pod's (the container's fields win).
@@ -517,6 +532,17 @@ impl Runtime {
     /// Runs another process in a running container: in its namespaces and cgroup, with its root,
     /// environment (`spec.env` on top), working directory and user (see [`ExecSpec`]). An
     /// executable that cannot be run fails here with Go's wording, as `start_container` does.
+    /// A session on the running container's own stdio: its output from now on, and its stdin
+    /// and terminal when the container has them ([`StdioSpec`]).
+    pub async fn attach(&self, id: &str) -> Result<(AttachOutput, AttachInput)> {
+        check_id("container", id)?;
+        let dir = self.container_dir(id);
+        if !matches!(container::state(&dir)?, ContainerState::Running { .. }) {
+            return Err(Error::Spawn(format!("container {id} is not running")));
+        }
+        stdio::connect(&dir).await
+    }
+
     pub async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecProcess> {
         check_id("container", id)?;
         let dir = self.container_dir(id);

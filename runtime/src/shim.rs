@@ -15,7 +15,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -27,11 +27,10 @@ use nix::unistd::{ForkResult, fork};
 use oci_spec::runtime::Spec;
 
 use crate::cgroups::CgroupManager;
-use crate::log::{CriStream, LineSplitter};
 use crate::rootfs::{self, ContainerDir};
 use crate::security::Identity;
 use crate::state::{ProcessId, from_nanos, to_nanos};
-use crate::{container, mount};
+use crate::{container, mount, stdio};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -139,16 +138,19 @@ fn run_container_shim(dir: &ContainerDir) -> Result<(), String> {
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
+    let (init_stdio, mut shim_stdio) = stdio::wire(&meta.stdio)?;
+
     // Children forked from here on are born in a new pid namespace, the init as its pid 1.
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare pid namespace: {e}"))?;
     // SAFETY: the shim is single-threaded (it is exec'd fresh), so the child may allocate.
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            drop((out_r, err_r, sync_r));
-            init_main(plan, out_w, err_w, sync_w)
+            drop((out_r, err_r, sync_r, shim_stdio));
+            init_main(plan, out_w, err_w, sync_w, init_stdio)
         }
         ForkResult::Parent { child } => child,
     };
+    drop(init_stdio);
     let cgroup_procs = plan.cgroup_procs.clone();
     drop((out_w, err_w, sync_w, plan));
     let init = ProcessId::of(child.as_raw()).ok_or("the container init vanished at once")?;
@@ -165,6 +167,7 @@ fn run_container_shim(dir: &ContainerDir) -> Result<(), String> {
         }
     }
 
+    let terminal = shim_stdio.receive_terminal().unwrap_or(None);
     let mut first = [0u8; 1];
     let n = sync.read(&mut first).unwrap_or(0);
     if n == 0 || first[0] != b'R' {
@@ -184,7 +187,7 @@ fn run_container_shim(dir: &ContainerDir) -> Result<(), String> {
         unsafe { libc::dup2(null.as_raw_fd(), 1) };
     }
 
-    let start_error = pump(out_r, err_r, sync, &mut log);
+    let start_error = stdio::pump(dir, out_r, err_r, terminal, sync, &mut log, shim_stdio);
     let status = waitpid(child, None);
     let finished_at = SystemTime::now();
     let (code, signal) = match status {
@@ -252,73 +255,8 @@ fn plan(dir: &ContainerDir, spec: &Spec, meta: &container::Meta) -> Result<InitP
     })
 }
 
-/// Copies the container's output into the log until both pipes close; returns the exec error
-/// the init reported, if any.
-fn pump(out: OwnedFd, err: OwnedFd, sync: std::fs::File, log: &mut std::fs::File) -> Option<String> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut streams: Vec<(Option<OwnedFd>, LineSplitter)> =
-        vec![(Some(out), LineSplitter::new(CriStream::Stdout)), (Some(err), LineSplitter::new(CriStream::Stderr))];
-    let mut sync: Option<OwnedFd> = Some(sync.into());
-    let mut exec_error: Option<String> = None;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending = Vec::new();
-    loop {
-        let open: Vec<(usize, RawFd)> = streams
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (fd, _))| fd.as_ref().map(|f| (i, f.as_raw_fd())))
-            .chain(sync.as_ref().map(|f| (2, f.as_raw_fd())))
-            .collect();
-        if open.iter().all(|(i, _)| *i == 2) {
-            break;
-        }
-        // SAFETY: the fds stay open for the duration of this poll call.
-        let borrowed: Vec<_> = open.iter().map(|(_, fd)| unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }).collect();
-        let mut fds: Vec<PollFd> = borrowed.iter().map(|b| PollFd::new(b.as_fd(), PollFlags::POLLIN)).collect();
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break,
-        }
-        let ready: Vec<(usize, bool)> =
-            open.iter().zip(&fds).map(|((i, _), p)| (*i, p.revents().is_some_and(|r| !r.is_empty()))).collect();
-        drop(fds);
-        let now = SystemTime::now();
-        for (i, is_ready) in ready {
-            if !is_ready {
-                continue;
-            }
-            let fd = if i == 2 { sync.as_ref() } else { streams[i].0.as_ref() }.map(|f| f.as_raw_fd());
-            let Some(fd) = fd else { continue };
-            let n = nix::unistd::read(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, &mut buf).unwrap_or(0);
-            if i == 2 {
-                if n == 0 {
-                    sync = None;
-                } else if buf[0] == b'E' || exec_error.is_some() {
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    let e = exec_error.get_or_insert_with(String::new);
-                    e.push_str(text.strip_prefix('E').unwrap_or(&text));
-                }
-                continue;
-            }
-            if n == 0 {
-                let (fd, splitter) = &mut streams[i];
-                let _ = splitter.finish(now, &mut pending);
-                *fd = None;
-            } else {
-                let _ = streams[i].1.feed(&buf[..n], now, &mut pending);
-            }
-        }
-        if !pending.is_empty() {
-            let _ = log.write_all(&pending);
-            pending.clear();
-        }
-    }
-    exec_error
-}
-
 /// The container's init, in the forked child. Never returns: execs or exits.
-fn init_main(plan: InitPlan, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> ! {
+fn init_main(plan: InitPlan, out: OwnedFd, err: OwnedFd, sync: OwnedFd, stdio: stdio::InitStdio) -> ! {
     let mut sync = std::fs::File::from(sync);
     let fail = |sync: &mut std::fs::File, tag: u8, msg: String| -> ! {
         let mut m = vec![tag];
@@ -327,7 +265,7 @@ fn init_main(plan: InitPlan, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> ! {
         // SAFETY: _exit skips atexit handlers that belong to the parent's state.
         unsafe { libc::_exit(if tag == b'E' { 127 } else { 1 }) }
     };
-    let result = setup(&plan, &out, &err);
+    let result = setup(&plan, &out, &err, stdio);
     drop((out, err));
     let dirfd = match result {
         Ok(fd) => fd,
@@ -405,7 +343,7 @@ pub(crate) fn errno_text(e: nix::errno::Errno) -> String {
 
 /// Namespaces, cgroup, mounts, pivot. Returns a handle on the container's state directory,
 /// which stays usable after the pivot.
-fn setup(plan: &InitPlan, out: &OwnedFd, err: &OwnedFd) -> Result<OwnedFd, String> {
+fn setup(plan: &InitPlan, out: &OwnedFd, err: &OwnedFd, stdio: stdio::InitStdio) -> Result<OwnedFd, String> {
     // The child's output goes to the shim's pipes from here on.
     for (fd, target) in [(out, 1), (err, 2)] {
         // SAFETY: both fds are open; dup2 leaves the copy without close-on-exec, as wanted.
@@ -445,6 +383,8 @@ fn setup(plan: &InitPlan, out: &OwnedFd, err: &OwnedFd) -> Result<OwnedFd, Strin
     nix::unistd::chdir(&plan.cwd).map_err(|e| format!("chdir {}: {e}", plan.cwd.display()))?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0o022) };
+    // After the pivot: a terminal comes from the container's own devpts.
+    stdio.install()?;
     Ok(dirfd)
 }
 

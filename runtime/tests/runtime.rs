@@ -820,3 +820,66 @@ async fn docker_save_and_oci_layout_archives_import_and_run() {
     let err = f.rt().import_archive(&junk).await.unwrap_err();
     assert!(err.to_string().contains("neither a docker save archive"), "{err}");
 }
+
+/// Reads attach output until `text` shows up (or the output ends), returning all of it.
+async fn attach_read_until(output: &mut skiff_runtime::AttachOutput, text: &str) -> String {
+    let mut seen = String::new();
+    let read = async {
+        while !seen.contains(text) {
+            match output.next().await.unwrap() {
+                Some((_, data)) => seen.push_str(&String::from_utf8_lossy(&data)),
+                None => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_feeds_stdin_sees_output_and_stdin_once_closes_input() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-attach", "attach-pod").await;
+    let mut spec = f.spec("reader", &["sh", "-c", "echo waiting; while read line; do echo got $line; done; echo eof"]);
+    spec.stdio = skiff_runtime::StdioSpec { stdin: true, stdin_once: true, tty: false };
+    let id = f.rt().create_container("pod-attach", &spec).await.unwrap();
+    f.rt().start_container(&id).await.unwrap();
+    wait_for_log(&spec.log_path, "waiting").await;
+    // Without a session the process blocks on its open stdin instead of seeing end of file.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(f.rt().container(&id).unwrap().state, ContainerState::Running { .. }));
+
+    let (mut output, mut input) = f.rt().attach(&id).await.unwrap();
+    input.stdin(b"one\ntwo\n").await.unwrap();
+    let seen = attach_read_until(&mut output, "got two").await;
+    assert!(seen.contains("got one\n") && seen.contains("got two\n"), "{seen:?}");
+    input.end_stdin().await.unwrap();
+    let seen = attach_read_until(&mut output, "eof").await;
+    assert!(seen.contains("eof"), "stdinOnce: the end of the session's input is the process's: {seen:?}");
+    assert_eq!(output.next().await.unwrap(), None, "the session ends with the container's output");
+    let status = tokio::time::timeout(Duration::from_secs(10), f.rt().wait_container(&id)).await.unwrap().unwrap();
+    assert_eq!(status.code, 0);
+    let log = std::fs::read_to_string(&spec.log_path).unwrap();
+    assert_eq!(stdout_of(&log), ["waiting", "got one", "got two", "eof"], "attached output is logged too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_with_a_terminal_runs_an_interactive_shell_over_attach() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-tty", "tty-pod").await;
+    let mut spec = f.spec("shell", &["sh"]);
+    spec.stdio = skiff_runtime::StdioSpec { stdin: true, stdin_once: true, tty: true };
+    let id = f.rt().create_container("pod-tty", &spec).await.unwrap();
+    f.rt().start_container(&id).await.unwrap();
+    let (mut output, mut input) = f.rt().attach(&id).await.unwrap();
+    input.resize(skiff_runtime::TerminalSize { width: 91, height: 37 }).await.unwrap();
+    input.stdin(b"tty; stty size; echo $((6*7))\n").await.unwrap();
+    let seen = attach_read_until(&mut output, "42").await;
+    assert!(seen.contains("/dev/pts/0"), "the terminal is the container's own pts: {seen:?}");
+    assert!(seen.contains("37 91"), "resized: {seen:?}");
+    input.stdin(b"exit 3\n").await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), f.rt().wait_container(&id)).await.unwrap().unwrap();
+    assert_eq!(status.code, 3);
+    let log = std::fs::read_to_string(&spec.log_path).unwrap();
+    assert!(log.contains(" stdout ") && log.contains("42"), "terminal output is logged as stdout: {log}");
+}

@@ -73,4 +73,18 @@ pub trait PodStreams: Send + Sync {
         let _ = (namespace, uid, opts, io);
         Err(ApiError::bad_request(format!("exec into pod {name} is not supported by this node yet")))
     }
+
+    /// Attaches `io` to the running container's own stdio (`opts.command` is unused) until its
+    /// output ends or the client goes away.
+    async fn attach(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        opts: &ExecOptions,
+        io: ExecIo,
+    ) -> Result<(), ApiError> {
+        let _ = (namespace, uid, opts, io);
+        Err(ApiError::bad_request(format!("attach to pod {name} is not supported by this node yet")))
+    }
 }

@@ -1,13 +1,14 @@
 //! `pods/exec`: runs a command in a running container of a pod through the runtime, copying
 //! the client's stdin to the process and its output back, and answers with the exit code once
-//! the output has been handed over.
+//! the output has been handed over. `pods/attach` does the same with the container's own
+//! stdio, held by its shim.
 //!
 //! The container is found in the runtime's own records (sandbox id = pod UID, container name),
 //! so exec needs nothing of the pod workers' state and works for adopted containers too.
 
 use bytes::Bytes;
 use skiff_api::{ApiError, ExecIo, ExecOptions};
-use skiff_runtime::{ContainerState, ExecReader, ExecSpec, Runtime, TerminalSize};
+use skiff_runtime::{AttachStream, ContainerState, ExecReader, ExecSpec, Runtime, TerminalSize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -76,6 +77,70 @@ pub async fn exec(runtime: &Runtime, uid: &str, opts: &ExecOptions, io: ExecIo) 
         task.abort();
     }
     Ok(code)
+}
+
+pub async fn attach(runtime: &Runtime, uid: &str, opts: &ExecOptions, io: ExecIo) -> Result<(), ApiError> {
+    let id = running_container(runtime, uid, &opts.container)?;
+    let (mut output, mut input) = runtime
+        .attach(&id)
+        .await
+        .map_err(|e| ApiError::internal(format!("error attaching to container {}: {e}", opts.container)))?;
+    let ExecIo { stdin, stdout, stderr, resize } = io;
+    let mut stdin = if opts.stdin { stdin } else { None };
+    let mut resize = if opts.tty { resize } else { None };
+    let (stdout, stderr) = (stdout.filter(|_| opts.stdout), stderr.filter(|_| opts.stderr && !opts.tty));
+    // The container runs on after the session: a client gone (its output receivers dropped) or
+    // the container's output ended both end it.
+    let client_gone = async {
+        match (&stdout, &stderr) {
+            (Some(tx), _) | (None, Some(tx)) => tx.closed().await,
+            (None, None) => std::future::pending().await,
+        }
+    };
+    let mut client_gone = std::pin::pin!(client_gone);
+    loop {
+        tokio::select! {
+            chunk = output.next() => match chunk {
+                Ok(Some((stream, data))) => {
+                    let tx = match stream {
+                        AttachStream::Stdout => &stdout,
+                        AttachStream::Stderr => if opts.tty { &stdout } else { &stderr },
+                    };
+                    if let Some(tx) = tx {
+                        let _ = tx.send(Bytes::from(data)).await;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            },
+            chunk = next_input(&mut stdin) => match chunk {
+                Some(data) => {
+                    if input.stdin(&data).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    stdin = None;
+                    let _ = input.end_stdin().await;
+                }
+            },
+            size = next_size(&mut resize) => match size {
+                Some(size) if size.width > 0 && size.height > 0 => {
+                    let _ = input.resize(TerminalSize { width: size.width, height: size.height }).await;
+                }
+                Some(_) => {}
+                None => resize = None,
+            },
+            _ = &mut client_gone => break,
+        }
+    }
+    Ok(())
+}
+
+async fn next_input(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_size(rx: &mut Option<mpsc::Receiver<skiff_api::TerminalSize>>) -> Option<skiff_api::TerminalSize> {

@@ -224,4 +224,15 @@ impl PodStreams for Kubelet {
     ) -> Result<i32, ApiError> {
         exec::exec(&self.runtime, uid, opts, io).await
     }
+
+    async fn attach(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        uid: &str,
+        opts: &skiff_api::ExecOptions,
+        io: skiff_api::ExecIo,
+    ) -> Result<(), ApiError> {
+        exec::attach(&self.runtime, uid, opts, io).await
+    }
 }

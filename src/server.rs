@@ -110,7 +110,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             .context("the node's pod CIDR")?,
         state_dir: config.data_dir.join("runtime").join("network"),
     };
-    let runtime = runtime.with_network(network).context("preparing the pod network")?;
+    // k3s's mirrors and per-registry credentials, read once at start as k3s does.
+    let registries = skiff_runtime::Registries::load(&config.data_dir.join("registries.yaml"))?;
+    let runtime = runtime.with_network(network).context("preparing the pod network")?.with_registries(registries);
     let runtime = Arc::new(runtime);
 
     // 2. The store.

@@ -55,6 +55,7 @@ pub mod testing;
 pub use cgroups::{CgroupManager, Layout as cgroups_layout};
 pub use exec::{ExecProcess, ExecReader, ExecSpec, ExecWriter, TerminalSize};
 pub use image::reference::{Reference, ReferenceError};
+pub use image::registries::{Registries, RegistriesError};
 pub use log::{CriStream, format_cri_line, rfc3339_nano};
 pub use stdio::{AttachInput, AttachOutput, AttachStream};
 
@@ -273,6 +274,8 @@ pub struct ContainerInfo {
 pub struct Runtime {
     config: RuntimeConfig,
     images: std::sync::Arc<image::store::ImageStore>,
+    /// Mirrors and per-host settings for pulls (`registries.yaml`).
+    registries: Registries,
     cgroups: CgroupManager,
     /// The pod network; without one, sandboxes have loopback only.
     network: Option<network::PodNetwork>,
@@ -302,7 +305,7 @@ impl Runtime {
             std::fs::create_dir_all(&p).map_err(state::io_ctx(format!("creating {}", p.display())))?;
         }
         let images = std::sync::Arc::new(image::store::ImageStore::open(&config.root.join("images"))?);
-        Ok(Runtime { config, images, cgroups, network: None })
+        Ok(Runtime { config, images, registries: Registries::default(), cgroups, network: None })
     }
 
     /// Gives every sandbox made from now on an address on the pod network (a bridge and a
@@ -310,6 +313,13 @@ impl Runtime {
     pub fn with_network(mut self, config: network::NetworkConfig) -> Result<Self> {
         self.network = Some(network::PodNetwork::new(config)?);
         Ok(self)
+    }
+
+    /// Pulls from now on go through these mirrors and use these per-host credentials and TLS
+    /// settings (see [`Registries`]).
+    pub fn with_registries(mut self, registries: Registries) -> Self {
+        self.registries = registries;
+        self
     }
 
     pub fn network(&self) -> Option<&network::PodNetwork> {
@@ -337,7 +347,7 @@ impl Runtime {
         {
             return Ok(image);
         }
-        image::pull::pull(&self.images, &r, auth).await
+        image::pull::pull(&self.images, &self.registries, &r, auth).await
     }
 
     /// Imports a `docker save` tarball or an OCI image layout tarball (plain or gzip'd) into the

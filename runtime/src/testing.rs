@@ -237,6 +237,83 @@ impl OciImage {
     }
 }
 
+pub const ZSTD_LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+impl OciImage {
+    /// The same image (same config, so the same diff IDs and image ID) with each layer
+    /// recompressed as zstd and the `tar+zstd` media type. Only the blobs change: the OCI layout
+    /// at `dir` still holds the gzip'd image.
+    pub fn with_zstd_layers(&self) -> std::io::Result<OciImage> {
+        let mut layers = Vec::new();
+        for b in &self.layers {
+            let mut tar = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&b.data[..]), &mut tar)?;
+            let zstd = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+            layers.push(Blob::new(ZSTD_LAYER_MEDIA_TYPE, zstd));
+        }
+        let manifest = manifest_of(MANIFEST_MEDIA_TYPE, &self.config, &layers)?;
+        Ok(OciImage { layers, manifest, ..self.clone() })
+    }
+}
+
+impl OciImage {
+    /// Writes the image as `docker save` does (Docker before 25: `<diff id>/layer.tar` holding
+    /// each uncompressed layer, `<config digest>.json`, and `manifest.json` with `RepoTags`).
+    pub fn write_docker_save(&self, repo_tags: &[&str], out: &Path) -> std::io::Result<()> {
+        let mut b = tar::Builder::new(std::fs::File::create(out)?);
+        let mut names = Vec::new();
+        for (blob, diff_id) in self.layers.iter().zip(&self.diff_ids) {
+            let mut layer = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&blob.data[..]), &mut layer)?;
+            let name = format!("{}/layer.tar", diff_id.trim_start_matches("sha256:"));
+            append_file(&mut b, &name, &layer)?;
+            names.push(name);
+        }
+        let config_name = format!("{}.json", self.config.digest.trim_start_matches("sha256:"));
+        append_file(&mut b, &config_name, &self.config.data)?;
+        let manifest = serde_json::json!([{"Config": config_name, "RepoTags": repo_tags, "Layers": names}]);
+        append_file(&mut b, "manifest.json", &serde_json::to_vec(&manifest)?)?;
+        b.into_inner()?.sync_all()
+    }
+
+    /// Writes the image as an OCI image layout tarball (`oci-layout`, `index.json`, `blobs/`),
+    /// gzip'd if `gzip`, its index entry annotated `org.opencontainers.image.ref.name: ref_name`.
+    pub fn write_oci_archive(&self, ref_name: &str, gzip: bool, out: &Path) -> std::io::Result<()> {
+        let mut b = tar::Builder::new(Vec::new());
+        append_file(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": self.manifest.media_type,
+            "digest": self.manifest.digest,
+            "size": self.manifest.data.len(),
+            "annotations": {"org.opencontainers.image.ref.name": ref_name},
+        }]});
+        append_file(&mut b, "index.json", &serde_json::to_vec(&index)?)?;
+        for blob in self.layers.iter().chain([&self.config, &self.manifest]) {
+            append_file(&mut b, &format!("blobs/sha256/{}", blob.digest.trim_start_matches("sha256:")), &blob.data)?;
+        }
+        let tar = b.into_inner()?;
+        let data = if gzip {
+            let mut gz = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&tar)?;
+            gz.finish()?
+        } else {
+            tar
+        };
+        std::fs::write(out, data)
+    }
+}
+
+fn append_file<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(MTIME);
+    h.set_uid(0);
+    h.set_gid(0);
+    b.append_data(&mut h, name, data)
+}
+
 fn manifest_of(media_type: &str, config: &Blob, layers: &[Blob]) -> std::io::Result<Blob> {
     let descriptor =
         |b: &Blob| serde_json::json!({"mediaType": b.media_type, "digest": b.digest, "size": b.data.len()});
@@ -409,6 +486,23 @@ async fn push_manifest(registry: &LocalRegistry, name_tag: &str, manifest: &Blob
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_zstd_variant_keeps_the_diff_ids_and_recompresses_every_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = build_image(
+            dir.path(),
+            vec![vec![Entry::Dir("etc", 0o755), Entry::File("etc/a".into(), b"a\n".to_vec(), 0o644)]],
+            serde_json::json!({"Cmd": ["sh"]}),
+        )
+        .unwrap();
+        let zstd = image.with_zstd_layers().unwrap();
+        assert_eq!((zstd.diff_ids.clone(), zstd.config.digest.clone()), (image.diff_ids, image.config.digest));
+        assert!(zstd.layers[0].data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]));
+        let manifest: serde_json::Value = serde_json::from_slice(&zstd.manifest.data).unwrap();
+        assert_eq!(manifest["layers"][0]["mediaType"], ZSTD_LAYER_MEDIA_TYPE);
+        assert_eq!(manifest["layers"][0]["digest"], zstd.layers[0].digest.as_str());
+    }
 
     #[test]
     fn the_busybox_image_is_reproducible() {

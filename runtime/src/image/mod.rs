@@ -3,5 +3,6 @@
 pub mod archive;
 pub mod pull;
 pub mod reference;
+pub mod registries;
 pub mod store;
 pub mod unpack;

@@ -1,11 +1,15 @@
 //! Pulls over the OCI distribution API with `oci-client`: manifest (an index resolves to this
 //! host's platform), config, then each layer not yet unpacked, downloaded to a temp file and
-//! handed to the store, which verifies and unpacks it once.
+//! handed to the store, which verifies and unpacks it once. The endpoints come from
+//! `registries.yaml` (mirrors in order, then the registry itself); `oci-client` answers a
+//! registry's `WWW-Authenticate: Bearer realm=…` challenge by fetching a token from the realm,
+//! anonymously or with the basic credentials it was given, and falls back to basic auth for a
+//! `Basic` challenge.
 
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol, current_platform_resolver};
+use oci_client::client::current_platform_resolver;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
@@ -14,11 +18,27 @@ use oci_client::manifest::{
 use oci_client::secrets::RegistryAuth as OciAuth;
 
 use super::reference::Reference;
+use super::registries::{Endpoint, Registries};
 use super::store::ImageStore;
 use crate::{Error, Image, ImageConfig, RegistryAuth, Result};
 
 const ACCEPT: &[&str] =
     &[OCI_IMAGE_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
+
+/// Layer media types Skiff unpacks (the unpacker tells the compressions apart by magic bytes;
+/// the list refuses, say, an artifact's JSON blob before it is mistaken for a tar).
+const LAYER_MEDIA_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
+];
 
 /// Layers downloaded at once.
 const PARALLEL_LAYERS: usize = 3;
@@ -32,13 +52,19 @@ pub(crate) fn install_crypto_provider() {
     });
 }
 
+/// A client for the reference's own registry with no `registries.yaml` (the test push).
+#[cfg(feature = "testing")]
 pub(crate) fn client_for(reference: &Reference) -> oci_client::Client {
+    let registries = Registries::default();
+    let endpoints = registries.endpoints(&reference.registry);
+    client_for_endpoint(&registries, &endpoints[endpoints.len() - 1])
+}
+
+fn client_for_endpoint(registries: &Registries, endpoint: &Endpoint) -> oci_client::Client {
     install_crypto_provider();
-    let protocol = if reference.is_loopback_registry() { ClientProtocol::Http } else { ClientProtocol::Https };
-    oci_client::Client::new(ClientConfig {
-        protocol,
+    oci_client::Client::new(oci_client::client::ClientConfig {
         platform_resolver: Some(Box::new(current_platform_resolver)),
-        ..Default::default()
+        ..registries.client_config(endpoint)
     })
 }
 
@@ -63,14 +89,64 @@ pub(crate) fn oci_auth(auth: Option<&RegistryAuth>) -> OciAuth {
     }
 }
 
-pub async fn pull(store: &Arc<ImageStore>, r: &Reference, auth: Option<&RegistryAuth>) -> Result<Image> {
+/// Pulls `r` from the first of its endpoints that has it whole. When every endpoint fails,
+/// the error is the registry's own (it decides not-found), naming the mirrors' failures.
+pub async fn pull(
+    store: &Arc<ImageStore>,
+    registries: &Registries,
+    r: &Reference,
+    auth: Option<&RegistryAuth>,
+) -> Result<Image> {
+    let endpoints = registries.endpoints(&r.registry);
+    let mut failures = Vec::new();
+    for endpoint in &endpoints {
+        let client = client_for_endpoint(registries, endpoint);
+        let mut oci_ref = oci_reference(r);
+        if !endpoint.is_default {
+            oci_ref.set_mirror_registry(endpoint.host.clone());
+        }
+        let auth = registries.auth_for(endpoint, auth);
+        match pull_from(store, &client, &oci_ref, r, auth.as_ref()).await {
+            Ok(image) => return Ok(image),
+            Err(e) if !endpoint.is_default => {
+                tracing::warn!(image = %r, mirror = %endpoint.url(), error = %e, "pull from mirror failed");
+                failures.push(format!("mirror {}: {}", endpoint.url(), message_of(&e)));
+            }
+            Err(e) if failures.is_empty() => return Err(e),
+            Err(Error::ImageNotFound { reference, message }) => {
+                return Err(Error::ImageNotFound {
+                    reference,
+                    message: format!("{message} ({})", failures.join("; ")),
+                });
+            }
+            Err(Error::Pull { reference, message }) => {
+                return Err(Error::Pull { reference, message: format!("{message} ({})", failures.join("; ")) });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the registry itself is always the last endpoint")
+}
+
+fn message_of(e: &Error) -> String {
+    match e {
+        Error::Pull { message, .. } | Error::ImageNotFound { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn pull_from(
+    store: &Arc<ImageStore>,
+    client: &oci_client::Client,
+    oci_ref: &oci_client::Reference,
+    r: &Reference,
+    auth: Option<&RegistryAuth>,
+) -> Result<Image> {
     let reference = r.to_string();
     let err = |e: OciDistributionError| map_error(&reference, e);
-    let client = client_for(r);
-    let oci_ref = oci_reference(r);
     let auth = oci_auth(auth);
 
-    let (body, digest) = client.pull_manifest_raw(&oci_ref, &auth, ACCEPT).await.map_err(err)?;
+    let (body, digest) = client.pull_manifest_raw(oci_ref, &auth, ACCEPT).await.map_err(err)?;
     store.put_blob(&digest, &body)?;
     let (manifest, manifest_digest, list_digest) = match parse_manifest(&reference, &body)? {
         OciManifest::Image(m) => (m, digest, None),
@@ -91,12 +167,18 @@ pub async fn pull(store: &Arc<ImageStore>, r: &Reference, auth: Option<&Registry
         }
     };
 
+    if let Some(layer) = manifest.layers.iter().find(|l| !LAYER_MEDIA_TYPES.contains(&l.media_type.as_str())) {
+        return Err(Error::Pull {
+            reference,
+            message: format!("layer {} has unsupported media type {}", layer.digest, layer.media_type),
+        });
+    }
     let config_digest = manifest.config.digest.clone();
     let config_bytes = match store.read_blob(&config_digest) {
         Some(b) => b,
         None => {
             let mut buf = Vec::with_capacity(manifest.config.size.max(0) as usize);
-            client.pull_blob(&oci_ref, &manifest.config, &mut buf).await.map_err(err)?;
+            client.pull_blob(oci_ref, &manifest.config, &mut buf).await.map_err(err)?;
             store.put_blob(&config_digest, &buf)?;
             buf
         }

@@ -84,12 +84,7 @@ impl Reference {
     /// Whether the registry is on this machine (127.0.0.0/8, `localhost`, `[::1]`), which Skiff
     /// reaches over plain HTTP, as Docker treats its default insecure range.
     pub fn is_loopback_registry(&self) -> bool {
-        let host = match self.registry.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => &self.registry,
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        super::registries::is_loopback_host(&self.registry)
     }
 }
 

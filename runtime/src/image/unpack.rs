@@ -1,4 +1,4 @@
-//! Layer unpacking: a (gzip'd) tar becomes a directory an overlay mount can use as a lower dir.
+//! Layer unpacking: a tar (plain, gzip'd or zstd-compressed) becomes a directory an overlay mount can use as a lower dir.
 //! OCI whiteouts become overlay's own: `.wh.NAME` a 0/0 character device `NAME`, and
 //! `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory.
 
@@ -24,8 +24,6 @@ pub enum UnpackError {
     },
     #[error("layer entry {0} escapes the layer root")]
     Escape(PathBuf),
-    #[error("zstd-compressed layers are not supported")]
-    Zstd,
     #[error("layer digest mismatch: expected {expected}, got {actual}")]
     Digest { expected: String, actual: String },
 }
@@ -64,15 +62,20 @@ pub struct Unpacked {
     pub diff_id: String,
 }
 
-/// Unpacks `blob` (gzip'd or plain tar, told apart by magic bytes) into `dest`, which must exist
-/// and be empty, and returns the digests it computed on the way.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Unpacks `blob` (plain, gzip'd or zstd-compressed tar, told apart by magic bytes, as the layer
+/// media types `tar`, `tar+gzip` and `tar+zstd` promise) into `dest`, which must exist and be
+/// empty, and returns the digests it computed on the way.
 pub fn unpack_layer(blob: impl Read, dest: &Path) -> Result<Unpacked, UnpackError> {
     let mut compressed = BufReader::with_capacity(256 * 1024, HashingReader::new(blob));
     let magic = compressed.fill_buf().map_err(UnpackError::Read)?;
-    if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(UnpackError::Zstd);
-    }
-    if magic.starts_with(&[0x1f, 0x8b]) {
+    if magic.starts_with(&ZSTD_MAGIC) {
+        let tar = unpack_tar(HashingReader::new(ZstdDecoder::new(compressed)), dest)?;
+        let (diff_id, zstd) = tar.finish().map_err(UnpackError::Read)?;
+        let (blob_digest, _) = zstd.source.into_inner().finish().map_err(UnpackError::Read)?;
+        Ok(Unpacked { blob_digest, diff_id })
+    } else if magic.starts_with(&[0x1f, 0x8b]) {
         let tar = unpack_tar(HashingReader::new(flate2::bufread::GzDecoder::new(compressed)), dest)?;
         let (diff_id, gz) = tar.finish().map_err(UnpackError::Read)?;
         let (blob_digest, _) = gz.into_inner().into_inner().finish().map_err(UnpackError::Read)?;
@@ -81,6 +84,74 @@ pub fn unpack_layer(blob: impl Read, dest: &Path) -> Result<Unpacked, UnpackErro
         let tar = unpack_tar(compressed, dest)?;
         let (diff_id, _) = tar.into_inner().finish().map_err(UnpackError::Read)?;
         Ok(Unpacked { blob_digest: diff_id.clone(), diff_id })
+    }
+}
+
+/// A zstd stream of one or more frames (skippable frames skipped, as the format allows
+/// concatenation); `ruzstd`'s own streaming decoder stops after the first frame.
+struct ZstdDecoder<R> {
+    source: R,
+    frame: ruzstd::decoding::FrameDecoder,
+    in_frame: bool,
+}
+
+impl<R: BufRead> ZstdDecoder<R> {
+    fn new(source: R) -> Self {
+        ZstdDecoder { source, frame: ruzstd::decoding::FrameDecoder::new(), in_frame: false }
+    }
+}
+
+impl<R: BufRead> Read for ZstdDecoder<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use ruzstd::decoding::BlockDecodingStrategy;
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.in_frame {
+                if self.frame.can_collect() > 0 {
+                    return self.frame.read(buf);
+                }
+                if self.frame.is_finished() {
+                    self.in_frame = false;
+                    // The frame's own checksum, when it has one, catches a broken decoder
+                    // before the diff ID comparison would.
+                    if let (Some(stored), Some(computed)) =
+                        (self.frame.get_checksum_from_data(), self.frame.get_calculated_checksum())
+                        && stored != computed
+                    {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("zstd frame checksum mismatch: stored {stored:08x}, computed {computed:08x}"),
+                        ));
+                    }
+                    continue;
+                }
+                self.frame
+                    .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBlocks(1))
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
+                continue;
+            }
+            if self.source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            match self.frame.init(&mut self.source) {
+                Ok(()) => self.in_frame = true,
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame { length, .. })) => {
+                    let skipped = std::io::copy(&mut (&mut self.source).take(length.into()), &mut std::io::sink())?;
+                    if skipped != u64::from(length) {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "zstd: truncated skippable frame",
+                        ));
+                    }
+                }
+                Err(e) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("zstd: {e}")));
+                }
+            }
+        }
     }
 }
 
@@ -239,6 +310,58 @@ mod tests {
         let out = unpack_layer(&blob[..], dir.path()).unwrap();
         assert_eq!(out, Unpacked { blob_digest: sha(&blob), diff_id: sha(&tar) });
         assert_eq!(std::fs::read(dir.path().join("hello.txt")).unwrap(), b"hi\n");
+    }
+
+    #[test]
+    fn zstd_layers_report_both_the_blob_digest_and_the_diff_id() {
+        let tar = tar_of(&[("dir/", None), ("dir/hello.txt", Some(b"hi zstd\n"))]);
+        let blob = ruzstd::encoding::compress_to_vec(&tar[..], ruzstd::encoding::CompressionLevel::Fastest);
+        assert!(blob.starts_with(&ZSTD_MAGIC));
+        let dir = tempfile::tempdir().unwrap();
+        let out = unpack_layer(&blob[..], dir.path()).unwrap();
+        assert_eq!(out, Unpacked { blob_digest: sha(&blob), diff_id: sha(&tar) });
+        assert_eq!(std::fs::read(dir.path().join("dir/hello.txt")).unwrap(), b"hi zstd\n");
+    }
+
+    /// `tar --format=ustar` of `real.txt` ("made by zstd(1)\n"), compressed by `zstd -19 --check`,
+    /// so the decoder is checked against the reference encoder's FSE/Huffman blocks and checksum.
+    const REAL_ZSTD: &str = "28b52ffd640027ad0200f2430d11a02f06fa67e711abeac390e55b00e1910206a30836e50d7685c6d4f38430fe8e6a4a6a3fb8a463ca7ddffcf739e89e7512a75a0c0b202035320ed90b7e499c027010187060f8ff99b095081814603871394ad72e70";
+
+    #[test]
+    fn a_layer_compressed_by_the_zstd_tool_unpacks() {
+        let blob = hex::decode(REAL_ZSTD).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = unpack_layer(&blob[..], dir.path()).unwrap();
+        assert_eq!(out.blob_digest, "sha256:5414e329b7717386f87c15bb214bb7c81e078d32c19fcafd30e7ea0e4c75ffdb");
+        assert_eq!(out.diff_id, "sha256:b279ae6cb3f699c5329009ea80951820586bb31bb5c55d003d61f1870e9b3fc8");
+        assert_eq!(std::fs::read(dir.path().join("real.txt")).unwrap(), b"made by zstd(1)\n");
+    }
+
+    #[test]
+    fn concatenated_and_skippable_zstd_frames_are_one_stream() {
+        let tar = tar_of(&[("a.txt", Some(b"first frame\n")), ("b.txt", Some(&[7u8; 3000][..]))]);
+        let (head, tail) = tar.split_at(1024);
+        let mut blob = ruzstd::encoding::compress_to_vec(head, ruzstd::encoding::CompressionLevel::Uncompressed);
+        // A skippable frame: magic 0x184D2A5?, little-endian length, then that many bytes.
+        blob.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+        blob.extend(ruzstd::encoding::compress_to_vec(tail, ruzstd::encoding::CompressionLevel::Fastest));
+        let dir = tempfile::tempdir().unwrap();
+        let out = unpack_layer(&blob[..], dir.path()).unwrap();
+        assert_eq!(out, Unpacked { blob_digest: sha(&blob), diff_id: sha(&tar) });
+        assert_eq!(std::fs::read(dir.path().join("a.txt")).unwrap(), b"first frame\n");
+        assert_eq!(std::fs::read(dir.path().join("b.txt")).unwrap(), vec![7u8; 3000]);
+    }
+
+    #[test]
+    fn a_corrupt_zstd_layer_is_an_error_not_a_short_layer() {
+        let mut blob = hex::decode(REAL_ZSTD).unwrap();
+        let n = blob.len();
+        blob[n - 10] ^= 0xff;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(unpack_layer(&blob[..], dir.path()), Err(UnpackError::Read(_))));
+        blob.truncate(n - 20);
+        let dir = tempfile::tempdir().unwrap();
+        assert!(unpack_layer(&blob[..], dir.path()).is_err());
     }
 
     #[test]

@@ -62,11 +62,77 @@ pub fn expand(input: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// The ConfigMaps and Secrets of the pod's namespace that its env refers to, by name.
+/// The ConfigMaps and Secrets of the pod's namespace that its env refers to, by name, and the
+/// service variables of its namespace ([`service_env`]).
 #[derive(Debug, Clone, Default)]
 pub struct EnvSources {
     pub config_maps: HashMap<String, ConfigMap>,
     pub secrets: HashMap<String, Secret>,
+    pub services: Vec<(String, String)>,
+}
+
+/// Kubernetes `makeEnvVariableName`: `my-svc` → `MY_SVC`.
+fn env_name(name: &str) -> String {
+    name.replace('-', "_").to_uppercase()
+}
+
+/// The service variables of a pod in `namespace` (Kubernetes `getServiceEnvVarMap` +
+/// `envvars.FromServices`), given the services of that namespace and of `default`. With
+/// `enableServiceLinks` every service of the namespace with a cluster IP gets
+/// `<NAME>_SERVICE_HOST`, `<NAME>_SERVICE_PORT`, `<NAME>_SERVICE_PORT_<PORTNAME>` and Docker's
+/// link variables (`<NAME>_PORT`, `<NAME>_PORT_<port>_<PROTO>{,_PROTO,_PORT,_ADDR}`); the API's
+/// own `default/kubernetes` is always there (a `kubernetes` service of the namespace wins).
+/// Sorted by service name, so a container's env does not change between restarts.
+pub fn service_env(
+    namespace: &str,
+    services: &[k8s_openapi::api::core::v1::Service],
+    enable_service_links: bool,
+) -> Vec<(String, String)> {
+    let mut chosen: BTreeMap<String, &k8s_openapi::api::core::v1::Service> = BTreeMap::new();
+    for svc in services {
+        let Some(spec) = svc.spec.as_ref() else { continue };
+        let ip = spec.cluster_ip.as_deref().unwrap_or_default();
+        if ip.is_empty() || ip == "None" || spec.ports.as_ref().is_none_or(|p| p.is_empty()) {
+            continue;
+        }
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        if ns == "default" && name == "kubernetes" {
+            chosen.entry(name).or_insert(svc);
+        } else if ns == namespace && enable_service_links {
+            chosen.insert(name, svc);
+        }
+    }
+    let mut out = Vec::new();
+    for (name, svc) in chosen {
+        let spec = svc.spec.as_ref().expect("filtered above");
+        let ip = spec.cluster_ip.clone().unwrap_or_default();
+        let ports = spec.ports.as_deref().unwrap_or_default();
+        let prefix = env_name(&name);
+        out.push((format!("{prefix}_SERVICE_HOST"), ip.clone()));
+        out.push((format!("{prefix}_SERVICE_PORT"), ports[0].port.to_string()));
+        for p in ports {
+            if let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+                out.push((format!("{prefix}_SERVICE_PORT_{}", env_name(port_name)), p.port.to_string()));
+            }
+        }
+        let host = |port: i32| if ip.contains(':') { format!("[{ip}]:{port}") } else { format!("{ip}:{port}") };
+        for (i, p) in ports.iter().enumerate() {
+            let proto = p.protocol.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "TCP".into());
+            let lower = proto.to_lowercase();
+            let url = format!("{lower}://{}", host(p.port));
+            if i == 0 {
+                // Docker special-cases the first port.
+                out.push((format!("{prefix}_PORT"), url.clone()));
+            }
+            let port_prefix = format!("{prefix}_PORT_{}_{}", p.port, proto.to_uppercase());
+            out.push((port_prefix.clone(), url));
+            out.push((format!("{port_prefix}_PROTO"), lower));
+            out.push((format!("{port_prefix}_PORT"), p.port.to_string()));
+            out.push((format!("{port_prefix}_ADDR"), ip.clone()));
+        }
+    }
+    out
 }
 
 /// Names of the ConfigMaps and Secrets a container's env and envFrom refer to.
@@ -168,7 +234,8 @@ pub(crate) fn resource_field_ref(
 }
 
 /// The container's env as `KEY=value`: the image's, overridden and extended by the container's
-/// (envFrom first, then env), and a map of the container's own variables for argv expansion.
+/// (envFrom first, then env) and the service variables (which the container's own override),
+/// and a map of the variables `$(VAR)` in command and args may use.
 pub fn container_env(
     pod: &Pod,
     container: &Container,
@@ -252,7 +319,8 @@ pub fn container_env(
                 continue;
             }
         } else {
-            let known: HashMap<String, String> = own.iter().cloned().collect();
+            // Service variables may be referred to too; the container's own come first.
+            let known: HashMap<String, String> = sources.services.iter().chain(own.iter()).cloned().collect();
             expand(e.value.as_deref().unwrap_or_default(), &|n| known.get(n).cloned())
         };
         set(&mut own, e.name.clone(), value);
@@ -268,7 +336,12 @@ pub fn container_env(
     for (k, v) in &own {
         set(&mut env, k.clone(), v.clone());
     }
-    let vars = own.into_iter().collect();
+    for (k, v) in &sources.services {
+        if !own.iter().any(|(n, _)| n == k) {
+            set(&mut env, k.clone(), v.clone());
+        }
+    }
+    let vars = sources.services.iter().cloned().chain(own).collect();
     Ok((env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(), vars))
 }
 
@@ -394,6 +467,59 @@ mod tests {
             "secret \"gone\" not found"
         );
         assert_eq!(referenced_objects(&c), (vec!["cfg".to_string()], vec!["nope".to_string(), "s".to_string()]));
+    }
+
+    fn service(ns: &str, name: &str, ip: &str, ports: serde_json::Value) -> k8s_openapi::api::core::v1::Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": ip, "ports": ports}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn services_of_the_namespace_become_variables_as_kubernetes_and_docker_links_name_them() {
+        let services = [
+            service("default", "kubernetes", "10.96.0.1", json!([{"name": "https", "port": 443}])),
+            service(
+                "shop",
+                "web-front",
+                "10.96.0.20",
+                json!([{"port": 80}, {"name": "metrics", "port": 9090, "protocol": "TCP"}]),
+            ),
+            service("shop", "headless", "None", json!([{"port": 80}])),
+            service("other", "db", "10.96.0.30", json!([{"port": 5432}])),
+        ];
+        let env = service_env("shop", &services, true);
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("WEB_FRONT_SERVICE_HOST"), Some("10.96.0.20"));
+        assert_eq!(get("WEB_FRONT_SERVICE_PORT"), Some("80"));
+        assert_eq!(get("WEB_FRONT_SERVICE_PORT_METRICS"), Some("9090"));
+        assert_eq!(get("WEB_FRONT_PORT"), Some("tcp://10.96.0.20:80"));
+        assert_eq!(get("WEB_FRONT_PORT_80_TCP"), Some("tcp://10.96.0.20:80"));
+        assert_eq!(get("WEB_FRONT_PORT_9090_TCP_PROTO"), Some("tcp"));
+        assert_eq!(get("WEB_FRONT_PORT_9090_TCP_PORT"), Some("9090"));
+        assert_eq!(get("WEB_FRONT_PORT_9090_TCP_ADDR"), Some("10.96.0.20"));
+        assert_eq!(get("KUBERNETES_SERVICE_HOST"), Some("10.96.0.1"));
+        assert_eq!(get("KUBERNETES_SERVICE_PORT_HTTPS"), Some("443"));
+        assert_eq!(get("KUBERNETES_PORT_443_TCP"), Some("tcp://10.96.0.1:443"));
+        assert!(get("HEADLESS_SERVICE_HOST").is_none() && get("DB_SERVICE_HOST").is_none());
+        let without_links = service_env("shop", &services, false);
+        assert!(without_links.iter().all(|(k, _)| k.starts_with("KUBERNETES_")), "{without_links:?}");
+        assert_eq!(without_links.len(), 8);
+    }
+
+    #[test]
+    fn the_containers_own_variables_win_over_service_variables_and_may_use_them() {
+        let sources = EnvSources {
+            services: vec![("WEB_SERVICE_HOST".into(), "10.96.0.20".into()), ("WEB_SERVICE_PORT".into(), "80".into())],
+            ..Default::default()
+        };
+        let c = container(json!({"name": "c", "command": ["wget", "$(WEB_SERVICE_HOST)"], "env": [
+            {"name": "WEB_SERVICE_PORT", "value": "8080"},
+            {"name": "URL", "value": "http://$(WEB_SERVICE_HOST):$(WEB_SERVICE_PORT)"},
+        ]}));
+        let (env, vars) = container_env(&pod(), &c, &ImageConfig::default(), &sources, "", "").unwrap();
+        assert_eq!(env, ["WEB_SERVICE_PORT=8080", "URL=http://10.96.0.20:8080", "WEB_SERVICE_HOST=10.96.0.20"]);
+        assert_eq!(container_argv(&c, &ImageConfig::default(), &vars), ["wget", "10.96.0.20"]);
     }
 
     #[test]

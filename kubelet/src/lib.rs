@@ -23,6 +23,7 @@ pub mod env;
 pub mod events;
 pub mod exec;
 pub mod generate;
+pub mod lifecycle;
 pub mod logs;
 pub mod node;
 mod pod_workers;
@@ -30,6 +31,7 @@ pub mod prober;
 pub mod service;
 pub mod status;
 mod sync;
+pub mod termination;
 pub mod volumes;
 
 use std::collections::HashSet;

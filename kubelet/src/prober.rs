@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerPort, Probe};
+use k8s_openapi::api::core::v1::{ContainerPort, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use skiff_api::{ObjectReference, Recorder};
 use std::sync::Arc;
@@ -55,11 +55,14 @@ pub fn needs_pod_ip(probe: &Probe) -> bool {
     probe.http_get.is_some() || probe.tcp_socket.is_some()
 }
 
-/// Runs an exec probe's command in the container: success is exit code 0; a failure carries the
-/// command's output, as Kubernetes shows it. A command still running at the timeout is killed.
-pub async fn probe_exec(runtime: &skiff_runtime::Runtime, id: &str, probe: &Probe) -> Result<(), String> {
-    let argv = probe.exec.as_ref().and_then(|e| e.command.clone()).unwrap_or_default();
-    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+/// Runs `argv` in the container and collects its output (stdout, then stderr). With a timeout, a
+/// command still running then is killed and `Err` says so. `Ok` carries the exit code.
+pub async fn exec_in_container(
+    runtime: &skiff_runtime::Runtime,
+    id: &str,
+    argv: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<(i32, String), String> {
     let spec = skiff_runtime::ExecSpec {
         argv,
         env: Vec::new(),
@@ -89,10 +92,9 @@ pub async fn probe_exec(runtime: &skiff_runtime::Runtime, id: &str, probe: &Prob
         o.extend_from_slice(&e);
         Ok::<_, String>((code, String::from_utf8_lossy(&o).into_owned()))
     };
+    let Some(timeout) = timeout else { return run.await };
     match tokio::time::timeout(timeout, run).await {
-        Ok(Ok((0, _))) => Ok(()),
-        Ok(Ok((_, output))) => Err(output),
-        Ok(Err(e)) => Err(e),
+        Ok(result) => result,
         Err(_) => {
             // SAFETY: kill(2) on the pid the runtime reported for this exec; no memory involved.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -101,7 +103,18 @@ pub async fn probe_exec(runtime: &skiff_runtime::Runtime, id: &str, probe: &Prob
     }
 }
 
-fn resolve_port(port: &IntOrString, ports: &[ContainerPort]) -> Result<u16, String> {
+/// Runs an exec probe's command in the container: success is exit code 0; a failure carries the
+/// command's output, as Kubernetes shows it. A command still running at the timeout is killed.
+pub async fn probe_exec(runtime: &skiff_runtime::Runtime, id: &str, probe: &Probe) -> Result<(), String> {
+    let argv = probe.exec.as_ref().and_then(|e| e.command.clone()).unwrap_or_default();
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    match exec_in_container(runtime, id, argv, Some(timeout)).await? {
+        (0, _) => Ok(()),
+        (_, output) => Err(output),
+    }
+}
+
+pub fn resolve_port(port: &IntOrString, ports: &[ContainerPort]) -> Result<u16, String> {
     match port {
         IntOrString::Int(p) => u16::try_from(*p).map_err(|_| format!("invalid port {p}")),
         IntOrString::String(name) => match name.parse::<u16>() {
@@ -137,47 +150,63 @@ pub async fn probe_once(probe: &Probe, ip: &str, ports: &[ContainerPort]) -> Res
         };
     }
     let Some(http) = &probe.http_get else { return Err("probe has no supported handler".into()) };
-    let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| ip.to_string());
-    let port = resolve_port(&http.port, ports)?;
-    let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
-    let scheme = http.scheme.as_deref().unwrap_or("HTTP");
-    let url = format!("{}://{host}:{port}{path}", scheme.to_lowercase());
-    if scheme.eq_ignore_ascii_case("HTTPS") {
-        return Err(format!("Get \"{url}\": HTTPS probes are not supported yet"));
-    }
-    let attempt = async {
-        let mut stream = tokio::net::TcpStream::connect(format!("{host}:{port}"))
-            .await
-            .map_err(|e| format!("Get \"{url}\": dial tcp {host}:{port}: connect: {}", connect_error(&e)))?;
-        let mut request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
-        );
-        for h in http.http_headers.iter().flatten() {
-            request.push_str(&format!("{}: {}\r\n", h.name, h.value));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(2).any(|w| w == b"\r\n") {
-            let n = stream.read(&mut buf).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        match status_code(&String::from_utf8_lossy(&head)) {
-            Some(code) if (200..400).contains(&code) => Ok(()),
-            Some(code) => Err(format!("HTTP probe failed with statuscode: {code}")),
-            None => Err(format!("Get \"{url}\": malformed HTTP response")),
-        }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(result) => result,
+    let url = http_url(http, ip, ports)?;
+    match tokio::time::timeout(timeout, http_get(http, ip, ports, "kube-probe/1.33")).await {
+        Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
+        Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
+        Ok(Err(e)) => Err(e),
         Err(_) => {
             Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"))
         }
     }
+}
+
+/// The URL an `httpGet` action requests: its host or else `ip`, its port (a name resolves
+/// through the container's ports), its path (default `/`).
+pub fn http_url(http: &HTTPGetAction, ip: &str, ports: &[ContainerPort]) -> Result<String, String> {
+    let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| ip.to_string());
+    let port = resolve_port(&http.port, ports)?;
+    let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+    let scheme = http.scheme.as_deref().unwrap_or("HTTP").to_lowercase();
+    Ok(format!("{scheme}://{host}:{port}{path}"))
+}
+
+/// One `GET` of an `httpGet` action (probe or lifecycle hook) over HTTP/1.1; returns the status
+/// code. `Err` carries the message Go's HTTP client would give.
+pub async fn http_get(
+    http: &HTTPGetAction,
+    ip: &str,
+    ports: &[ContainerPort],
+    user_agent: &str,
+) -> Result<u16, String> {
+    let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| ip.to_string());
+    let port = resolve_port(&http.port, ports)?;
+    let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+    let url = http_url(http, ip, ports)?;
+    if http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
+        return Err(format!("Get \"{url}\": HTTPS is not supported yet"));
+    }
+    let mut stream = tokio::net::TcpStream::connect(format!("{host}:{port}"))
+        .await
+        .map_err(|e| format!("Get \"{url}\": dial tcp {host}:{port}: connect: {}", connect_error(&e)))?;
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: {user_agent}\r\nAccept: */*\r\nConnection: close\r\n"
+    );
+    for h in http.http_headers.iter().flatten() {
+        request.push_str(&format!("{}: {}\r\n", h.name, h.value));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut buf).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    status_code(&String::from_utf8_lossy(&head)).ok_or_else(|| format!("Get \"{url}\": malformed HTTP response"))
 }
 
 fn connect_error(e: &std::io::Error) -> String {

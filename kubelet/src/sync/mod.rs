@@ -214,8 +214,9 @@ impl PodWorker {
                     }
                 }
                 ContainerState::Exited(exit) => {
-                    st.current = Current::Terminated(terminated_from_exit(&exit, &info.id));
                     track.exited_at = Some(Instant::now());
+                    let terminated = self.with_message(&info.name, terminated_from_exit(&exit, &info.id));
+                    self.rt.containers.entry(info.name.clone()).or_default().current = Current::Terminated(terminated);
                 }
                 ContainerState::Created => unreachable!("filtered above"),
             }
@@ -232,6 +233,19 @@ impl PodWorker {
         } else {
             WorkerState::Syncing
         }
+    }
+
+    /// Adds the termination message of a run that ended (see [`crate::termination`]), unless
+    /// it already has a message of the kubelet's own.
+    pub(crate) fn with_message(&self, name: &str, mut t: Terminated) -> Terminated {
+        if t.message.is_some() {
+            return t;
+        }
+        if let Some(log_path) = self.tracks.get(name).and_then(|t| t.log_path.as_deref()) {
+            let spec = self.pod.as_ref().and_then(|p| crate::lifecycle::container_spec(p, name));
+            t.message = crate::termination::read_message(spec, log_path, t.exit_code);
+        }
+        t
     }
 
     async fn discard_container(&self, id: &str) {
@@ -283,6 +297,8 @@ impl PodWorker {
                 },
             },
         };
+        let terminated = self.with_message(&exit.name, terminated);
+        let track = self.tracks.get_mut(&exit.name).expect("looked up above");
         let st = self.rt.containers.entry(exit.name).or_default();
         if let Current::Running { started_at } = st.current {
             let ran = terminated.finished_at.duration_since(started_at);
@@ -393,20 +409,30 @@ impl PodWorker {
             (kind, false) => {
                 let k = self.kubelet.clone();
                 let which = if kind == ProbeKind::Liveness { "liveness" } else { "startup" };
-                k.recorder
-                    .normal(
-                        &crate::events::container_ref(&pod, &update.container),
-                        "Killing",
-                        &format!("Container {} failed {which} probe, will be restarted", update.container),
-                    )
-                    .await;
+                let message = format!("Container {} failed {which} probe, will be restarted", update.container);
                 if let Some(probes) = self.probes.remove(&update.container) {
                     probes.cancel();
                 }
-                let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
-                if let Err(e) =
-                    k.runtime.stop_container(&update.id, std::time::Duration::from_secs(grace.max(0) as u64)).await
-                {
+                let spec = crate::lifecycle::container_spec(&pod, &update.container);
+                // The probe's own terminationGracePeriodSeconds, else the pod's.
+                let probe = spec.and_then(|c| {
+                    if kind == ProbeKind::Liveness { c.liveness_probe.as_ref() } else { c.startup_probe.as_ref() }
+                });
+                let grace = probe
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .map_or_else(|| pod::pod_grace(&pod), |g| g.max(0) as u64);
+                let pod_ip = self.rt.pod_ip.clone().unwrap_or_default();
+                let stopped = crate::lifecycle::kill_container(
+                    &k,
+                    &pod,
+                    &update.container,
+                    &update.id,
+                    &pod_ip,
+                    Some(message),
+                    std::time::Duration::from_secs(grace),
+                )
+                .await;
+                if let Err(e) = stopped {
                     tracing::warn!(container = %update.id, "stopping unhealthy container: {e}");
                 }
                 // Its waiter reports the exit, which decides the restart.

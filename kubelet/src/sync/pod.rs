@@ -21,6 +21,8 @@ use crate::generate::{self, Current, Terminated, will_restart, will_restart_init
 const CONFIG_RETRY: Duration = Duration::from_secs(10);
 /// How soon a volume that failed to set up is tried again.
 const VOLUME_RETRY: Duration = Duration::from_secs(2);
+/// The waiting reason of a container whose postStart hook failed (Kubernetes `ErrPostStartHook`).
+const POST_START_HOOK_ERROR: &str = "PostStartHookError";
 /// How long `ErrImagePull` shows before it turns into `ImagePullBackOff`.
 const ERR_IMAGE_PULL_SHOWN: Duration = Duration::from_secs(1);
 
@@ -199,7 +201,10 @@ impl PodWorker {
             Current::Running { .. } => return None,
             Current::Terminated(t) if !restarts(t.exit_code) => return None,
             Current::Terminated(t) => Some(t.clone()),
-            Current::Waiting { reason, .. } if reason == "CrashLoopBackOff" => st.last_terminated.clone(),
+            // Both wait to restart a container that ran: its end is the last state.
+            Current::Waiting { reason, .. } if reason == "CrashLoopBackOff" || reason == POST_START_HOOK_ERROR => {
+                st.last_terminated.clone()
+            }
             Current::Waiting { .. } => None,
         };
         if let Some(dead) = dead {
@@ -265,15 +270,14 @@ impl PodWorker {
     async fn replace_changed(&mut self, pod: &Pod, c: &Container) -> Result<(), Instant> {
         let k = self.kubelet.clone();
         let Some(id) = self.tracks.get(&c.name).and_then(|t| t.id.clone()) else { return Ok(()) };
-        let cref = container_ref(pod, &c.name);
-        k.recorder
-            .normal(&cref, "Killing", &format!("Container {} definition changed, will be restarted", c.name))
-            .await;
         if let Some(probes) = self.probes.remove(&c.name) {
             probes.cancel();
         }
-        let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
-        let status = match k.runtime.stop_container(&id, Duration::from_secs(grace.max(0) as u64)).await {
+        let message = format!("Container {} definition changed, will be restarted", c.name);
+        let pod_ip = self.rt.pod_ip.clone().unwrap_or_default();
+        let grace = Duration::from_secs(pod_grace(pod));
+        let stopped = crate::lifecycle::kill_container(&k, pod, &c.name, &id, &pod_ip, Some(message), grace).await;
+        let status = match stopped {
             Ok(status) => status,
             Err(e) => {
                 tracing::warn!(container = %id, "stopping changed container: {e}");
@@ -285,8 +289,8 @@ impl PodWorker {
         // Not a crash: the replacement starts without waiting out a back-off.
         track.restart_backoff.reset();
         track.image = None;
-        self.rt.containers.entry(c.name.clone()).or_default().current =
-            Current::Terminated(terminated_from_exit(&status, &id));
+        let terminated = self.with_message(&c.name, terminated_from_exit(&status, &id));
+        self.rt.containers.entry(c.name.clone()).or_default().current = Current::Terminated(terminated);
         // Restart regardless of policy: mark it as a failure the policy would restart.
         let st = self.rt.containers.get_mut(&c.name).expect("inserted above");
         st.last_terminated = match std::mem::replace(
@@ -421,6 +425,7 @@ impl PodWorker {
         let k = self.kubelet.clone();
         let (ns, name) = Self::pod_names(pod);
         let pod_ip = self.rt.pod_ip.clone().unwrap_or_default();
+        let sources = &EnvSources { services: self.service_env(pod).await, ..sources.clone() };
         let (env, vars) = match env::container_env(pod, c, &image.config, sources, &self.rt.host_ip, &pod_ip) {
             Ok(v) => v,
             Err(e) => return self.config_failed(pod, c, "CreateContainerConfigError", e.0).await,
@@ -448,6 +453,10 @@ impl PodWorker {
                 Ok(m) => m,
                 Err(e) => return self.config_failed(pod, c, "CreateContainerConfigError", e).await,
             };
+        let termination_log = match crate::termination::prepare(c, &log_path) {
+            Ok(mount) => mount,
+            Err(e) => return self.config_failed(pod, c, "CreateContainerError", e.to_string()).await,
+        };
         let spec = ContainerSpec {
             name: c.name.clone(),
             argv,
@@ -456,7 +465,12 @@ impl PodWorker {
             log_path: log_path.clone(),
             resources: container_resources(c),
             image: Some(image.clone()),
-            mounts: std::iter::once(resolv_conf).chain(volume_mounts).collect(),
+            mounts: std::iter::once(resolv_conf).chain(volume_mounts).chain(termination_log).collect(),
+            stdio: skiff_runtime::StdioSpec {
+                stdin: c.stdin.unwrap_or(false),
+                stdin_once: c.stdin_once.unwrap_or(false),
+                tty: c.tty.unwrap_or(false),
+            },
             ..Default::default()
         };
         k.logs.started(&log_path);
@@ -498,6 +512,14 @@ impl PodWorker {
             return Some(Instant::now());
         }
         k.recorder.normal(&cref, "Started", &format!("Started container {}", c.name)).await;
+        // The sync waits for the postStart hook, so the container shows as created until then.
+        if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let target =
+                crate::lifecycle::HookTarget { runtime: Some(&k.runtime), id: &id, pod, container: c, pod_ip: &pod_ip };
+            if let Err(message) = crate::lifecycle::run(&target, hook).await {
+                return self.post_start_failed(pod, c, &id, &log_path, message).await;
+            }
+        }
         let is_init = pod
             .spec
             .as_ref()
@@ -522,6 +544,89 @@ impl PodWorker {
         self.spawn_waiter(&c.name, &id, log_path);
         None
     }
+}
+
+impl PodWorker {
+    /// A failed postStart hook (Kubernetes `startContainer` step 4): a `FailedPostStartHook`
+    /// event without the hook's output (it may hold secrets), the container killed (its preStop
+    /// runs), then `PostStartHookError` with that output until the restart policy restarts it.
+    async fn post_start_failed(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        id: &str,
+        log_path: &std::path::Path,
+        message: String,
+    ) -> Option<Instant> {
+        let k = self.kubelet.clone();
+        tracing::warn!(container = %id, "postStart hook failed: {message}");
+        k.recorder.warning(&container_ref(pod, &c.name), "FailedPostStartHook", "PostStartHook failed").await;
+        let pod_ip = self.rt.pod_ip.clone().unwrap_or_default();
+        let grace = Duration::from_secs(pod_grace(pod));
+        let stopped =
+            crate::lifecycle::kill_container(&k, pod, &c.name, id, &pod_ip, Some("FailedPostStartHook".into()), grace)
+                .await;
+        k.logs.exited(log_path);
+        let terminated = match stopped {
+            Ok(status) => terminated_from_exit(&status, id),
+            Err(e) => {
+                tracing::warn!(container = %id, "stopping after a failed postStart hook: {e}");
+                let now = generate::truncate(Timestamp::now());
+                Terminated {
+                    exit_code: 137,
+                    signal: None,
+                    reason: "Error".into(),
+                    message: None,
+                    started_at: Some(now),
+                    finished_at: now,
+                    container_id: Some(format!("skiff://{id}")),
+                }
+            }
+        };
+        let terminated = self.with_message(&c.name, terminated);
+        self.tracks.entry(c.name.clone()).or_default().exited_at = Some(Instant::now());
+        let init = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|i| i.iter().any(|i| i.name == c.name));
+        let restarts =
+            if init { will_restart_init(pod, terminated.exit_code) } else { will_restart(pod, terminated.exit_code) };
+        let st = self.rt.containers.entry(c.name.clone()).or_default();
+        if restarts {
+            st.last_terminated = Some(terminated);
+            st.current = Current::Waiting { reason: POST_START_HOOK_ERROR.into(), message: Some(message) };
+        } else {
+            st.current = Current::Terminated(terminated);
+        }
+        Some(Instant::now())
+    }
+
+    /// The service variables for the pod's containers, from the services of its namespace and
+    /// `default/kubernetes`. A failed list leaves them out (Kubernetes fails the start while its
+    /// service informer has not synced; here the in-process API answers at once).
+    async fn service_env(&self, pod: &Pod) -> Vec<(String, String)> {
+        use k8s_openapi::api::core::v1::Service;
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let links = pod.spec.as_ref().and_then(|s| s.enable_service_links).unwrap_or(true);
+        let client = self.kubelet.client.clone();
+        let mut services = Vec::new();
+        if links {
+            match Api::<Service>::namespaced(client.clone(), ns).list(&Default::default()).await {
+                Ok((items, _)) => services.extend(items),
+                Err(e) => tracing::warn!(namespace = %ns, "listing services for the environment: {e}"),
+            }
+        }
+        if let Ok(Some(master)) = Api::<Service>::namespaced(client, "default").get_opt("kubernetes").await {
+            services.push(master);
+        }
+        env::service_env(ns, &services, links)
+    }
+}
+
+/// The pod's `terminationGracePeriodSeconds` (default 30), as a kill without an override uses.
+pub(crate) fn pod_grace(pod: &Pod) -> u64 {
+    pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30).max(0) as u64
 }
 
 /// Pulls in a task of its own, so a pod deleted mid-pull is not held up by it: the worker drops

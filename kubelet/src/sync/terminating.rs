@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::Pod;
 use skiff_runtime::ContainerState;
 
 use super::{PodWorker, terminated_from_exit};
-use crate::events::container_ref;
 use crate::generate::Current;
 
 impl PodWorker {
@@ -26,20 +25,22 @@ impl PodWorker {
             .iter()
             .filter(|c| matches!(c.state, ContainerState::Running { .. } | ContainerState::Created))
             .collect();
-        for c in &running {
-            k.recorder.normal(&container_ref(pod, &c.name), "Killing", &format!("Stopping container {}", c.name)).await;
-        }
+        let pod_ip = self.rt.pod_ip.clone().unwrap_or_default();
+        // Each in parallel, preStop hook first (lifecycle::kill_container), as Kubernetes does.
         let stops = running.iter().map(|c| {
-            let k = k.clone();
-            async move { (c.name.clone(), c.id.clone(), k.runtime.stop_container(&c.id, grace).await) }
+            let (k, pod_ip) = (k.clone(), pod_ip.as_str());
+            async move {
+                let result = crate::lifecycle::kill_container(&k, pod, &c.name, &c.id, pod_ip, None, grace).await;
+                (c.name.clone(), c.id.clone(), result)
+            }
         });
         for (name, id, result) in futures::future::join_all(stops).await {
             match result {
                 Ok(status) => {
                     let current = self.tracks.get(&name).and_then(|t| t.id.as_deref()) == Some(id.as_str());
                     if current {
-                        let st = self.rt.containers.entry(name).or_default();
-                        st.current = Current::Terminated(terminated_from_exit(&status, &id));
+                        let terminated = self.with_message(&name, terminated_from_exit(&status, &id));
+                        self.rt.containers.entry(name).or_default().current = Current::Terminated(terminated);
                     }
                 }
                 Err(e) => tracing::warn!(pod = %self.uid, container = %id, "stopping: {e}"),

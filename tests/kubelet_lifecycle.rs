@@ -1,0 +1,206 @@
+//! The container lifecycle end to end, through the real kubectl against a real `skiff server`:
+//! postStart and preStop hooks (and a failing postStart: `FailedPostStartHook`, a kill and a
+//! restart), termination messages (the file at `terminationMessagePath`, and the log tail with
+//! `FallbackToLogsOnError`), and the service environment variables a pod gets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestImages, TestServer};
+use serde_json::Value;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn pod(name: &str, body: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 5\n{body}")
+}
+
+fn container_status(server: &TestServer, name: &str) -> Value {
+    server.get_json("pod", name)["status"]["containerStatuses"][0].clone()
+}
+
+fn wait_running(server: &TestServer, name: &str) -> Value {
+    server.wait_for(&format!("pod {name} to run"), RUN_TIMEOUT, || {
+        let cs = container_status(server, name);
+        cs["state"]["running"].is_object().then_some(cs)
+    })
+}
+
+fn wait_terminated(server: &TestServer, name: &str) -> Value {
+    server.wait_for(&format!("pod {name}'s container to end"), RUN_TIMEOUT, || {
+        let cs = container_status(server, name);
+        cs["state"]["terminated"].is_object().then_some(cs)
+    })
+}
+
+fn wait_event(server: &TestServer, name: &str, reason: &str) -> Value {
+    server.wait_for(&format!("a {reason} event about {name}"), RUN_TIMEOUT, || {
+        server.events_about(name).into_iter().find(|e| e["reason"] == reason)
+    })
+}
+
+fn delete_all_pods(server: &TestServer) {
+    server.kubectl_ok(&["delete", "pods", "--all", "--timeout", "90s"]);
+    let left = server.kubectl_ok(&["get", "pods", "-o", "name"]);
+    assert_eq!(left.trim(), "", "pods left after delete --all");
+}
+
+#[test]
+fn post_start_runs_before_the_container_counts_as_running_pre_stop_runs_before_sigterm_and_a_failed_post_start_restarts()
+ {
+    let server = TestServer::start();
+    let images = TestImages::start();
+    let image = images.busybox();
+
+    // postStart writes a file the container's own command waits for and prints.
+    let hooked = format!(
+        "  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while [ ! \
+         -f /tmp/started ]; do sleep 0.1; done; echo saw $(cat /tmp/started); while true; do sleep 1; done\"]\n    \
+         lifecycle:\n      postStart:\n        exec:\n          command: [\"sh\", \"-c\", \"echo by-post-start > \
+         /tmp/started\"]\n"
+    );
+    server.apply(&pod("hooked", &hooked));
+    wait_running(&server, "hooked");
+    assert_eq!(server.kubectl_ok(&["exec", "hooked", "--", "cat", "/tmp/started"]).trim(), "by-post-start");
+    server.wait_for("the container to print what postStart wrote", RUN_TIMEOUT, || {
+        server.kubectl_ok(&["logs", "hooked"]).contains("saw by-post-start").then_some(())
+    });
+
+    // preStop appends to a host file before the SIGTERM, whose trap appends after it.
+    let host = server.dir().join("stop-order");
+    std::fs::create_dir_all(&host).unwrap();
+    let stopping = format!(
+        "  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"trap 'echo sigterm >> \
+         /out/order; exit 0' TERM; while true; do sleep 1; done\"]\n    volumeMounts:\n    - name: out\n      \
+         mountPath: /out\n    lifecycle:\n      preStop:\n        exec:\n          command: [\"sh\", \"-c\", \"echo \
+         pre-stop >> /out/order\"]\n  volumes:\n  - name: out\n    hostPath:\n      path: {}\n",
+        host.display()
+    );
+    server.apply(&pod("stopping", &stopping));
+    wait_running(&server, "stopping");
+    server.kubectl_ok(&["delete", "pod", "stopping", "--timeout", "60s"]);
+    let order = std::fs::read_to_string(host.join("order")).expect("the hooks wrote their order");
+    assert_eq!(order, "pre-stop\nsigterm\n");
+
+    // A failing postStart: the event (without the hook's output), a kill, a restart.
+    let failing = format!(
+        "  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while \
+         true; do sleep 1; done\"]\n    lifecycle:\n      postStart:\n        exec:\n          command: [\"sh\", \
+         \"-c\", \"echo secret-output; exit 7\"]\n"
+    );
+    server.apply(&pod("failing", &failing));
+    let event = wait_event(&server, "failing", "FailedPostStartHook");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["message"], "PostStartHook failed");
+    assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{main}");
+    let killing = wait_event(&server, "failing", "Killing");
+    assert_eq!(killing["message"], "FailedPostStartHook");
+    let cs = server.wait_for("the failing container to restart", RUN_TIMEOUT, || {
+        let cs = container_status(&server, "failing");
+        (cs["restartCount"].as_i64() >= Some(1)).then_some(cs)
+    });
+    assert!(cs["lastState"]["terminated"].is_object(), "{cs}");
+    // Between restarts it waits with the hook's error, as Kubernetes' reason cache shows it.
+    let waiting = server.wait_for("a PostStartHookError or CrashLoopBackOff wait", RUN_TIMEOUT, || {
+        let cs = container_status(&server, "failing");
+        let reason = cs["state"]["waiting"]["reason"].as_str().map(String::from);
+        reason.filter(|r| r == "PostStartHookError" || r == "CrashLoopBackOff").map(|_| cs)
+    });
+    assert!(waiting["lastState"]["terminated"].is_object(), "{waiting}");
+
+    delete_all_pods(&server);
+    drop(images);
+    server.finish();
+}
+
+#[test]
+fn termination_messages_come_from_the_file_or_with_fallback_to_logs_on_error_from_the_log_tail() {
+    let server = TestServer::start();
+    let images = TestImages::start();
+    let image = images.busybox();
+    let body = |command: &str, extra: &str| {
+        format!(
+            "  restartPolicy: Never\n  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \
+             \"{command}\"]\n{extra}"
+        )
+    };
+    server.apply(&pod("default-path", &body("printf 'all done' > /dev/termination-log; exit 3", "")));
+    server.apply(&pod("own-path", &body("printf 'from my file' > /tmp/why", "    terminationMessagePath: /tmp/why\n")));
+    let fallback = "    terminationMessagePolicy: FallbackToLogsOnError\n";
+    server.apply(&pod("from-logs", &body("for i in $(seq 1 100); do echo line $i; done; exit 1", fallback)));
+    server.apply(&pod("clean-exit", &body("echo not a message", fallback)));
+
+    let cs = wait_terminated(&server, "default-path");
+    assert_eq!(
+        (cs["state"]["terminated"]["exitCode"].as_i64(), cs["state"]["terminated"]["reason"].as_str()),
+        (Some(3), Some("Error"))
+    );
+    let message = server.kubectl_ok(&[
+        "get",
+        "pod",
+        "default-path",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.terminated.message}",
+    ]);
+    assert_eq!(message, "all done");
+
+    let cs = wait_terminated(&server, "own-path");
+    assert_eq!(cs["state"]["terminated"]["message"], "from my file", "{cs}");
+    assert_eq!(cs["state"]["terminated"]["reason"], "Completed", "{cs}");
+
+    let cs = wait_terminated(&server, "from-logs");
+    let want: String = (21..=100).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(cs["state"]["terminated"]["message"].as_str(), Some(want.as_str()), "the last 80 lines: {cs}");
+
+    let cs = wait_terminated(&server, "clean-exit");
+    assert!(cs["state"]["terminated"]["message"].is_null(), "no fallback on a clean exit: {cs}");
+
+    delete_all_pods(&server);
+    drop(images);
+    server.finish();
+}
+
+#[test]
+fn pods_get_variables_for_the_services_of_their_namespace_and_their_own_env_wins() {
+    let server = TestServer::start();
+    let images = TestImages::start();
+    let image = images.busybox();
+    server.kubectl_ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let ip = server.get_json("service", "web")["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let kubernetes = server.get_json("service", "kubernetes")["spec"]["clusterIP"].as_str().unwrap().to_string();
+    let sleeper = |links: &str, env: &str| {
+        format!(
+            "{links}  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' \
+             TERM; while true; do sleep 1; done\"]\n{env}"
+        )
+    };
+    server.apply(&pod("linked", &sleeper("", "    env:\n    - name: WEB_SERVICE_PORT\n      value: mine\n")));
+    server.apply(&pod("unlinked", &sleeper("  enableServiceLinks: false\n", "")));
+    wait_running(&server, "linked");
+    wait_running(&server, "unlinked");
+
+    let env = server.kubectl_ok(&["exec", "linked", "--", "env"]);
+    let lines: Vec<&str> = env.lines().collect();
+    for want in [
+        format!("WEB_SERVICE_HOST={ip}"),
+        "WEB_SERVICE_PORT=mine".to_string(),
+        "WEB_SERVICE_PORT_80_8080=80".to_string(),
+        format!("WEB_PORT=tcp://{ip}:80"),
+        format!("WEB_PORT_80_TCP=tcp://{ip}:80"),
+        "WEB_PORT_80_TCP_PROTO=tcp".to_string(),
+        "WEB_PORT_80_TCP_PORT=80".to_string(),
+        format!("WEB_PORT_80_TCP_ADDR={ip}"),
+        format!("KUBERNETES_SERVICE_HOST={kubernetes}"),
+        "KUBERNETES_SERVICE_PORT=443".to_string(),
+    ] {
+        assert!(lines.contains(&want.as_str()), "{want} missing from the env:\n{env}");
+    }
+    let env = server.kubectl_ok(&["exec", "unlinked", "--", "env"]);
+    assert!(!env.contains("WEB_"), "enableServiceLinks: false leaves the namespace's services out:\n{env}");
+    assert!(env.contains(&format!("KUBERNETES_SERVICE_HOST={kubernetes}")), "the API's service stays:\n{env}");
+
+    delete_all_pods(&server);
+    drop(images);
+    server.finish();
+}

@@ -1,5 +1,6 @@
 //! `skiff`: a Kubernetes-compatible node in one binary.
 
+mod bench;
 mod cidr;
 mod cli;
 mod kubeconfig;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Shim { args } => skiff_runtime::shim_main(args),
+        Command::Bench(args) => report(cli::bench::run(args)),
         Command::Server(args) => {
             init_logging();
             let result = args.resolve().and_then(|config| {

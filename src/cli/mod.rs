@@ -1,5 +1,6 @@
 //! The `skiff` command line: one file per verb.
 
+pub mod bench;
 pub mod server;
 pub mod version;
 
@@ -19,6 +20,8 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Print the versions of Skiff and of the Kubernetes API it serves.
     Version,
+    /// Measure Skiff against peers on this machine (`skiff bench runtime`).
+    Bench(bench::BenchArgs),
     /// Internal: the runtime re-executes `skiff shim …` to start and watch each container.
     /// `main` dispatches it before any thread exists; clap only knows it for `--help` hygiene.
     #[command(hide = true)]

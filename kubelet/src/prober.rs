@@ -4,10 +4,11 @@
 //! starts as failed, startup as unknown; liveness and readiness wait for startup to succeed (the
 //! pod worker starts them then). A startup probe stops once it has succeeded.
 //!
-//! `httpGet` and `tcpSocket` probes run from the node to the pod IP, as the kubelet's do; `exec`
-//! probes run the command in the container through the runtime (exit 0 is success). `grpc`
-//! probes are not run yet (the pod worker records a `ProbeNotSupported` warning and treats the
-//! container as if it had no such probe).
+//! `httpGet`, `tcpSocket` and `grpc` ([`grpc`]: `grpc.health.v1.Health/Check` over h2c) probes
+//! run from the node to the pod IP, as the kubelet's do; `exec` probes run the command in the
+//! container through the runtime (exit 0 is success).
+
+pub mod grpc;
 
 use std::time::Duration;
 
@@ -45,14 +46,14 @@ pub struct ProbeUpdate {
     pub success: bool,
 }
 
-/// Whether this kubelet can run the probe (`httpGet`, `tcpSocket` or `exec`).
+/// Whether this kubelet can run the probe (`httpGet`, `tcpSocket`, `grpc` or `exec`).
 pub fn supported(probe: &Probe) -> bool {
-    probe.http_get.is_some() || probe.tcp_socket.is_some() || probe.exec.is_some()
+    probe.http_get.is_some() || probe.tcp_socket.is_some() || probe.grpc.is_some() || probe.exec.is_some()
 }
 
 /// Whether the probe goes over the network to the pod IP.
 pub fn needs_pod_ip(probe: &Probe) -> bool {
-    probe.http_get.is_some() || probe.tcp_socket.is_some()
+    probe.http_get.is_some() || probe.tcp_socket.is_some() || probe.grpc.is_some()
 }
 
 /// Runs `argv` in the container and collects its output (stdout, then stderr). With a timeout, a
@@ -148,6 +149,10 @@ pub async fn probe_once(probe: &Probe, ip: &str, ports: &[ContainerPort]) -> Res
             Ok(Err(e)) => Err(format!("dial tcp {addr}: connect: {}", connect_error(&e))),
             Err(_) => Err(format!("dial tcp {addr}: i/o timeout")),
         };
+    }
+    if let Some(grpc) = &probe.grpc {
+        let port = u16::try_from(grpc.port).map_err(|_| format!("invalid port {}", grpc.port))?;
+        return grpc::check(ip, port, grpc.service.as_deref().unwrap_or_default(), timeout).await;
     }
     let Some(http) = &probe.http_get else { return Err("probe has no supported handler".into()) };
     let url = http_url(http, ip, ports)?;

@@ -332,7 +332,7 @@ impl PodWorker {
                 continue;
             }
             let why = if !prober::supported(&probe) {
-                Some("grpc probes are not supported yet")
+                Some("the probe has no handler")
             } else if prober::needs_pod_ip(&probe) && self.rt.pod_ip.is_none() {
                 Some("the pod has no IP to probe (no pod network)")
             } else {

@@ -31,6 +31,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Shim { args } => skiff_runtime::shim_main(args),
+        Command::Images(args) => report(cli::image::run_images(args)),
+        Command::Image(args) => report(cli::image::run(args)),
         Command::Bench(args) => report(cli::bench::run(args)),
         Command::Server(args) => {
             init_logging();

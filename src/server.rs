@@ -171,6 +171,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         skiff_kubelet::service::run(api.clone(), runtime.clone(), service_config.clone(), shutdown.clone());
     parts.spawn(async move { ("service proxy and DNS", service_plane.await.map_err(anyhow::Error::from)) });
 
+    // Archives dropped into <data-dir>/images are imported before the kubelet starts the pods
+    // that may run from them.
+    import_image_archives(&runtime, &config.data_dir.join("images")).await?;
+
     let kubelet = skiff_kubelet::Kubelet::new(
         skiff_kubelet::KubeletConfig { node_name: config.node_name.clone(), root: config.data_dir.join("kubelet") },
         api.clone(),
@@ -196,6 +200,18 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     );
 
     supervise(parts, shutdown).await
+}
+
+/// Imports the archives of `dir` not imported before (each archive's failure is logged and
+/// skips only that archive).
+async fn import_image_archives(runtime: &Arc<skiff_runtime::Runtime>, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (images, dir) = (runtime.images(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || images.import_dir(&dir))
+        .await
+        .context("importing image archives")?
+        .context("importing image archives")?;
+    Ok(())
 }
 
 /// Waits for the parts. One that stops or fails before shutdown stops the others, and the

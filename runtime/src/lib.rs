@@ -54,6 +54,10 @@ pub mod testing;
 
 pub use cgroups::{CgroupManager, Layout as cgroups_layout};
 pub use exec::{ExecProcess, ExecReader, ExecSpec, ExecWriter, TerminalSize};
+pub use image::manage::{
+    IMAGE_GC_HIGH_PERCENT, IMAGE_GC_LOW_PERCENT, IMAGE_MINIMUM_GC_AGE, ImageManager, PreloadOutcome, Preloaded,
+    Reclaimed, Removal, display_name as image_display_name, short_id as image_short_id,
+};
 pub use image::reference::{Reference, ReferenceError};
 pub use image::registries::{Registries, RegistriesError};
 pub use log::{CriStream, format_cri_line, rfc3339_nano};
@@ -79,6 +83,12 @@ pub enum Error {
     NoSandbox(String),
     #[error("no such container {0}")]
     NoContainer(String),
+    /// `skiff image rm` of a name, digest or ID the store does not have.
+    #[error("No such image: {0}")]
+    NoSuchImage(String),
+    /// A removal `docker rmi` would refuse too: the image is in use, or the ID is ambiguous.
+    #[error("{0}")]
+    ImageConflict(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -347,6 +357,10 @@ impl Runtime {
         {
             return Ok(image);
         }
+        // Held until the image is recorded, so an `image rm` or prune never sweeps its layers
+        // as unreferenced half way.
+        let store = self.images.clone();
+        let _lock = blocking(move || store.lock_shared()).await?;
         image::pull::pull(&self.images, &self.registries, &r, auth).await
     }
 
@@ -354,8 +368,13 @@ impl Runtime {
     /// image store: each layer unpacked once (layers already present are kept), every image
     /// recorded under its tags (an untagged one under its ID). Returns one entry per reference.
     pub async fn import_archive(&self, path: &std::path::Path) -> Result<Vec<Image>> {
-        let (images, path) = (self.images.clone(), path.to_path_buf());
-        blocking(move || image::archive::import(&images, &path)).await
+        let (images, path) = (self.images(), path.to_path_buf());
+        blocking(move || images.import(&path)).await
+    }
+
+    /// The image store for listing, removing and pruning images (what `skiff images` uses).
+    pub fn images(&self) -> ImageManager {
+        ImageManager::with_store(self.images.clone(), self.config.root.join("containers"))
     }
 
     /// The stored image of `reference`, if present.
@@ -431,6 +450,10 @@ impl Runtime {
         if spec.argv.is_empty() {
             return Err(Error::Spawn("no command: neither the container nor its image names one".into()));
         }
+        // Held until the container's config names its layers: from then on an image removal
+        // sees the image as in use.
+        let store = self.images.clone();
+        let _lock = blocking(move || store.lock_shared()).await?;
         if let Some(image) = &spec.image
             && let Some(missing) = image.layers.iter().find(|l| !self.images.has_layer(l))
         {

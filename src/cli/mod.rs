@@ -1,6 +1,7 @@
 //! The `skiff` command line: one file per verb.
 
 pub mod bench;
+pub mod image;
 pub mod server;
 pub mod version;
 
@@ -20,6 +21,10 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Print the versions of Skiff and of the Kubernetes API it serves.
     Version,
+    /// List the node's images (`docker images`).
+    Images(image::ImagesArgs),
+    /// Manage the node's images without a registry: import, ls, rm, prune.
+    Image(image::ImageArgs),
     /// Measure Skiff against peers on this machine (`skiff bench runtime`).
     Bench(bench::BenchArgs),
     /// Internal: the runtime re-executes `skiff shim …` to start and watch each container.

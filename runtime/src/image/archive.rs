@@ -283,6 +283,114 @@ fn import_oci(store: &ImageStore, archive: &Archive) -> Result<Vec<Image>> {
 mod tests {
     use super::*;
 
+    fn file(b: &mut tar::Builder<impl std::io::Write>, name: &str, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+
+    /// An uncompressed layer holding `/hello`, and an image config over it.
+    fn layer_and_config(content: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "hello", content);
+        let layer = b.into_inner().unwrap();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": go_arch(), "os": "linux",
+            "config": {"Cmd": ["/hello"], "Env": ["A=b"]},
+            "rootfs": {"type": "layers", "diff_ids": [sha256_hex(&layer)]},
+        }))
+        .unwrap();
+        (layer, config)
+    }
+
+    fn docker_save(path: &Path, tags: &[&str]) -> (String, String) {
+        let (layer, config) = layer_and_config(b"saved");
+        let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+        file(&mut b, "abc/layer.tar", &layer);
+        file(&mut b, "cfg.json", &config);
+        let manifest = serde_json::json!([{"Config": "cfg.json", "RepoTags": tags, "Layers": ["abc/layer.tar"]}]);
+        file(&mut b, "manifest.json", &serde_json::to_vec(&manifest).unwrap());
+        b.finish().unwrap();
+        (sha256_hex(&config), sha256_hex(&layer))
+    }
+
+    fn oci_layout(path: &Path, ref_name: &str) -> (String, String) {
+        let (layer, config) = layer_and_config(b"oci");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &layer).unwrap();
+        let gz = gz.finish().unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha256_hex(&config), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256_hex(&gz), "size": gz.len()}],
+        }))
+        .unwrap();
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": OCI_MANIFEST, "digest": sha256_hex(&manifest), "size": manifest.len(),
+            "annotations": {OCI_REF_NAME: ref_name},
+        }]});
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            std::fs::File::create(path).unwrap(),
+            flate2::Compression::fast(),
+        ));
+        file(&mut b, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+        file(&mut b, "index.json", &serde_json::to_vec(&index).unwrap());
+        for blob in [&gz, &config, &manifest] {
+            file(&mut b, &Archive::blob_name(&sha256_hex(blob)), blob);
+        }
+        b.into_inner().unwrap().finish().unwrap();
+        (sha256_hex(&config), sha256_hex(&manifest))
+    }
+
+    #[test]
+    fn a_docker_save_archive_is_recorded_under_each_tag_and_a_second_import_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(&dir.path().join("store")).unwrap();
+        let archive = dir.path().join("saved.tar");
+        let (id, diff_id) = docker_save(&archive, &["busybox:saved", "127.0.0.1:5000/app:v1"]);
+        let images = import(&store, &archive).unwrap();
+        let references: Vec<&str> = images.iter().map(|i| i.reference.as_str()).collect();
+        assert_eq!(references, ["docker.io/library/busybox:saved", "127.0.0.1:5000/app:v1"]);
+        assert!(images.iter().all(|i| i.id == id && i.layers == [diff_id.clone()]));
+        assert_eq!(images[0].config.cmd, ["/hello"]);
+        assert!(images[1].repo_digest.starts_with("127.0.0.1:5000/app@sha256:"), "{}", images[1].repo_digest);
+        assert_eq!(std::fs::read(store.layer_dir(&diff_id).join("hello")).unwrap(), b"saved");
+
+        let index_before = std::fs::read(store.root().join("index.json")).unwrap();
+        let layers = || std::fs::read_dir(store.layers_root()).unwrap().count();
+        let layers_before = layers();
+        assert_eq!(import(&store, &archive).unwrap(), images);
+        assert_eq!(std::fs::read(store.root().join("index.json")).unwrap(), index_before, "the index is untouched");
+        assert_eq!(layers(), layers_before);
+        assert_eq!(std::fs::read_dir(store.root().join("tmp")).unwrap().count(), 0, "the unpacked archive is removed");
+    }
+
+    #[test]
+    fn an_oci_layout_is_named_by_its_ref_name_annotation_or_else_by_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(&dir.path().join("store")).unwrap();
+        let archive = dir.path().join("layout.tar.gz");
+        let (id, manifest) = oci_layout(&archive, "skiff.test/app:1");
+        let images = import(&store, &archive).unwrap();
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].reference, "skiff.test/app:1");
+        assert_eq!(images[0].id, id);
+        assert_eq!(images[0].repo_digest, format!("skiff.test/app@{manifest}"));
+        assert!(store.read_blob(&manifest).is_some() && store.read_blob(&id).is_some());
+
+        // A bare tag names no repository: the image is kept under its ID, as `docker load` of
+        // an untagged image shows `<none>`.
+        let (id, _) = oci_layout(&archive, "latest");
+        let images = import(&store, &archive).unwrap();
+        assert_eq!(images[0].reference, id);
+        assert_eq!(store.find(&id).unwrap().reference, id);
+    }
+
     #[test]
     fn symlinks_in_an_archive_never_reach_host_files() {
         let dir = tempfile::tempdir().unwrap();

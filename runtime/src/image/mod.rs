@@ -1,6 +1,9 @@
 //! Images: references, the content-addressed store, pulls, archive imports.
 
 pub mod archive;
+pub mod gc;
+pub mod manage;
+pub mod preload;
 pub mod pull;
 pub mod reference;
 pub mod registries;

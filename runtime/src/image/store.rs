@@ -7,24 +7,48 @@
 //!   layers/.tmp-*/            a layer being unpacked; renamed into place only when whole
 //!   tmp/                      downloads in flight
 //!   index.json                reference → image, rewritten atomically
+//!   gc.lock                   flock: shared while content is added or used, exclusive to delete
+//!   index.lock                flock: held for each read-modify-write of index.json
 //! ```
 //! A layer directory exists only once it is complete (unpack into a temp dir, then rename), so
 //! a crash mid-pull never leaves a half layer that a later pull would take as done.
+//!
+//! More than one process opens the store: the server's runtime, and `skiff image …` beside it.
+//! So the index is re-read whenever index.json changed on disk (every write renames a new file
+//! into place, so its inode tells), every change re-reads it under `index.lock`, and content
+//! is only ever deleted under an exclusive `gc.lock`, which waits for every pull, import and
+//! container creation in flight (each holds it shared from its first blob to its last record).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
 use super::unpack::{self, UnpackError};
 use crate::state::{io_ctx, read_json, write_atomic, write_json};
 use crate::{Error, Image, Result};
 
+type Index = BTreeMap<String, Image>;
+
+/// The index as last read, and which file it was read from: (device, inode, size, mtime ns).
+#[derive(Default)]
+struct Cached {
+    identity: Option<(u64, u64, u64, i128)>,
+    index: Index,
+}
+
 pub struct ImageStore {
     root: PathBuf,
-    index: Mutex<BTreeMap<String, Image>>,
+    index: Mutex<Cached>,
+}
+
+/// A held `gc.lock`; released when dropped (or when the process dies).
+pub struct StoreLock {
+    _lock: Flock<std::fs::File>,
 }
 
 impl ImageStore {
@@ -33,21 +57,124 @@ impl ImageStore {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_ctx(format!("creating {}", p.display())))?;
         }
-        // Leftovers of an interrupted pull are incomplete by construction.
-        for dir in [root.join("tmp"), root.join("layers")] {
-            for e in std::fs::read_dir(&dir).map_err(io_ctx(format!("reading {}", dir.display())))?.flatten() {
+        let store = ImageStore { root: root.to_path_buf(), index: Mutex::new(Cached::default()) };
+        // Leftovers of an interrupted pull are incomplete by construction; while another process
+        // holds the lock they may be its downloads in flight, and the next open sweeps them.
+        if let Some(_lock) = store.try_lock_exclusive()? {
+            store.sweep_temporaries();
+        }
+        store.load_index()?;
+        Ok(store)
+    }
+
+    fn sweep_temporaries(&self) {
+        for dir in [self.root.join("tmp"), self.root.join("layers")] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
                 let name = e.file_name();
                 if dir.ends_with("tmp") || name.to_string_lossy().starts_with(".tmp-") {
                     let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
                 }
             }
         }
-        let index = read_json(&root.join("index.json"))?.unwrap_or_default();
-        Ok(ImageStore { root: root.to_path_buf(), index: Mutex::new(index) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock_file(&self, name: &str) -> Result<std::fs::File> {
+        let path = self.root.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_ctx(format!("opening {}", path.display())))
+    }
+
+    fn flock(&self, name: &str, arg: FlockArg) -> Result<Option<Flock<std::fs::File>>> {
+        let mut file = self.lock_file(name)?;
+        loop {
+            match Flock::lock(file, arg) {
+                Ok(lock) => return Ok(Some(lock)),
+                Err((f, nix::errno::Errno::EINTR)) => file = f,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, errno)) => {
+                    let path = self.root.join(name);
+                    return Err(io_ctx(format!("locking {}", path.display()))(std::io::Error::from(errno)));
+                }
+            }
+        }
+    }
+
+    /// Holds off deletions while content is added or about to be used. Blocking: waits for an
+    /// `image rm` or prune in progress.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        let lock = self.flock("gc.lock", FlockArg::LockShared)?.expect("a blocking flock returns a lock");
+        Ok(StoreLock { _lock: lock })
+    }
+
+    /// Waits until no pull, import or container creation is in flight, then keeps new ones out.
+    pub fn lock_exclusive(&self) -> Result<StoreLock> {
+        let lock = self.flock("gc.lock", FlockArg::LockExclusive)?.expect("a blocking flock returns a lock");
+        Ok(StoreLock { _lock: lock })
+    }
+
+    /// The exclusive lock if it is free now.
+    pub fn try_lock_exclusive(&self) -> Result<Option<StoreLock>> {
+        Ok(self.flock("gc.lock", FlockArg::LockExclusiveNonblock)?.map(|lock| StoreLock { _lock: lock }))
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    /// The index as it is on disk now, re-read only when the file changed since the last read.
+    fn load_index(&self) -> Result<Index> {
+        let path = self.index_path();
+        let identity = match std::fs::metadata(&path) {
+            Ok(m) => Some((m.dev(), m.ino(), m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_ctx(format!("reading {}", path.display()))(e)),
+        };
+        let mut cached = self.index.lock().expect("image index lock poisoned by a panic");
+        if identity.is_none() {
+            *cached = Cached::default();
+        } else if cached.identity != identity {
+            cached.index = read_json(&path)?.unwrap_or_default();
+            cached.identity = identity;
+        }
+        Ok(cached.index.clone())
+    }
+
+    /// The index for lookups: a store that cannot be read now answers from its last good read.
+    fn current_index(&self) -> Index {
+        self.load_index().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "re-reading the image index");
+            self.index.lock().expect("image index lock poisoned by a panic").index.clone()
+        })
+    }
+
+    /// Applies `change` to the index as it is on disk, under `index.lock`, and writes it back
+    /// when `change` says it changed something.
+    pub fn update_index<T>(&self, change: impl FnOnce(&mut Index) -> (bool, T)) -> Result<T> {
+        let _lock = self.flock("index.lock", FlockArg::LockExclusive)?;
+        let mut index = self.load_index()?;
+        let (changed, out) = change(&mut index);
+        if changed {
+            write_json(&self.index_path(), &index)?;
+            self.load_index()?;
+        }
+        Ok(out)
     }
 
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(hex_of(digest))
+    }
+
+    pub fn blobs_root(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
     }
 
     pub fn layer_dir(&self, diff_id: &str) -> PathBuf {
@@ -127,19 +254,21 @@ impl ImageStore {
 
     /// Records `image` under its reference (and keeps earlier references to other images).
     pub fn put_image(&self, image: &Image) -> Result<()> {
-        let mut index = self.index.lock().expect("image index lock poisoned by a panic");
-        index.insert(image.reference.clone(), image.clone());
-        write_json(&self.root.join("index.json"), &*index)
+        self.update_index(|index| {
+            let changed = index.get(&image.reference) != Some(image);
+            index.insert(image.reference.clone(), image.clone());
+            (changed, ())
+        })
     }
 
     /// By normalized reference, else by repo digest (`name@sha256:…`) or image ID.
     pub fn find(&self, key: &str) -> Option<Image> {
-        let index = self.index.lock().expect("image index lock poisoned by a panic");
+        let index = self.current_index();
         index.get(key).or_else(|| index.values().find(|i| i.repo_digest == key || i.id == key)).cloned()
     }
 
     pub fn list(&self) -> Vec<Image> {
-        self.index.lock().expect("image index lock poisoned by a panic").values().cloned().collect()
+        self.current_index().into_values().collect()
     }
 }
 

@@ -28,7 +28,7 @@ pub use client::{Api, ApiClient, DeleteOptions, ListOptions, ObjectList, PatchKi
 pub use registry::{RESOURCES, ResourceKind, Scope, Subresource};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use status::{ApiError, Cause, StatusReason};
-pub use streams::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, TerminalSize};
+pub use streams::{ByteStream, ExecIo, ExecOptions, LogOptions, PodStreams, PortConnection, TerminalSize};
 pub use watch::{WatchEvent, WatchEventType};
 
 pub use events::{DEDUP_WINDOW, EventSource, EventType, ObjectReference, Recorder};

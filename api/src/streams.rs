@@ -1,5 +1,5 @@
-//! What the API server asks of the node for `pods/log` and `pods/exec` (later attach and
-//! port-forward): the kubelet implements [`PodStreams`]; the HTTP layer only carries the bytes.
+//! What the API server asks of the node for `pods/log`, `pods/exec` and `pods/portforward`
+//! (later attach): the kubelet implements [`PodStreams`]; the HTTP layer only carries the bytes.
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -55,6 +55,11 @@ pub struct ExecIo {
     pub resize: Option<mpsc::Receiver<TerminalSize>>,
 }
 
+/// A connection to a port inside a pod (see [`PodStreams::port_forward`]).
+pub trait PortConnection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PortConnection for T {}
+
 #[async_trait::async_trait]
 pub trait PodStreams: Send + Sync {
     /// The log of one container of a pod (`namespace/name`, with the pod's `uid`).
@@ -86,5 +91,19 @@ pub trait PodStreams: Send + Sync {
     ) -> Result<(), ApiError> {
         let _ = (namespace, uid, opts, io);
         Err(ApiError::bad_request(format!("attach to pod {name} is not supported by this node yet")))
+    }
+
+    /// Opens a TCP connection to `port` on the pod's own loopback, inside its network
+    /// namespace, as the kubelet does for `kubectl port-forward`. Shutting down its write side
+    /// half-closes the connection.
+    async fn port_forward(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        port: u16,
+    ) -> Result<Box<dyn PortConnection>, ApiError> {
+        let _ = (namespace, uid, port);
+        Err(ApiError::bad_request(format!("port-forward to pod {name} is not supported by this node yet")))
     }
 }

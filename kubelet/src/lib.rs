@@ -14,7 +14,7 @@
 //! and removes everything else, so a restarted server neither loses nor leaks containers.
 //!
 //! Not yet here: gRPC probes (exec probes run in the container, httpGet and tcpSocket probes to
-//! the pod IP), attach and port-forward. Volumes: see [`volumes`].
+//! the pod IP). Volumes: see [`volumes`].
 //! `status.podIP` is the runtime's sandbox address when it runs a pod network. Restarts back
 //! off as Kubernetes' do (10 s doubling to 5 min, reset after 10 min of clean running).
 
@@ -27,6 +27,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod node;
 mod pod_workers;
+pub mod portforward;
 pub mod prober;
 pub mod service;
 pub mod status;
@@ -225,6 +226,16 @@ impl PodStreams for Kubelet {
         io: skiff_api::ExecIo,
     ) -> Result<i32, ApiError> {
         exec::exec(&self.runtime, uid, opts, io).await
+    }
+
+    async fn port_forward(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        uid: &str,
+        port: u16,
+    ) -> Result<Box<dyn skiff_api::PortConnection>, ApiError> {
+        Ok(Box::new(portforward::connect(&self.runtime, uid, port).await?))
     }
 
     async fn attach(

@@ -3,35 +3,37 @@
 //! byte (0 stdin, 1 stdout, 2 stderr, 3 the final Status, 4 terminal resize, 255 close a
 //! stream). The node runs the command through [`PodStreams::exec`]; this only carries the bytes.
 //!
-//! SPDY (kubectl before 1.30, and its fallback when the WebSocket upgrade is refused) is not
-//! spoken: such requests get a 400 Status, which kubectl prints.
+//! SPDY/3.1 (kubectl before 1.30, its fallback when the WebSocket upgrade is refused, and with
+//! `KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`) carries the same streams as SPDY streams named by a
+//! `streamtype` header (`error`, `stdin`, `stdout`, `stderr`, `resize`); the final Status goes on
+//! the error stream. Both transports share the options, the stream plumbing and the Status.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hyper::body::Incoming;
-use hyper::header::{
-    CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
-};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response};
 use serde_json::{Value, json};
 use skiff_api::{ApiError, ExecIo, ExecOptions, PodStreams, ResourceKind, StatusReason, TerminalSize};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::State;
 use super::logs::resolve_container;
 use super::query::Query;
-use super::reply::{self, Body};
+use super::reply::Body;
+use super::spdy::{RST_CANCEL, Session, Stream};
+use super::upgrade::{self, Transport};
 
-/// The channel protocols served, most preferred first.
-const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// The channel protocols served over WebSocket, most preferred first.
+const WEBSOCKET_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
+/// Over SPDY, v5 adds nothing to v4; v4 is what the kubelet answers.
+const SPDY_PROTOCOLS: &[&str] = &["v4.channel.k8s.io", "v5.channel.k8s.io"];
 
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
@@ -40,28 +42,10 @@ const ERROR: u8 = 3;
 const RESIZE: u8 = 4;
 const CLOSE: u8 = 255;
 
-/// After the Status is sent, how long the client gets to answer the close frame.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-
-fn header_values<'a>(headers: &'a HeaderMap, name: &hyper::header::HeaderName) -> impl Iterator<Item = &'a str> {
-    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
-}
-
-/// The subprotocol to answer with, from what a WebSocket upgrade request offers.
-fn negotiate(headers: &HeaderMap) -> Result<&'static str, ApiError> {
-    let websocket = header_values(headers, &UPGRADE).any(|v| v.eq_ignore_ascii_case("websocket"));
-    if !websocket {
-        return Err(ApiError::bad_request(
-            "exec needs a WebSocket upgrade (v5.channel.k8s.io); SPDY is not supported by this server",
-        ));
-    }
-    let offered: Vec<&str> = header_values(headers, &SEC_WEBSOCKET_PROTOCOL).collect();
-    PROTOCOLS.iter().copied().find(|p| offered.contains(p)).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "none of the offered WebSocket subprotocols {offered:?} is supported; supported: {PROTOCOLS:?}"
-        ))
-    })
-}
+/// After the Status is sent, how long the client gets to close its side.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a SPDY client gets to open all its streams (the kubelet's streamCreationTimeout).
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn options(query: &Query, container: String) -> Result<ExecOptions, ApiError> {
     let opts = ExecOptions {
@@ -90,42 +74,87 @@ pub(crate) async fn exec(
     query: &Query,
 ) -> Result<Response<Body>, ApiError> {
     // The request is checked before the transport: kubectl retries a refused WebSocket over
-    // SPDY, and should print why the exec itself was refused, not that SPDY is unsupported.
+    // SPDY, and should print why the exec itself was refused.
     let pod = state.api.get(res, Some(namespace), name).await?;
     let opts = options(query, resolve_container(&pod, query.get("container"))?)?;
-    let protocol = negotiate(req.headers())?;
-    let key = req
-        .headers()
-        .get(SEC_WEBSOCKET_KEY)
-        .map(|k| k.as_bytes().to_vec())
-        .ok_or_else(|| ApiError::bad_request("the WebSocket upgrade has no Sec-WebSocket-Key"))?;
+    let transport = upgrade::negotiate(req.headers(), WEBSOCKET_PROTOCOLS, SPDY_PROTOCOLS)?;
     let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let streams =
         state.streams.get().cloned().ok_or_else(|| {
             ApiError::new(503, StatusReason::ServiceUnavailable, "the kubelet is not ready to exec yet")
         })?;
+    let response = upgrade::switching_protocols(&req, transport)?;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let (namespace, name) = (namespace.to_string(), name.to_string());
+    let target = Target { namespace: namespace.to_string(), name: name.to_string(), uid, streams };
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-                session(ws, streams, &namespace, &name, &uid, opts).await;
-            }
-            Err(e) => tracing::debug!(error = %e, pod = %name, "exec upgrade failed"),
+            Ok(upgraded) => match transport {
+                Transport::WebSocket { .. } => {
+                    websocket_session(upgrade::websocket(upgraded).await, target, opts).await
+                }
+                Transport::Spdy { .. } => {
+                    spdy_session(upgrade::spdy_session(upgraded, transport).await, target, opts).await
+                }
+            },
+            Err(e) => tracing::debug!(error = %e, pod = %target.name, "exec upgrade failed"),
         }
     });
-
-    let mut response = reply::with_type(StatusCode::SWITCHING_PROTOCOLS, reply::JSON, reply::full(Bytes::new()));
-    let headers = response.headers_mut();
-    headers.remove(hyper::header::CONTENT_TYPE);
-    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-    headers.insert(SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header value"));
-    headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
     Ok(response)
+}
+
+/// The pod an exec session runs in.
+struct Target {
+    namespace: String,
+    name: String,
+    uid: String,
+    streams: Arc<dyn PodStreams>,
+}
+
+impl Target {
+    async fn exec(&self, opts: &ExecOptions, io: ExecIo) -> Result<i32, ApiError> {
+        let result = self.streams.exec(&self.namespace, &self.name, &self.uid, opts, io).await;
+        if let Err(e) = &result {
+            tracing::debug!(pod = %self.name, error = %e, "exec failed");
+        }
+        result
+    }
+}
+
+/// This side's ends of the channels of [`ExecIo`], whatever carries them to the client.
+struct Ends {
+    stdin: Option<mpsc::Sender<Bytes>>,
+    stdout: Option<mpsc::Receiver<Bytes>>,
+    stderr: Option<mpsc::Receiver<Bytes>>,
+    resize: Option<mpsc::Sender<TerminalSize>>,
+}
+
+fn exec_io(opts: &ExecOptions) -> (ExecIo, Ends) {
+    let pair = |wanted: bool| if wanted { Some(mpsc::channel::<Bytes>(16)) } else { None };
+    let (stdin_tx, stdin_rx) = pair(opts.stdin).unzip();
+    let (stdout_tx, stdout_rx) = pair(opts.stdout).unzip();
+    let (stderr_tx, stderr_rx) = pair(opts.stderr && !opts.tty).unzip();
+    let (resize_tx, resize_rx) = if opts.tty { Some(mpsc::channel::<TerminalSize>(4)) } else { None }.unzip();
+    let io = ExecIo { stdin: stdin_rx, stdout: stdout_tx, stderr: stderr_tx, resize: resize_rx };
+    (io, Ends { stdin: stdin_tx, stdout: stdout_rx, stderr: stderr_rx, resize: resize_tx })
+}
+
+impl Ends {
+    /// The process's next output chunk and its channel, until the node drops both senders.
+    async fn next_output(&mut self) -> Option<(u8, Bytes)> {
+        tokio::select! {
+            Some(chunk) = next_chunk(&mut self.stdout) => Some((STDOUT, chunk)),
+            Some(chunk) = next_chunk(&mut self.stderr) => Some((STDERR, chunk)),
+            else => None,
+        }
+    }
+}
+
+/// `{"Width":100,"Height":30}`, as kubectl sends a terminal size on either transport.
+fn terminal_size(json: &[u8]) -> Option<TerminalSize> {
+    let size: Value = serde_json::from_slice(json).ok()?;
+    let dimension = |key: &str| size[key].as_u64().and_then(|v| u16::try_from(v).ok()).unwrap_or(0);
+    Some(TerminalSize { width: dimension("Width"), height: dimension("Height") })
 }
 
 /// The final message of the error channel: Success, or why the command failed.
@@ -157,27 +186,16 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     Message::Binary(bytes.into())
 }
 
-async fn session<S>(
-    ws: WebSocketStream<S>,
-    streams: Arc<dyn PodStreams>,
-    namespace: &str,
-    name: &str,
-    uid: &str,
-    opts: ExecOptions,
-) where
+async fn websocket_session<S>(ws: WebSocketStream<S>, target: Target, opts: ExecOptions)
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut source) = ws.split();
-    let pair = |wanted: bool| if wanted { Some(mpsc::channel::<Bytes>(16)) } else { None };
-    let (stdin_tx, stdin_rx) = pair(opts.stdin).unzip();
-    let (stdout_tx, mut stdout_rx) = pair(opts.stdout).unzip();
-    let (stderr_tx, mut stderr_rx) = pair(opts.stderr && !opts.tty).unzip();
-    let (resize_tx, resize_rx) = if opts.tty { Some(mpsc::channel::<TerminalSize>(4)) } else { None }.unzip();
-    let io = ExecIo { stdin: stdin_rx, stdout: stdout_tx, stderr: stderr_tx, resize: resize_rx };
+    let (io, mut ends) = exec_io(&opts);
 
     // Client → process. Pings are answered by tungstenite as it reads.
+    let (mut stdin_tx, resize_tx) = (ends.stdin.take(), ends.resize.take());
     let reader = tokio::spawn(async move {
-        let mut stdin_tx = stdin_tx;
         while let Some(Ok(message)) = source.next().await {
             let data = match message {
                 Message::Binary(data) if !data.is_empty() => data,
@@ -193,9 +211,8 @@ async fn session<S>(
                     }
                 }
                 RESIZE => {
-                    if let (Some(tx), Ok(size)) = (&resize_tx, serde_json::from_slice::<Value>(&data[1..])) {
-                        let dimension = |key: &str| size[key].as_u64().and_then(|v| u16::try_from(v).ok()).unwrap_or(0);
-                        let _ = tx.try_send(TerminalSize { width: dimension("Width"), height: dimension("Height") });
+                    if let (Some(tx), Some(size)) = (&resize_tx, terminal_size(&data[1..])) {
+                        let _ = tx.try_send(size);
                     }
                 }
                 CLOSE if data.get(1) == Some(&STDIN) => stdin_tx = None,
@@ -206,55 +223,122 @@ async fn session<S>(
 
     // Process → client, until the node drops both senders; the exit code comes alongside.
     let forward = async {
-        loop {
-            let (channel, chunk) = tokio::select! {
-                Some(chunk) = next_chunk(&mut stdout_rx) => (STDOUT, chunk),
-                Some(chunk) = next_chunk(&mut stderr_rx) => (STDERR, chunk),
-                else => break,
-            };
-            if sink.send(frame(channel, &chunk)).await.is_err() {
-                // The client is gone; keep draining so the process is not blocked on output.
-                continue;
-            }
+        while let Some((channel, chunk)) = ends.next_output().await {
+            // A client that is gone is not waited for; the output is still drained so the
+            // process is not blocked on it.
+            let _ = sink.send(frame(channel, &chunk)).await;
         }
     };
-    let (result, ()) = tokio::join!(streams.exec(namespace, name, uid, &opts, io), forward);
-    if let Err(e) = &result {
-        tracing::debug!(pod = %name, error = %e, "exec failed");
-    }
+    let (result, ()) = tokio::join!(target.exec(&opts, io), forward);
 
     let status = serde_json::to_vec(&final_status(&result)).expect("serde_json::Value always serialises");
     let _ = sink.send(frame(ERROR, &status)).await;
     let _ = sink.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
     if tokio::time::timeout(CLOSE_GRACE, reader).await.is_err() {
-        tracing::debug!(pod = %name, "exec client did not close its WebSocket");
+        tracing::debug!(pod = %target.name, "exec client did not close its WebSocket");
     }
+}
+
+/// The streams a SPDY exec client opens for `opts`, as the kubelet expects them (v4).
+fn expected_streams(opts: &ExecOptions) -> Vec<&'static str> {
+    let mut kinds = vec!["error"];
+    for (wanted, kind) in
+        [(opts.stdin, "stdin"), (opts.stdout, "stdout"), (opts.stderr && !opts.tty, "stderr"), (opts.tty, "resize")]
+    {
+        if wanted {
+            kinds.push(kind);
+        }
+    }
+    kinds
+}
+
+/// Waits for the client to open every stream in `expected`; `None` if it gave up first.
+async fn accept_streams(session: &mut Session, expected: &[&'static str]) -> Option<Vec<Stream>> {
+    let mut opened: Vec<Option<Stream>> = expected.iter().map(|_| None).collect();
+    let deadline = tokio::time::sleep(STREAM_CREATION_TIMEOUT);
+    tokio::pin!(deadline);
+    while opened.iter().any(Option::is_none) {
+        let stream = tokio::select! {
+            stream = session.accept() => stream?,
+            _ = &mut deadline => {
+                tracing::debug!("exec client did not open all its streams in time");
+                return None;
+            }
+        };
+        let kind = stream.headers.get("streamtype").unwrap_or_default();
+        match expected.iter().position(|k| *k == kind) {
+            Some(i) if opened[i].is_none() => opened[i] = Some(stream),
+            _ => stream.writer.reset(RST_CANCEL).await,
+        }
+    }
+    Some(opened.into_iter().flatten().collect())
+}
+
+async fn spdy_session(mut session: Session, target: Target, opts: ExecOptions) {
+    let expected = expected_streams(&opts);
+    let Some(opened) = accept_streams(&mut session, &expected).await else {
+        session.close().await;
+        return;
+    };
+    let mut by_kind: std::collections::HashMap<&str, Stream> = expected.iter().copied().zip(opened).collect();
+    let (io, mut ends) = exec_io(&opts);
+    let error = by_kind.remove("error").expect("the error stream is always expected");
+
+    if let (Some(mut stream), Some(tx)) = (by_kind.remove("stdin"), ends.stdin.take()) {
+        // FIN on the stream is the end of input: dropping the sender tells the node.
+        tokio::spawn(async move {
+            while let Some(chunk) = stream.reader.recv().await {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    if let (Some(mut stream), Some(tx)) = (by_kind.remove("resize"), ends.resize.take()) {
+        // One JSON object per line (Go's json.Encoder), possibly split across frames.
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            while let Some(chunk) = stream.reader.recv().await {
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    if let Some(size) = terminal_size(&line) {
+                        let _ = tx.try_send(size);
+                    }
+                }
+            }
+        });
+    }
+    let stdout = by_kind.remove("stdout").map(|s| s.writer);
+    let stderr = by_kind.remove("stderr").map(|s| s.writer);
+
+    let forward = async {
+        while let Some((channel, chunk)) = ends.next_output().await {
+            let writer = if channel == STDOUT { &stdout } else { &stderr };
+            if let Some(writer) = writer {
+                let _ = writer.write(&chunk).await;
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(target.exec(&opts, io), forward);
+
+    // kubectl reads stdout and stderr to their end before it reads the error stream.
+    for writer in [stdout, stderr].into_iter().flatten() {
+        let _ = writer.finish().await;
+    }
+    let status = serde_json::to_vec(&final_status(&result)).expect("serde_json::Value always serialises");
+    let _ = error.writer.write(&status).await;
+    let _ = error.writer.finish().await;
+    // kubectl closes the connection once it has the Status; GOAWAY only if it does not.
+    if tokio::time::timeout(CLOSE_GRACE, session.closed().cancelled()).await.is_err() {
+        tracing::debug!(pod = %target.name, "exec client did not close its SPDY connection");
+    }
+    session.close().await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn the_newest_channel_protocol_offered_is_chosen() {
-        let h =
-            headers(&[("upgrade", "websocket"), ("sec-websocket-protocol", "v4.channel.k8s.io, v5.channel.k8s.io")]);
-        assert_eq!(negotiate(&h).unwrap(), "v5.channel.k8s.io");
-        let v4 = headers(&[("upgrade", "WebSocket"), ("sec-websocket-protocol", "v4.channel.k8s.io")]);
-        assert_eq!(negotiate(&v4).unwrap(), "v4.channel.k8s.io");
-        let spdy = headers(&[("upgrade", "SPDY/3.1"), ("x-stream-protocol-version", "v4.channel.k8s.io")]);
-        assert_eq!(negotiate(&spdy).unwrap_err().code, 400);
-        let base64 = headers(&[("upgrade", "websocket"), ("sec-websocket-protocol", "base64.channel.k8s.io")]);
-        assert_eq!(negotiate(&base64).unwrap_err().code, 400);
-    }
 
     #[test]
     fn exec_needs_a_command_and_a_stream() {
@@ -264,6 +348,22 @@ mod tests {
         assert!(o.stdout && o.stderr && !o.stdin && !o.tty);
         assert_eq!(options(&Query::parse(Some("stdout=true")), "app".into()).unwrap_err().code, 400);
         assert_eq!(options(&Query::parse(Some("command=ls")), "app".into()).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn a_spdy_client_opens_the_streams_the_kubelet_expects() {
+        let opts = |stdin, stderr, tty| ExecOptions { stdin, stdout: true, stderr, tty, ..Default::default() };
+        assert_eq!(expected_streams(&opts(false, true, false)), ["error", "stdout", "stderr"]);
+        assert_eq!(expected_streams(&opts(true, true, false)), ["error", "stdin", "stdout", "stderr"]);
+        // A terminal merges stderr into stdout and adds the resize stream.
+        assert_eq!(expected_streams(&opts(true, true, true)), ["error", "stdin", "stdout", "resize"]);
+    }
+
+    #[test]
+    fn terminal_sizes_are_read_as_kubectl_writes_them() {
+        assert_eq!(terminal_size(br#"{"Width":100,"Height":30}"#), Some(TerminalSize { width: 100, height: 30 }));
+        assert_eq!(terminal_size(b"{\"Width\":80,\"Height\":24}\n"), Some(TerminalSize { width: 80, height: 24 }));
+        assert_eq!(terminal_size(b"nope"), None);
     }
 
     #[test]

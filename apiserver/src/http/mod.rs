@@ -15,14 +15,17 @@ mod discovery;
 mod exec;
 mod logs;
 mod openapi;
+mod portforward;
 mod protobuf;
 mod query;
 mod reply;
 mod resource;
 mod route;
+mod spdy;
 mod strict;
 mod table;
 mod tls;
+mod upgrade;
 
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,7 @@ use skiff_api::{ApiError, DeleteOptions, ListOptions, PatchKind, ResourceKind, W
 use super::State;
 use super::exec;
 use super::logs;
+use super::portforward;
 use super::protobuf;
 use super::query::Query;
 use super::reply::{self, Body};
@@ -58,7 +59,11 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target
             let ns = ns.ok_or_else(|| ApiError::bad_request("pods/exec needs a namespace"))?.to_string();
             exec::exec(state, req, res, &ns, name, &query).await
         }
-        (_, Some(_), Some(sub @ ("attach" | "portforward"))) => {
+        (&Method::GET | &Method::POST, Some(name), Some("portforward")) => {
+            let ns = ns.ok_or_else(|| ApiError::bad_request("pods/portforward needs a namespace"))?.to_string();
+            portforward::port_forward(state, req, res, &ns, name).await
+        }
+        (_, Some(_), Some(sub @ "attach")) => {
             Err(ApiError::bad_request(format!("{}/{sub} is not supported by this server yet", res.plural)))
         }
         (&Method::POST, None, None) => {

@@ -174,6 +174,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // Archives dropped into <data-dir>/images are imported before the kubelet starts the pods
     // that may run from them.
     import_image_archives(&runtime, &config.data_dir.join("images")).await?;
+    tokio::spawn(collect_images_under_disk_pressure(runtime.clone(), shutdown.clone()));
 
     let kubelet = skiff_kubelet::Kubelet::new(
         skiff_kubelet::KubeletConfig { node_name: config.node_name.clone(), root: config.data_dir.join("kubelet") },
@@ -212,6 +213,37 @@ async fn import_image_archives(runtime: &Arc<skiff_runtime::Runtime>, dir: &Path
         .context("importing image archives")?
         .context("importing image archives")?;
     Ok(())
+}
+
+/// Kubernetes' image garbage collection, every `IMAGE_GC_PERIOD` (its default, 5 minutes): once
+/// the image filesystem is 85% used, images no container uses go, oldest first, down to 80%.
+async fn collect_images_under_disk_pressure(runtime: Arc<skiff_runtime::Runtime>, shutdown: CancellationToken) {
+    const IMAGE_GC_PERIOD: Duration = Duration::from_secs(300);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(IMAGE_GC_PERIOD) => {}
+        }
+        let images = runtime.images();
+        let collected = tokio::task::spawn_blocking(move || {
+            images.collect_for_disk(
+                skiff_runtime::IMAGE_GC_HIGH_PERCENT,
+                skiff_runtime::IMAGE_GC_LOW_PERCENT,
+                skiff_runtime::IMAGE_MINIMUM_GC_AGE,
+            )
+        })
+        .await;
+        match collected {
+            Ok(Ok(Some(reclaimed))) => info!(
+                removed = ?reclaimed.removed,
+                freed_bytes = reclaimed.bytes,
+                "image garbage collection under disk pressure"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => warn!("image garbage collection failed: {err}"),
+            Err(err) => warn!("image garbage collection task failed: {err}"),
+        }
+    }
 }
 
 /// Waits for the parts. One that stops or fails before shutdown stops the others, and the

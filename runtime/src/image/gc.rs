@@ -243,37 +243,33 @@ pub fn sweep_unreferenced(store: &ImageStore, users: &[ImageUser]) -> Result<u64
     Ok(freed)
 }
 
-/// Kubernetes' image garbage collection: once the image filesystem is `high` percent used,
-/// removes unused images, oldest first and none younger than `min_age`, until it would be
-/// `low` percent used. Returns what it removed and the bytes freed. The caller holds the
-/// exclusive lock.
-pub fn collect_for_disk(
-    store: &ImageStore,
-    users: &[ImageUser],
-    high: u8,
-    low: u8,
-    min_age: Duration,
-    layer_size: &dyn Fn(&str) -> u64,
-) -> Result<Option<(Vec<Removal>, u64)>> {
+/// The image filesystem as Kubernetes' image GC sees it: (percent used, bytes to free to get
+/// down to `low` percent).
+pub fn filesystem_usage(store: &ImageStore, low: u8) -> Result<(u64, u64)> {
     let stat = nix::sys::statvfs::statvfs(store.root())
         .map_err(|e| crate::state::io_ctx(format!("statfs {}", store.root().display()))(e.into()))?;
     let block = stat.fragment_size() as u64;
     let capacity = stat.blocks() as u64 * block;
     let available = stat.blocks_available() as u64 * block;
     if capacity == 0 {
-        return Ok(None);
+        return Ok((0, 0));
     }
     let usage = 100 - available * 100 / capacity;
-    if usage < high as u64 {
-        return Ok(None);
-    }
-    let goal = (usage - low as u64) * capacity / 100;
-    tracing::info!(
-        usage_percent = usage,
-        high,
-        bytes_to_free = goal,
-        "image filesystem over its high threshold: collecting unused images"
-    );
+    let to_free = (capacity * (100 - low.min(100) as u64) / 100).saturating_sub(available);
+    Ok((usage, to_free))
+}
+
+/// Removes unused images, oldest first (by when they were stored) and none younger than
+/// `min_age`, until their layers add up to `to_free` bytes. Returns what it removed and the
+/// bytes freed. The caller holds the exclusive lock.
+pub fn collect_for_disk(
+    store: &ImageStore,
+    users: &[ImageUser],
+    to_free: u64,
+    min_age: Duration,
+    layer_size: &dyn Fn(&str) -> u64,
+) -> Result<(Vec<Removal>, u64)> {
+    let goal = to_free;
     let images = store.list();
     let mut by_id: BTreeMap<&str, Vec<&Image>> = BTreeMap::new();
     for i in images.iter().filter(|i| !users.iter().any(|u| u.uses(i))) {
@@ -307,7 +303,7 @@ pub fn collect_for_disk(
     }
     let removed = remove_all(store, &chosen)?;
     let freed = sweep_unreferenced(store, users)?;
-    Ok(Some((removed, freed)))
+    Ok((removed, freed))
 }
 
 /// Bytes on disk under `path` (each hard-linked file once).
@@ -463,12 +459,25 @@ mod tests {
     }
 
     #[test]
-    fn disk_pressure_collection_does_nothing_below_the_high_threshold() {
-        let (_dir, store) = store_with(&[image("docker.io/library/idle:1", "bb", &["l2"])]);
-        assert!(collect_for_disk(&store, &[], 100, 99, Duration::ZERO, &|_| 1).unwrap().is_none());
-        assert_eq!(store.list().len(), 1);
-        let out = collect_for_disk(&store, &[], 0, 0, Duration::ZERO, &|_| 1).unwrap().unwrap();
-        assert_eq!(out.0, [Removal::Untagged("idle:1".into()), Removal::Deleted("sha256:bb".into())]);
-        assert!(!store.has_layer("sha256:l2"));
+    fn disk_pressure_collection_removes_unused_images_oldest_first_and_spares_young_ones() {
+        let (_dir, store) = store_with(&[
+            image("docker.io/library/used:1", "aa", &["l1"]),
+            image("docker.io/library/old:1", "bb", &["l2"]),
+            image("docker.io/library/new:1", "cc", &["l3"]),
+        ]);
+        for (id, age) in [("bb", 3600), ("cc", 60)] {
+            let blob = std::fs::File::create(store.blob_path(id)).unwrap();
+            blob.set_modified(SystemTime::now() - Duration::from_secs(age)).unwrap();
+        }
+        let (usage, to_free) = filesystem_usage(&store, 0).unwrap();
+        assert!(usage <= 100 && to_free > 0, "({usage}, {to_free})");
+        let users = [user(&["l1"])];
+        let (removed, _) = collect_for_disk(&store, &users, 1, Duration::ZERO, &|_| 1).unwrap();
+        assert_eq!(removed, [Removal::Untagged("old:1".into()), Removal::Deleted("sha256:bb".into())]);
+        let (removed, _) = collect_for_disk(&store, &users, u64::MAX, Duration::from_secs(120), &|_| 1).unwrap();
+        assert_eq!(removed, [], "new:1 is younger than the minimum age");
+        let (removed, _) = collect_for_disk(&store, &users, u64::MAX, Duration::ZERO, &|_| 1).unwrap();
+        assert_eq!(removed, [Removal::Untagged("new:1".into()), Removal::Deleted("sha256:cc".into())]);
+        assert!(store.has_layer("sha256:l1") && !store.has_layer("sha256:l3"));
     }
 }

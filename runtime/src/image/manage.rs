@@ -117,11 +117,21 @@ impl ImageManager {
     /// The kubelet's image GC: above `high` percent of the image filesystem used, removes unused
     /// images older than `min_age`, oldest first, down to `low` percent. `None` below `high`.
     pub fn collect_for_disk(&self, high: u8, low: u8, min_age: Duration) -> Result<Option<Reclaimed>> {
+        let (usage, to_free) = gc::filesystem_usage(&self.store, low)?;
+        if usage < high as u64 {
+            return Ok(None);
+        }
+        tracing::info!(
+            usage_percent = usage,
+            high_threshold_percent = high,
+            bytes_to_free = to_free,
+            "image filesystem over its high threshold: removing unused images"
+        );
         let _lock = self.store.lock_exclusive()?;
         let users = self.users()?;
         let sizes = |l: &str| self.layer_size(l);
-        Ok(gc::collect_for_disk(&self.store, &users, high, low, min_age, &sizes)?
-            .map(|(removed, bytes)| Reclaimed { removed, bytes }))
+        let (removed, bytes) = gc::collect_for_disk(&self.store, &users, to_free, min_age, &sizes)?;
+        Ok(Some(Reclaimed { removed, bytes }))
     }
 }
 

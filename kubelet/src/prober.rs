@@ -359,35 +359,106 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn results_flip_only_at_the_thresholds() {
-        use tokio::sync::mpsc;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        let p = probe(json!({"tcpSocket": {"port": port}, "periodSeconds": 1, "failureThreshold": 2}));
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
+    fn no_events() -> Arc<Recorder> {
         let events: Arc<dyn skiff_api::ApiClient> = Arc::new(NoEvents);
-        let recorder = Arc::new(Recorder::new(
+        Arc::new(Recorder::new(
             events,
             skiff_api::EventSource { component: "kubelet".into(), host: None, reporting_instance: "n".into() },
-        ));
-        let target = ProbeTarget {
+        ))
+    }
+
+    fn tcp_target() -> ProbeTarget {
+        ProbeTarget {
             container: "app".into(),
             id: "c1".into(),
             runtime: None,
             ip: "127.0.0.1".into(),
             ports: vec![],
             pod: ObjectReference::default(),
+        }
+    }
+
+    /// Runs a probe on the paused clock; returns its flips as (seconds since start, success)
+    /// and whether the probe loop ended by itself.
+    async fn flips(
+        kind: ProbeKind,
+        p: Probe,
+        until: Duration,
+        mut listener: impl FnMut(Duration) + Send + 'static,
+    ) -> (Vec<(u64, bool)>, bool) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = tokio::time::Instant::now();
+        let cancel = CancellationToken::new();
+        let notify = move |u: ProbeUpdate| {
+            let _ = tx.send((start.elapsed().as_secs(), u.success));
         };
-        let notify = move |u| {
-            let _ = tx.send(u);
-        };
-        tokio::spawn(run(ProbeKind::Readiness, p, target, recorder, notify, cancel.clone()));
-        let update = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.unwrap().unwrap();
-        assert_eq!((update.kind, update.success), (ProbeKind::Readiness, false));
+        let task = tokio::spawn(run(kind, p, tcp_target(), no_events(), notify, cancel.clone()));
+        // The test's own schedule: opens and closes the listener at whole seconds.
+        let script = tokio::spawn(async move {
+            let mut t = Duration::ZERO;
+            while t <= until {
+                listener(t);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                t += Duration::from_millis(500);
+            }
+        });
+        script.await.unwrap();
+        let ended = task.is_finished();
         cancel.cancel();
+        let mut seen = Vec::new();
+        while let Ok(flip) = rx.try_recv() {
+            seen.push(flip);
+        }
+        (seen, ended)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readiness_waits_the_initial_delay_then_flips_at_the_success_and_failure_thresholds() {
+        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = bound.local_addr().unwrap().port();
+        let mut held = Some(bound);
+        let p = probe(json!({"tcpSocket": {"port": port}, "initialDelaySeconds": 5, "periodSeconds": 10,
+            "successThreshold": 2, "failureThreshold": 3}));
+        // Listening until 20 s, closed until 50 s, listening again after.
+        let (seen, ended) = flips(ProbeKind::Readiness, p, Duration::from_secs(70), move |t| {
+            if t == Duration::from_secs(20) {
+                held = None;
+            } else if t == Duration::from_secs(50) {
+                held = Some(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+            }
+        })
+        .await;
+        // Probes at 5, 15 | 25, 35, 45 | 55, 65.
+        assert_eq!(seen, [(15, true), (45, false), (65, true)]);
+        assert!(!ended, "readiness probes run for the container's whole life");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_reports_one_failure_at_the_threshold_and_stops() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let p = probe(json!({"tcpSocket": {"port": port}, "periodSeconds": 3, "failureThreshold": 4}));
+        let (seen, ended) = flips(ProbeKind::Liveness, p, Duration::from_secs(30), |_| {}).await;
+        // Probes at 0, 3, 6, 9: the fourth failure kills the container; its successor gets new probes.
+        assert_eq!(seen, [(9, false)]);
+        assert!(ended);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_startup_probe_stops_at_its_first_success() {
+        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = bound.local_addr().unwrap().port();
+        drop(bound);
+        let mut held = None;
+        let p = probe(json!({"tcpSocket": {"port": port}, "periodSeconds": 2, "failureThreshold": 30}));
+        let (seen, ended) = flips(ProbeKind::Startup, p, Duration::from_secs(20), move |t| {
+            if t == Duration::from_secs(7) {
+                held = Some(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+            }
+        })
+        .await;
+        // Failures at 0, 2, 4, 6 raise nothing below the threshold; the probe at 8 succeeds.
+        assert_eq!(seen, [(8, true)]);
+        assert!(ended, "startup probes end once the container has started");
     }
 
     /// An API that accepts and drops events.

@@ -287,7 +287,7 @@ mod tests {
         }
     }
 
-    fn data(stream: u32, fin: bool, bytes: &'static [u8]) -> Frame {
+    fn data_frame(stream: u32, fin: bool, bytes: &'static [u8]) -> Frame {
         Frame::Data { stream, fin, data: Bytes::from_static(bytes) }
     }
 
@@ -306,17 +306,17 @@ mod tests {
         assert_eq!((error.id, error.headers.get("streamtype")), (1, Some("error")));
         assert_eq!(data.headers.get("requestid"), Some("0"));
 
-        client.send(data(3, false, b"ping")).await;
+        client.send(data_frame(3, false, b"ping")).await;
         client.send(Frame::Data { stream: 3, fin: false, data: Bytes::new() }).await;
-        client.send(data(3, true, b"!")).await;
+        client.send(data_frame(3, true, b"!")).await;
         assert_eq!(data.reader.recv().await.unwrap(), "ping");
         assert_eq!(data.reader.recv().await.unwrap(), "!");
         assert_eq!(data.reader.recv().await, None, "FIN ends the stream's input");
 
         data.writer.write(b"pong").await.unwrap();
         data.writer.clone().finish().await.unwrap();
-        assert_eq!(client.next().await, Some(data(3, false, b"pong")));
-        assert_eq!(client.next().await, Some(data(3, true, b"")));
+        assert_eq!(client.next().await, Some(data_frame(3, false, b"pong")));
+        assert_eq!(client.next().await, Some(data_frame(3, true, b"")));
 
         client.send(Frame::Ping { id: 7 }).await;
         assert_eq!(client.next().await, Some(Frame::Ping { id: 7 }));

@@ -38,8 +38,15 @@ type Index = BTreeMap<String, Image>;
 #[derive(Default)]
 struct Cached {
     identity: Option<(u64, u64, u64, i128)>,
+    /// Whether the read came well after the file's mtime. A rewrite within the same timestamp
+    /// tick could reuse the inode and keep the size (as git's "racily clean" index entries), so
+    /// a file read soon after it was written is read again next time.
+    settled: bool,
     index: Index,
 }
+
+/// Longer than any filesystem's timestamp granularity that matters here.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct ImageStore {
     root: PathBuf,
@@ -133,17 +140,23 @@ impl ImageStore {
     /// The index as it is on disk now, re-read only when the file changed since the last read.
     fn load_index(&self) -> Result<Index> {
         let path = self.index_path();
-        let identity = match std::fs::metadata(&path) {
-            Ok(m) => Some((m.dev(), m.ino(), m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        let (identity, modified) = match std::fs::metadata(&path) {
+            Ok(m) => (
+                Some((m.dev(), m.ino(), m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128)),
+                m.modified().ok(),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, None),
             Err(e) => return Err(io_ctx(format!("reading {}", path.display()))(e)),
         };
         let mut cached = self.index.lock().expect("image index lock poisoned by a panic");
         if identity.is_none() {
             *cached = Cached::default();
-        } else if cached.identity != identity {
+        } else if cached.identity != identity || !cached.settled {
             cached.index = read_json(&path)?.unwrap_or_default();
             cached.identity = identity;
+            cached.settled = modified
+                .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+                .is_some_and(|age| age > SETTLE);
         }
         Ok(cached.index.clone())
     }
@@ -314,6 +327,41 @@ mod tests {
         let d = format!("sha256:{}", hex::encode(Sha256::digest(b"x")));
         store.put_blob(&d, b"x").unwrap();
         assert_eq!(store.read_blob(&d).unwrap(), b"x");
+    }
+
+    #[test]
+    fn another_opener_sees_each_change_and_no_change_is_lost_between_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, cli) = (ImageStore::open(dir.path()).unwrap(), ImageStore::open(dir.path()).unwrap());
+        assert!(cli.find("127.0.0.1:5000/busybox:1").is_none());
+        server.put_image(&image("127.0.0.1:5000/busybox:1")).unwrap();
+        assert!(cli.find("127.0.0.1:5000/busybox:1").is_some(), "the CLI sees the server's pull");
+        cli.put_image(&image("127.0.0.1:5000/busybox:2")).unwrap();
+        // The server's next write starts from the file, not from its own older copy.
+        server.put_image(&image("127.0.0.1:5000/busybox:3")).unwrap();
+        assert_eq!(cli.list().len(), 3);
+        cli.update_index(|index| (index.remove("127.0.0.1:5000/busybox:1").is_some(), ())).unwrap();
+        assert!(server.find("127.0.0.1:5000/busybox:1").is_none(), "the server sees the CLI's removal");
+        assert_eq!(server.list().len(), 2);
+    }
+
+    #[test]
+    fn deletions_wait_for_additions_in_flight_and_temporaries_in_use_are_not_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let pulling = store.lock_shared().unwrap();
+        let download = store.temp_path("blob");
+        std::fs::write(&download, b"half a layer").unwrap();
+        let also_pulling = store.lock_shared().unwrap();
+        assert!(store.try_lock_exclusive().unwrap().is_none(), "a removal waits while a pull runs");
+        let other = ImageStore::open(dir.path()).unwrap();
+        assert!(download.exists(), "an opener beside a pull leaves its download alone");
+        drop((pulling, also_pulling));
+        let removal = store.try_lock_exclusive().unwrap();
+        assert!(removal.is_some());
+        drop((removal, other));
+        ImageStore::open(dir.path()).unwrap();
+        assert!(!download.exists(), "an abandoned download is swept");
     }
 
     #[test]

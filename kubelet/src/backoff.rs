@@ -38,6 +38,13 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.delay = None;
     }
+
+    /// Records how long the container ran before it exited: a long, clean run starts over.
+    pub fn ran_for(&mut self, ran: Duration) {
+        if ran >= RESET_AFTER {
+            self.reset();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -55,6 +62,18 @@ mod tests {
         let secs: Vec<u64> = seen.iter().map(|d| d.map_or(0, |d| d.as_secs())).collect();
         assert_eq!(secs, [0, 10, 20, 40, 80, 160, 300, 300]);
         b.reset();
+        assert_eq!(b.delay(), None);
+    }
+
+    #[test]
+    fn ten_minutes_of_running_start_the_back_off_over() {
+        let mut b = Backoff::default();
+        for _ in 0..4 {
+            b.step();
+        }
+        b.ran_for(RESET_AFTER - Duration::from_secs(1));
+        assert_eq!(b.delay(), Some(Duration::from_secs(80)), "a shorter run keeps the back-off");
+        b.ran_for(RESET_AFTER);
         assert_eq!(b.delay(), None);
     }
 

@@ -302,9 +302,7 @@ impl PodWorker {
         let st = self.rt.containers.entry(exit.name).or_default();
         if let Current::Running { started_at } = st.current {
             let ran = terminated.finished_at.duration_since(started_at);
-            if ran.as_secs() >= crate::backoff::RESET_AFTER.as_secs() as i64 {
-                track.restart_backoff.reset();
-            }
+            track.restart_backoff.ran_for(std::time::Duration::from_secs(ran.as_secs().max(0) as u64));
         }
         st.current = Current::Terminated(terminated);
     }

@@ -537,6 +537,83 @@ async fn restarted_kubelet_adopts_running_containers_and_removes_orphans(f: &mut
     f.wait_gone("keeper").await;
 }
 
+/// preStop httpGet reaches the container (over the pod IP) before the SIGTERM; a failing preStop
+/// exec is a `FailedPreStopHook` event and the container still stops.
+async fn pre_stop_hooks_run_before_sigterm_and_a_failing_one_is_only_an_event(f: &mut Fixture) {
+    let out = f.root.parent().unwrap().join("pre-stop-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = "trap 'echo sigterm >> /out/order; exit 0' TERM; \
+                  (printf 'HTTP/1.1 200 OK\\r\\n\\r\\n' | nc -l -p 8080 > /out/request; echo request >> /out/order) & \
+                  while true; do sleep 1; done";
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "stopper"},
+        "spec": {"nodeName": NODE, "terminationGracePeriodSeconds": 10,
+                 "volumes": [{"name": "out", "hostPath": {"path": out}}],
+                 "containers": [{"name": "app", "image": f.image, "command": ["sh", "-c", script],
+                                 "volumeMounts": [{"name": "out", "mountPath": "/out"}],
+                                 "lifecycle": {"preStop": {"httpGet": {"path": "/bye", "port": 8080,
+                                     "httpHeaders": [{"name": "X-Reason", "value": "stopping"}]}}}}]},
+    }))
+    .unwrap();
+    f.pods().create(&pod).await.unwrap();
+    f.wait_pod("stopper", "running", |p| {
+        try_container_status(p, 0).is_some_and(|c| c.state.unwrap().running.is_some())
+    })
+    .await;
+    // The listener may need a moment after the container starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.pods().delete("stopper", &DeleteOptions::default()).await.unwrap();
+    f.wait_gone("stopper").await;
+    let request = std::fs::read_to_string(out.join("request")).unwrap();
+    assert!(request.starts_with("GET /bye HTTP/1.1\r\n"), "{request}");
+    assert!(request.contains("X-Reason: stopping\r\n") && request.contains("User-Agent: kube-lifecycle/1.33\r\n"));
+    assert_eq!(std::fs::read_to_string(out.join("order")).unwrap(), "request\nsigterm\n");
+
+    f.create(
+        "bad-stop",
+        "Always",
+        json!([{"name": "app", "image": f.image, "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "exit 1"]}}}}]),
+    )
+    .await;
+    f.wait_pod("bad-stop", "running", |p| {
+        try_container_status(p, 0).is_some_and(|c| c.state.unwrap().running.is_some())
+    })
+    .await;
+    let before = f.events("bad-stop").await;
+    f.pods().delete("bad-stop", &DeleteOptions::default()).await.unwrap();
+    f.wait_gone("bad-stop").await;
+    let events = f.events("bad-stop").await;
+    let failed =
+        events.iter().find(|e| e.reason.as_deref() == Some("FailedPreStopHook")).expect("a FailedPreStopHook event");
+    assert_eq!((failed.type_.as_deref(), failed.message.as_deref()), (Some("Warning"), Some("PreStopHook failed")));
+    assert!(!reasons(&before).contains(&"FailedPreStopHook".to_string()));
+}
+
+/// A postStart httpGet to a port nobody listens on fails the start: the event, a kill with
+/// `FailedPostStartHook`, and under `Never` no restart: the TERM trap exits 0, so the pod
+/// succeeds, as it would in Kubernetes.
+async fn a_failing_post_start_http_hook_kills_the_container(f: &mut Fixture) {
+    f.create(
+        "bad-start",
+        "Never",
+        json!([{"name": "app", "image": f.image, "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"],
+                "lifecycle": {"postStart": {"httpGet": {"path": "/start", "port": 9}}}}]),
+    )
+    .await;
+    let done = f.wait_pod("bad-start", "Succeeded", |p| phase(p) == "Succeeded").await;
+    assert_eq!(container_status(&done, 0).restart_count, 0);
+    let t = container_status(&done, 0).state.unwrap().terminated.expect("terminated");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")), "the TERM trap exits 0");
+    let events = f.events("bad-start").await;
+    let rs = reasons(&events);
+    assert!(rs.contains(&"FailedPostStartHook".to_string()), "{rs:?}");
+    let killing = events.iter().find(|e| e.reason.as_deref() == Some("Killing")).expect("a Killing event");
+    assert_eq!(killing.message.as_deref(), Some("FailedPostStartHook"));
+    f.pods().delete("bad-start", &DeleteOptions::default()).await.unwrap();
+    f.wait_gone("bad-start").await;
+}
+
 type Test = for<'a> fn(&'a mut Fixture) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
 
 macro_rules! tests {
@@ -562,6 +639,8 @@ fn main() {
         readiness_waits_for_the_probe_and_a_failing_liveness_probe_restarts,
         follow_streams_until_the_container_exits,
         restarted_kubelet_adopts_running_containers_and_removes_orphans,
+        pre_stop_hooks_run_before_sigterm_and_a_failing_one_is_only_an_event,
+        a_failing_post_start_http_hook_kills_the_container,
     ];
     let selected: Vec<_> = tests
         .into_iter()

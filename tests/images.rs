@@ -195,7 +195,8 @@ fn archives_in_the_images_folder_are_imported_at_start_and_only_once() {
     let work = tempfile::Builder::new().prefix("skiff-test-images-").tempdir_in("/tmp").unwrap();
     let busybox = build_busybox_image(&work.path().join("busybox")).unwrap();
     let folder = server.data_dir().join("images");
-    assert!(folder.is_dir(), "the server makes the folder for archives");
+    // The API answers before the kubelet's start, which follows the import.
+    server.wait_for("the server to make the folder for archives", RUN_TIMEOUT, || folder.is_dir().then_some(()));
     busybox.write_oci_archive("skiff.test/preloaded:1", false, &folder.join("preloaded.tar")).unwrap();
     busybox.write_docker_save(&["saved:1"], &folder.join("saved.tar")).unwrap();
 

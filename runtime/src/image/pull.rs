@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use oci_client::client::current_platform_resolver;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::manifest::{
@@ -208,7 +208,10 @@ async fn pull_from(
             async move { fetch_layer(&store, &client, &oci_ref, &reference, &layer, &diff_id).await }
         })
         .collect();
-    futures::stream::iter(downloads).buffer_unordered(PARALLEL_LAYERS).try_collect::<Vec<()>>().await?;
+    // Every download runs to its end before the first failure is reported: one dropped mid-way
+    // would leave its unpack running detached, writing into the store after the pull returned.
+    let results: Vec<Result<()>> = futures::stream::iter(downloads).buffer_unordered(PARALLEL_LAYERS).collect().await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
 
     let size = manifest.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>() + config_bytes.len() as u64;
     let image = Image {
@@ -234,22 +237,26 @@ async fn fetch_layer(
     if store.has_layer(diff_id) {
         return Ok(());
     }
-    let tmp = store.temp_path("blob");
+    let tmp = TempBlob(store.temp_path("blob"));
     let file =
-        tokio::fs::File::create(&tmp).await.map_err(crate::state::io_ctx(format!("creating {}", tmp.display())))?;
-    let download = client.pull_blob(oci_ref, layer, file).await.map_err(|e| map_error(reference, e));
-    let result = match download {
-        Ok(()) => {
-            let (store, blob, blob_digest, diff_id) =
-                (store.clone(), tmp.clone(), layer.digest.clone(), diff_id.to_string());
-            tokio::task::spawn_blocking(move || store.commit_layer(&blob, &blob_digest, &diff_id))
-                .await
-                .map_err(|e| Error::Pull { reference: reference.into(), message: format!("unpack task failed: {e}") })?
-        }
-        Err(e) => Err(e),
-    };
-    let _ = tokio::fs::remove_file(&tmp).await;
-    result
+        tokio::fs::File::create(&tmp.0).await.map_err(crate::state::io_ctx(format!("creating {}", tmp.0.display())))?;
+    client.pull_blob(oci_ref, layer, file).await.map_err(|e| map_error(reference, e))?;
+    let (store, blob_digest, diff_id) = (store.clone(), layer.digest.clone(), diff_id.to_string());
+    // The blocking task owns the download, so it is removed when the unpack ends, even if this
+    // pull was dropped meanwhile.
+    tokio::task::spawn_blocking(move || store.commit_layer(&tmp.0, &blob_digest, &diff_id))
+        .await
+        .map_err(|e| Error::Pull { reference: reference.into(), message: format!("unpack task failed: {e}") })?
+}
+
+/// A downloaded layer in the store's tmp dir, removed when dropped: after its unpack, on a
+/// failed download, or when the pull is cancelled (a pod deleted while its image downloads).
+struct TempBlob(std::path::PathBuf);
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn parse_manifest(reference: &str, body: &[u8]) -> Result<OciManifest> {

@@ -132,7 +132,7 @@ data:
     assert!(!out.status.success(), "a conflicting apply succeeded: {}", stdout(&out));
     let err = stderr(&out);
     assert!(
-        err.starts_with("error: Apply failed with 1 conflict: conflict with \"kubectl\" using v1: .data.owner"),
+        err.starts_with("error: Apply failed with 1 conflict: conflict with \"kubectl\": .data.owner"),
         "{err}"
     );
     assert!(err.contains("--force-conflicts"), "{err}");

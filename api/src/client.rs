@@ -45,6 +45,28 @@ pub struct DeleteOptions {
     pub precondition_resource_version: Option<String>,
 }
 
+/// Options every write request carries besides its body: Kubernetes' `fieldManager` and
+/// `dryRun` query parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Who writes, recorded in `metadata.managedFields` (the HTTP layer takes `fieldManager`,
+    /// else the User-Agent's product). `None` leaves the write untracked, as in-process
+    /// components do.
+    pub field_manager: Option<String>,
+    /// `dryRun=All`: run every check and answer the would-be object, but store nothing.
+    pub dry_run: bool,
+}
+
+impl WriteOptions {
+    /// The default implementations of the `*_with` verbs cannot honour a dry run.
+    fn refuse_dry_run(&self) -> Result<(), ApiError> {
+        if self.dry_run {
+            return Err(ApiError::bad_request("dryRun is not supported by this client"));
+        }
+        Ok(())
+    }
+}
+
 /// The patch formats of Kubernetes, by their content types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PatchKind {
@@ -138,6 +160,70 @@ pub trait ApiClient: Send + Sync {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError>;
+
+    /// [`create`](Self::create) with [`WriteOptions`]. Implementations that track field
+    /// managers or support dry runs override the `*_with` verbs; the defaults ignore the field
+    /// manager and refuse a dry run.
+    async fn create_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        object: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        opts.refuse_dry_run()?;
+        self.create(res, namespace, object).await
+    }
+
+    async fn update_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        object: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        opts.refuse_dry_run()?;
+        self.update(res, namespace, name, subresource, object).await
+    }
+
+    /// A patch that also tells whether it created the object (server-side apply of a missing
+    /// object, answered with 201).
+    #[allow(clippy::too_many_arguments)]
+    async fn patch_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        kind: PatchKind,
+        patch: Value,
+        opts: &WriteOptions,
+    ) -> Result<(Value, bool), ApiError> {
+        opts.refuse_dry_run()?;
+        let existed = match kind {
+            PatchKind::Apply { .. } => match self.get(res, namespace, name).await {
+                Ok(_) => true,
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e),
+            },
+            _ => true,
+        };
+        Ok((self.patch(res, namespace, name, subresource, kind, patch).await?, !existed))
+    }
+
+    async fn delete_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+        write: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        write.refuse_dry_run()?;
+        self.delete(res, namespace, name, opts).await
+    }
 }
 
 /// A typed view of [`ApiClient`] for one `k8s-openapi` kind, in one namespace or across all.

@@ -24,7 +24,7 @@ mod streams;
 mod watch;
 mod workqueue;
 
-pub use client::{Api, ApiClient, DeleteOptions, ListOptions, ObjectList, PatchKind, WatchStream};
+pub use client::{Api, ApiClient, DeleteOptions, ListOptions, ObjectList, PatchKind, WatchStream, WriteOptions};
 pub use registry::{RESOURCES, ResourceKind, Scope, Subresource};
 pub use selector::{FieldSelector, LabelSelector, SelectorError};
 pub use status::{ApiError, Cause, StatusReason};

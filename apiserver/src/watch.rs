@@ -49,6 +49,8 @@ struct Ring {
 /// Where watchers subscribe and the writer publishes.
 pub struct Hub {
     ring: Mutex<Ring>,
+    /// Signalled whenever `ring.last` moves.
+    published: std::sync::Condvar,
     capacity: usize,
     sender: broadcast::Sender<Arc<Event>>,
     bookmark_every: Mutex<Duration>,
@@ -68,6 +70,7 @@ impl Hub {
         let (sender, _) = broadcast::channel(LAG_CAPACITY);
         Self {
             ring: Mutex::new(Ring { events: VecDeque::new(), floor: 0, last: 0 }),
+            published: std::sync::Condvar::new(),
             capacity,
             sender,
             bookmark_every: Mutex::new(Duration::from_secs(60)),
@@ -100,6 +103,23 @@ impl Hub {
             // No receivers is fine: nobody is watching.
             let _ = self.sender.send(event);
         }
+        self.published.notify_all();
+    }
+
+    /// The changes after revision `after` up to and including `upto`, oldest first. A reader
+    /// may have seen commit `upto` before the writer published it: this waits (briefly) for
+    /// it. Fails with the oldest revision still complete when changes after `after` are no
+    /// longer all kept.
+    pub fn changes(&self, after: u64, upto: u64) -> Result<Vec<Arc<Event>>, u64> {
+        let ring = self.ring.lock().expect("watch ring lock poisoned");
+        let (ring, _) = self
+            .published
+            .wait_timeout_while(ring, Duration::from_secs(5), |r| r.last < upto)
+            .expect("watch ring lock poisoned");
+        if after < ring.floor || ring.last < upto {
+            return Err(ring.floor);
+        }
+        Ok(ring.events.iter().filter(|e| e.rv > after && e.rv <= upto).cloned().collect())
     }
 
     /// Subscribes to live changes. Call before reading the snapshot a watch starts from, so no

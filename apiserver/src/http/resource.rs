@@ -7,10 +7,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{Value, json};
-use skiff_api::{ApiError, DeleteOptions, ListOptions, PatchKind, ResourceKind, WatchEventType};
+use skiff_api::{ApiError, DeleteOptions, ListOptions, PatchKind, ResourceKind, WatchEventType, WriteOptions};
 
 use super::State;
 use super::exec;
@@ -32,10 +32,6 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target) -> Result<Response<Body>, ApiError> {
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
-    let write = matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
-    if write && query.get("dryRun").is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::bad_request("dryRun is not supported by this server yet"));
-    }
     let ns = t.namespace.as_deref();
     let res = t.res;
     match (&method, t.name.as_deref(), t.subresource.as_deref()) {
@@ -75,7 +71,8 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target
             let mut object = decode_object(&content_type, &body)?;
             prepare_object(res, ns, None, &mut object)?;
             let warnings = strict::check(res, &object, FieldValidation::parse(query.get("fieldValidation"))?)?;
-            let created = state.api.create(res, ns, object).await?;
+            let opts = write_options(&query, &headers, "CreateOptions", false)?;
+            let created = state.api.create_with(res, ns, object, &opts).await?;
             let mut reply = object_reply(StatusCode::CREATED, res, created, &headers, &query)?;
             add_warnings(&mut reply, &warnings);
             Ok(reply)
@@ -96,7 +93,8 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target
             } else {
                 Vec::new()
             };
-            let updated = state.api.update(res, ns, name, sub, object).await?;
+            let opts = write_options(&query, &headers, "UpdateOptions", false)?;
+            let updated = state.api.update_with(res, ns, name, sub, object, &opts).await?;
             let mut reply = if sub == Some("scale") {
                 reply::json(StatusCode::OK, &updated)
             } else {
@@ -109,19 +107,22 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target
         (&Method::DELETE, Some(name), None) => {
             let headers = req.headers().clone();
             let (content_type, body) = read_body(req).await?;
-            let opts = delete_options(&query, &content_type, &body)?;
-            let deleted = state.api.delete(res, ns, name, &opts).await?;
+            let (opts, dry_run) = delete_options(&query, &content_type, &body)?;
+            let write = write_options(&query, &headers, "DeleteOptions", dry_run)?;
+            let deleted = state.api.delete_with(res, ns, name, &opts, &write).await?;
             object_reply(StatusCode::OK, res, deleted, &headers, &query)
         }
         (&Method::DELETE, None, None) => {
+            let headers = req.headers().clone();
             let (content_type, body) = read_body(req).await?;
-            let opts = delete_options(&query, &content_type, &body)?;
+            let (opts, dry_run) = delete_options(&query, &content_type, &body)?;
+            let write = write_options(&query, &headers, "DeleteOptions", dry_run)?;
             let listed = state.api.list(res, ns, &query.list_options()?).await?;
             let mut deleted = Vec::new();
             for item in listed.items {
                 let name = item["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 let item_ns = item["metadata"]["namespace"].as_str().map(String::from);
-                match state.api.delete(res, item_ns.as_deref().or(ns), &name, &opts).await {
+                match state.api.delete_with(res, item_ns.as_deref().or(ns), &name, &opts, &write).await {
                     Ok(object) => deleted.push(with_type_meta(res, object)),
                     // Deleted meanwhile by someone else: the collection is still gone.
                     Err(e) if e.is_not_found() => {}
@@ -440,18 +441,16 @@ async fn patch(
         }
         (_, None) => strict::check(res, &without_directives(&patch), validation)?,
     };
-    // Server-side apply creates what does not exist, and then the answer is 201: the trait
-    // returns only the object, so look first.
-    let existed = match kind {
-        PatchKind::Apply { .. } => match state.api.get(res, ns, name).await {
-            Ok(_) => true,
-            Err(e) if e.is_not_found() => false,
-            Err(e) => return Err(e),
+    let opts = match &kind {
+        PatchKind::Apply { field_manager, .. } => WriteOptions {
+            field_manager: Some(field_manager.clone()),
+            ..write_options(query, &headers, "PatchOptions", false)?
         },
-        _ => true,
+        _ => write_options(query, &headers, "PatchOptions", false)?,
     };
-    let patched = state.api.patch(res, ns, name, sub, kind, patch).await?;
-    let code = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    // Server-side apply creates what does not exist, and then the answer is 201.
+    let (patched, created) = state.api.patch_with(res, ns, name, sub, kind, patch, &opts).await?;
+    let code = if created { StatusCode::CREATED } else { StatusCode::OK };
     let mut reply = if sub == Some("scale") {
         reply::json(code, &patched)
     } else {
@@ -461,11 +460,64 @@ async fn patch(
     Ok(reply)
 }
 
-/// DeleteOptions from the body (kubectl sends `{"propagationPolicy":"Background"}`) and the query.
-fn delete_options(query: &Query, content_type: &str, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+/// The longest field manager Kubernetes accepts.
+const MAX_FIELD_MANAGER: usize = 128;
+
+/// The `dryRun` values of a request: only `All` exists.
+fn dry_run(values: &[String], options_kind: &str) -> Result<bool, ApiError> {
+    for v in values {
+        if v != "All" {
+            return Err(ApiError::new(
+                422,
+                skiff_api::StatusReason::Invalid,
+                format!(
+                    "{options_kind}.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: \"{v}\": supported values: \"All\""
+                ),
+            ));
+        }
+    }
+    Ok(!values.is_empty())
+}
+
+/// `fieldManager` and `dryRun` of a write. Without `fieldManager`, the manager is the
+/// User-Agent's product (`kubectl/v1.33.1 (linux/amd64) …` → `kubectl`), as Kubernetes derives
+/// it. `options_kind` names the options in errors; `body_dry_run` is what a DeleteOptions body
+/// asked for.
+fn write_options(
+    query: &Query,
+    headers: &HeaderMap,
+    options_kind: &str,
+    body_dry_run: bool,
+) -> Result<WriteOptions, ApiError> {
+    let values: Vec<String> = query.all("dryRun").into_iter().filter(|v| !v.is_empty()).collect();
+    let dry_run = dry_run(&values, options_kind)? || body_dry_run;
+    let field_manager = match query.string("fieldManager") {
+        Some(m) if m.chars().count() > MAX_FIELD_MANAGER => {
+            return Err(ApiError::new(
+                422,
+                skiff_api::StatusReason::Invalid,
+                format!("fieldManager: Too long: may not be more than {MAX_FIELD_MANAGER} bytes"),
+            ));
+        }
+        Some(m) => m,
+        None => {
+            let agent = headers.get(USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            agent.split('/').next().unwrap_or_default().chars().take(MAX_FIELD_MANAGER).collect()
+        }
+    };
+    Ok(WriteOptions { field_manager: Some(field_manager), dry_run })
+}
+
+/// DeleteOptions from the body (kubectl sends `{"propagationPolicy":"Background"}`) and the
+/// query, and whether the body asks for a dry run (`"dryRun":["All"]`).
+fn delete_options(query: &Query, content_type: &str, body: &[u8]) -> Result<(DeleteOptions, bool), ApiError> {
     let mut opts = DeleteOptions::default();
+    let mut body_dry_run = false;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let v = decode_value(content_type, body)?;
+        let values: Vec<String> =
+            v["dryRun"].as_array().into_iter().flatten().filter_map(|d| d.as_str().map(String::from)).collect();
+        body_dry_run = dry_run(&values, "DeleteOptions")?;
         opts.grace_period_seconds = v["gracePeriodSeconds"].as_i64();
         opts.propagation_policy = v["propagationPolicy"].as_str().map(String::from);
         if opts.propagation_policy.is_none() {
@@ -491,7 +543,7 @@ fn delete_options(query: &Query, content_type: &str, body: &[u8]) -> Result<Dele
             "propagationPolicy: Unsupported value: \"{policy}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
         )));
     }
-    Ok(opts)
+    Ok((opts, body_dry_run))
 }
 
 #[cfg(test)]
@@ -535,11 +587,18 @@ mod tests {
             "application/json",
             br#"{"propagationPolicy":"Foreground","preconditions":{"uid":"u1"}}"#,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(opts.propagation_policy.as_deref(), Some("Foreground"));
         assert_eq!(opts.grace_period_seconds, Some(0));
         assert_eq!(opts.precondition_uid.as_deref(), Some("u1"));
-        assert_eq!(delete_options(&Query::default(), "", b"").unwrap(), DeleteOptions::default());
+        assert_eq!(delete_options(&Query::default(), "", b"").unwrap(), (DeleteOptions::default(), false));
+        let (_, dry) = delete_options(&Query::default(), "application/json", br#"{"dryRun":["All"]}"#).unwrap();
+        assert!(dry);
+        assert_eq!(
+            delete_options(&Query::default(), "application/json", br#"{"dryRun":["Some"]}"#).unwrap_err().code,
+            422
+        );
         assert_eq!(delete_options(&Query::parse(Some("propagationPolicy=Sideways")), "", b"").unwrap_err().code, 400);
     }
 

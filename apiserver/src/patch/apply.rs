@@ -1,17 +1,22 @@
-//! Server-side apply with field ownership, as far as appliers go.
+//! Field ownership: server-side apply, and the `Update` entries every other write records.
 //!
-//! Each applier (field manager) owns the fields of its last applied configuration, recorded
-//! in `metadata.managedFields` as an `Apply` entry in Kubernetes' `FieldsV1` form
-//! (`{"f:spec":{"f:replicas":{}}}`, keyed list elements as `k:{"name":"app"}`, set members as
-//! `v:"x"`, an element itself as `.`). Applying:
+//! Each field manager owns a set of fields, recorded in `metadata.managedFields` in
+//! Kubernetes' `FieldsV1` form (`{"f:spec":{"f:replicas":{}}}`, keyed list elements as
+//! `k:{"name":"app"}`, set members as `v:"x"`, a map, list or element itself as `.`). A manager
+//! is identified by its name, operation (`Apply` or `Update`) and subresource.
+//!
+//! Applying ([`apply`]):
 //! - merges the configuration over the live object (keyed lists by key, atomic lists whole);
-//! - refuses (409) to change a field another applier owns with a different value, unless
-//!   `force`, which takes the field over;
-//! - removes fields this applier set before and no longer sets, if no other applier owns them.
+//! - refuses (409) to change a field another manager owns, `Apply` or `Update`, unless `force`,
+//!   which takes the field over. For the manager `kubectl`, fields still equal to the
+//!   client-side `last-applied-configuration` do not conflict (the upgrade from client-side
+//!   apply, as Kubernetes' `lastAppliedManager`), and that annotation follows the applied
+//!   configuration;
+//! - removes fields this applier set before and no longer sets, if no other manager owns them.
 //!
-//! Plain updates (PUT, JSON/merge/strategic patches) are not tracked as managers, so they
-//! never conflict with an applier and an applier may remove what it alone applied even if an
-//! update changed it since.
+//! Any other write ([`track_update`]: create, update, JSON/merge/strategic patch, status and
+//! scale writes) gives its manager the fields it added or changed, taking them from whoever
+//! owned them, and drops removed fields from every manager.
 
 use std::collections::BTreeSet;
 
@@ -20,15 +25,50 @@ use skiff_api::{ApiError, Cause, ResourceKind, StatusReason};
 
 use super::strategic::{self, ListStrategy, list_strategy};
 
+/// The annotation client-side `kubectl apply` keeps its last configuration in.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Metadata fields the server owns: never in a field set.
+const SYSTEM_METADATA: [&str; 10] = [
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "selfLink",
+    "managedFields",
+];
+
 type Path = Vec<String>;
 
-/// The fields `config` sets, as FieldsV1 paths.
+/// The fields an apply configuration sets, as FieldsV1 paths. `status` is not applied through
+/// the main resource.
 pub fn field_set(res: &ResourceKind, config: &Value) -> BTreeSet<Path> {
+    let mut out = object_fields(res, config);
+    out.retain(|p| p.first().is_none_or(|t| t != "f:status"));
+    out
+}
+
+/// Every field of an object (status included), as FieldsV1 paths.
+fn object_fields(res: &ResourceKind, object: &Value) -> BTreeSet<Path> {
     let mut out = BTreeSet::new();
-    if let Some(map) = config.as_object() {
+    if let Some(map) = object.as_object() {
         collect(res, map, &mut Vec::new(), &mut Vec::new(), &mut out, true);
     }
     out
+}
+
+/// Structs Kubernetes marks `+structType=atomic`: owned as one field. A Service's (and a
+/// ReplicationController's) `selector` is a plain map instead.
+fn atomic_struct(res: &ResourceKind, names: &[String]) -> bool {
+    match names.last().map(String::as_str) {
+        Some("selector") => !(res.group.is_empty() && matches!(res.kind, "Service" | "ReplicationController")),
+        Some("labelSelector" | "namespaceSelector" | "nodeSelectorTerms") => true,
+        _ => false,
+    }
 }
 
 fn collect(
@@ -41,13 +81,12 @@ fn collect(
 ) {
     for (k, v) in map {
         // Identity and type are not owned fields.
-        if top && matches!(k.as_str(), "apiVersion" | "kind" | "status") {
+        if top && matches!(k.as_str(), "apiVersion" | "kind") {
             continue;
         }
         if top && k == "metadata" {
             let mut meta = v.as_object().cloned().unwrap_or_default();
-            for f in ["name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields"]
-            {
+            for f in SYSTEM_METADATA {
                 meta.remove(f);
             }
             if meta.is_empty() {
@@ -63,7 +102,9 @@ fn collect(
         names.push(k.clone());
         prefix.push(format!("f:{k}"));
         match v {
-            Value::Object(m) if !m.is_empty() => collect(res, m, names, prefix, out, false),
+            Value::Object(m) if !m.is_empty() && !atomic_struct(res, names) => {
+                collect(res, m, names, prefix, out, false)
+            }
             Value::Array(items) => match list_strategy(res, names) {
                 ListStrategy::MergeByKey(key) => {
                     for item in items {
@@ -220,10 +261,240 @@ fn display(path: &[String]) -> String {
     out
 }
 
+/// One `managedFields` entry with its field set.
 struct Manager {
-    name: String,
     set: BTreeSet<Path>,
     entry: Value,
+}
+
+impl Manager {
+    fn of(entry: Value) -> Self {
+        Self { set: from_fields_v1(&entry["fieldsV1"]), entry }
+    }
+
+    fn is(&self, manager: &str, operation: &str, subresource: Option<&str>) -> bool {
+        self.entry["manager"] == manager
+            && self.entry["operation"] == operation
+            && self.entry["subresource"].as_str().filter(|s| !s.is_empty()) == subresource
+    }
+
+    /// The entry with its (changed) set, or nothing once it owns no field.
+    fn into_entry(mut self) -> Option<Value> {
+        if self.set.is_empty() {
+            return None;
+        }
+        self.entry["fieldsV1"] = to_fields_v1(&self.set);
+        Some(self.entry)
+    }
+
+    /// The manager as conflict messages name it (apimachinery's `printManager` of an entry
+    /// without time).
+    fn describe(&self) -> String {
+        let name = self.entry["manager"].as_str().unwrap_or_default();
+        let mut out = serde_json::to_string(name).expect("a string serialises");
+        if let Some(sub) = self.entry["subresource"].as_str().filter(|s| !s.is_empty()) {
+            out.push_str(&format!(" with subresource {}", serde_json::to_string(sub).expect("a string serialises")));
+        }
+        if self.entry["operation"] == "Update" {
+            out.push_str(&format!(" using {}", self.entry["apiVersion"].as_str().unwrap_or_default()));
+        }
+        out
+    }
+}
+
+fn entry(manager: &str, operation: &str, res: &ResourceKind, subresource: Option<&str>, now: &str) -> Value {
+    let mut entry = json!({
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": res.api_version(),
+        "time": now,
+        "fieldsType": "FieldsV1",
+    });
+    if let Some(sub) = subresource {
+        entry["subresource"] = json!(sub);
+    }
+    entry
+}
+
+/// The `managedFields` entries of an object, without malformed ones (no manager: Kubernetes'
+/// way to reset them is `managedFields: [{}]`).
+fn entries(object: &Value) -> Vec<Value> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .map(|entries| {
+            entries.iter().filter(|e| e["manager"].is_string() && e["operation"].is_string()).cloned().collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Stores `entries` in Kubernetes' order: `Apply` before `Update`, then by time, manager,
+/// apiVersion and subresource.
+fn set_entries(object: &mut Value, mut entries: Vec<Value>) {
+    let text = |e: &Value, k: &str| e[k].as_str().unwrap_or_default().to_string();
+    entries.sort_by_key(|e| ["operation", "time", "manager", "apiVersion", "subresource"].map(|k| text(e, k)));
+    let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) else { return };
+    if entries.is_empty() {
+        meta.remove("managedFields");
+    } else {
+        meta.insert("managedFields".into(), Value::Array(entries));
+    }
+}
+
+/// Whether the field (or map, list, element) a path names exists in `object`.
+fn present(object: &Value, path: &[String]) -> bool {
+    match path.split_last() {
+        Some((last, parent)) if last == "." => value_at(object, parent).is_some(),
+        _ => value_at(object, path).is_some(),
+    }
+}
+
+/// Structs every object of their parent has (Go non-pointer fields): Kubernetes never records
+/// them as added, so they get no `.` of their own.
+const ALWAYS_PRESENT: [&str; 8] = [
+    "f:metadata",
+    "f:spec",
+    "f:status",
+    "f:template",
+    "f:strategy",
+    "f:updateStrategy",
+    "f:jobTemplate",
+    "f:containers",
+];
+
+/// The fields `new` added or changed relative to `old`, as apimachinery's comparison finds
+/// them: changed leaves, new list elements and set members, and each map, list or struct that
+/// did not exist before (as its `.`).
+fn changed_fields(res: &ResourceKind, old: &Value, new: &Value) -> BTreeSet<Path> {
+    let before = object_fields(res, old);
+    let after = object_fields(res, new);
+    let mut changed = BTreeSet::new();
+    for path in after {
+        let is_new = !before.contains(&path);
+        let is_value = path.last().is_some_and(|t| t != "." && !t.starts_with("v:"));
+        if !is_new && !(is_value && value_at(old, &path) != value_at(new, &path)) {
+            continue;
+        }
+        if is_new {
+            for depth in 1..path.len() {
+                let node = &path[..depth];
+                let last = &node[depth - 1];
+                if !last.starts_with("f:") || ALWAYS_PRESENT.contains(&last.as_str()) || value_at(old, node).is_some() {
+                    continue;
+                }
+                let non_empty = match value_at(new, node) {
+                    Some(Value::Object(m)) => !m.is_empty(),
+                    Some(Value::Array(a)) => !a.is_empty(),
+                    _ => false,
+                };
+                if non_empty {
+                    let mut marker = node.to_vec();
+                    marker.push(".".into());
+                    changed.insert(marker);
+                }
+            }
+        }
+        changed.insert(path);
+    }
+    changed
+}
+
+/// Records a write other than an apply in `new`'s `managedFields`, as Kubernetes' field
+/// manager does for an `Update` operation: `manager` (with `subresource`) gains the fields this
+/// write added or changed, which every other manager loses; fields the write removed leave
+/// every manager. Its entry's time moves only when it gained something. `old` is `None` for a
+/// create. A write without a manager (in-process components) is not recorded, but still moves
+/// fields away from their former owners.
+pub fn track_update(
+    res: &ResourceKind,
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: Option<&str>,
+    subresource: Option<&str>,
+    now: &str,
+) {
+    let existing = entries(new);
+    if manager.is_none() && existing.is_empty() {
+        return;
+    }
+    let empty = json!({});
+    let changed = changed_fields(res, old.unwrap_or(&empty), new);
+    let mut kept = Vec::new();
+    let mut mine = None;
+    for entry in existing {
+        let mut m = Manager::of(entry);
+        m.set.retain(|p| present(new, p));
+        if manager.is_some_and(|name| m.is(name, "Update", subresource)) {
+            mine = Some(m);
+            continue;
+        }
+        m.set.retain(|p| !changed.contains(p));
+        kept.extend(m.into_entry());
+    }
+    if let Some(name) = manager {
+        let mut m = mine.unwrap_or_else(|| Manager::of(entry(name, "Update", res, subresource, now)));
+        if !changed.is_empty() {
+            m.set.extend(changed);
+            m.entry["time"] = json!(now);
+            m.entry["apiVersion"] = json!(res.api_version());
+        }
+        kept.extend(m.into_entry());
+    }
+    set_entries(new, kept);
+}
+
+/// The fields of the live object still as client-side apply last left them: for the manager
+/// `kubectl`, changing them does not conflict (Kubernetes' `lastAppliedManager`).
+fn unchanged_since_last_applied(res: &ResourceKind, live: &Value) -> BTreeSet<Path> {
+    let Some(text) = live["metadata"]["annotations"][LAST_APPLIED].as_str().filter(|t| !t.is_empty()) else {
+        return BTreeSet::new();
+    };
+    let Ok(last) = serde_json::from_str::<Value>(text) else { return BTreeSet::new() };
+    if last["apiVersion"] != res.api_version() {
+        return BTreeSet::new();
+    }
+    let mut set = object_fields(res, &last);
+    set.retain(|p| value_at(&last, p) == value_at(live, p));
+    set
+}
+
+/// The `last-applied-configuration` server-side apply by `kubectl` keeps in step, so a later
+/// client-side apply diffs against what was really applied (Kubernetes' `lastAppliedUpdater`).
+fn last_applied_of(config: &Value) -> String {
+    let mut config = config.clone();
+    if let Some(annotations) = config["metadata"]["annotations"].as_object_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+    let mut text = serde_json::to_string(&config).expect("serde_json::Value always serialises");
+    text.push('\n');
+    text
+}
+
+fn conflict_error(conflicts: &[(String, Path)]) -> ApiError {
+    let causes: Vec<Cause> = conflicts
+        .iter()
+        .map(|(m, p)| Cause {
+            reason: "FieldManagerConflict".into(),
+            message: format!("conflict with {m}"),
+            field: display(p),
+        })
+        .collect();
+    let message = match conflicts {
+        [(m, p)] => format!("Apply failed with 1 conflict: conflict with {m}: {}", display(p)),
+        _ => {
+            let mut managers: Vec<&String> = conflicts.iter().map(|(m, _)| m).collect();
+            managers.sort();
+            managers.dedup();
+            let mut lines = Vec::new();
+            for manager in managers {
+                lines.push(format!("conflicts with {manager}:"));
+                lines.extend(conflicts.iter().filter(|(m, _)| m == manager).map(|(_, p)| format!("- {}", display(p))));
+            }
+            format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+        }
+    };
+    let mut err = ApiError::new(409, StatusReason::Conflict, message);
+    err.causes = causes;
+    err
 }
 
 /// `live` with `config` applied by `manager`; `metadata.managedFields` updated.
@@ -236,104 +507,81 @@ pub fn apply(
     now: &str,
 ) -> Result<Value, ApiError> {
     let applied = field_set(res, config);
-    let entries = live["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
     let mut mine = BTreeSet::new();
     let mut others = Vec::new();
-    let mut untracked = Vec::new();
-    for entry in entries {
-        let is_apply = entry["operation"] == "Apply" && entry["subresource"].as_str().unwrap_or_default().is_empty();
-        if !is_apply {
-            untracked.push(entry);
-            continue;
-        }
-        let set = from_fields_v1(&entry["fieldsV1"]);
-        let name = entry["manager"].as_str().unwrap_or_default().to_string();
-        if name == manager {
-            mine = set;
+    for entry in entries(live) {
+        let m = Manager::of(entry);
+        if m.is(manager, "Apply", None) {
+            mine = m.set;
         } else {
-            others.push(Manager { name, set, entry });
+            others.push(m);
         }
     }
 
     let mut merged = strategic::merge(res, live, config).map_err(ApiError::bad_request)?;
 
-    let mut conflicts = Vec::new();
-    for other in &mut others {
-        let contested: Vec<Path> = other
-            .set
-            .intersection(&applied)
-            .filter(|p| p.last().is_some_and(|t| t != "."))
-            .filter(|p| value_at(live, p) != value_at(&merged, p))
-            .cloned()
+    // Fields of other managers this apply changes; the list elements themselves (`.`) are
+    // shared, never contested.
+    let mut contested: Vec<(usize, Path)> = Vec::new();
+    for (i, other) in others.iter().enumerate() {
+        contested.extend(
+            other
+                .set
+                .intersection(&applied)
+                .filter(|p| p.last().is_some_and(|t| t != "."))
+                .filter(|p| value_at(live, p) != value_at(&merged, p))
+                .map(|p| (i, p.clone())),
+        );
+    }
+    if !force && !contested.is_empty() {
+        let allowed = if manager == "kubectl" { unchanged_since_last_applied(res, live) } else { BTreeSet::new() };
+        let conflicts: Vec<(String, Path)> = contested
+            .iter()
+            .filter(|(_, p)| !allowed.contains(p))
+            .map(|(i, p)| (others[*i].describe(), p.clone()))
             .collect();
-        if force {
-            for p in &contested {
-                other.set.remove(p);
-            }
-        } else {
-            conflicts.extend(contested.into_iter().map(|p| (other.name.clone(), p)));
+        if !conflicts.is_empty() {
+            return Err(conflict_error(&conflicts));
         }
     }
-    if !conflicts.is_empty() {
-        let api_version = res.api_version();
-        let causes: Vec<Cause> = conflicts
-            .iter()
-            .map(|(m, p)| Cause {
-                reason: "FieldManagerConflict".into(),
-                message: format!("conflict with \"{m}\" using {api_version}"),
-                field: display(p),
-            })
-            .collect();
-        let list: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.message, c.field)).collect();
-        let n = causes.len();
-        let mut err = ApiError::new(
-            409,
-            StatusReason::Conflict,
-            format!("Apply failed with {n} conflict{}: {}", if n == 1 { "" } else { "s" }, list.join("\n")),
-        );
-        err.causes = causes;
-        return Err(err);
+    for (i, path) in &contested {
+        others[*i].set.remove(path);
     }
 
-    let owned_by_others: BTreeSet<&Path> = others.iter().flat_map(|o| o.set.iter()).collect();
+    // What this applier no longer sets goes, unless someone still owns it or something in it
+    // (a map or element whose `.` it held stays while another of its fields is owned).
+    let still_owned: BTreeSet<&Path> = others.iter().flat_map(|o| o.set.iter()).chain(applied.iter()).collect();
+    let owned_within = |p: &Path| {
+        let node = match p.split_last() {
+            Some((last, node)) if last == "." => node,
+            _ => p.as_slice(),
+        };
+        still_owned.iter().any(|o| o.starts_with(node))
+    };
     // Deepest first, so an element's fields go before the element.
-    let mut dropped: Vec<&Path> = mine.difference(&applied).filter(|p| !owned_by_others.contains(p)).collect();
+    let mut dropped: Vec<&Path> = mine.difference(&applied).filter(|p| !owned_within(p)).collect();
     dropped.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for path in dropped {
         remove_at(&mut merged, path);
     }
 
-    let mut fields = untracked;
-    for other in others {
-        if other.set.is_empty() {
-            continue;
-        }
-        let mut entry = other.entry;
-        entry["fieldsV1"] = to_fields_v1(&other.set);
-        fields.push(entry);
+    if manager == "kubectl" && live["metadata"]["annotations"].get(LAST_APPLIED).is_some() {
+        merged["metadata"]["annotations"][LAST_APPLIED] = json!(last_applied_of(config));
     }
-    fields.push(json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": res.api_version(),
-        "time": now,
-        "fieldsType": "FieldsV1",
-        "fieldsV1": to_fields_v1(&applied),
-    }));
-    merged["metadata"]["managedFields"] = Value::Array(fields);
+
+    let mut fields: Vec<Value> = others.into_iter().filter_map(Manager::into_entry).collect();
+    let mut own = entry(manager, "Apply", res, None, now);
+    own["fieldsV1"] = to_fields_v1(&applied);
+    fields.push(own);
+    set_entries(&mut merged, fields);
     Ok(merged)
 }
 
 /// The `managedFields` of an object created by applying `config`.
 pub fn managed_fields_for_create(res: &ResourceKind, config: &Value, manager: &str, now: &str) -> Value {
-    json!([{
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": res.api_version(),
-        "time": now,
-        "fieldsType": "FieldsV1",
-        "fieldsV1": to_fields_v1(&field_set(res, config)),
-    }])
+    let mut own = entry(manager, "Apply", res, None, now);
+    own["fieldsV1"] = to_fields_v1(&field_set(res, config));
+    json!([own])
 }
 
 #[cfg(test)]
@@ -387,7 +635,7 @@ mod tests {
         let live = apply(deployments(), &live, &config(2, json!({}), json!([])), "a", false, now).unwrap();
         let err = apply(deployments(), &live, &config(3, json!({}), json!([])), "b", false, now).unwrap_err();
         assert_eq!(err.code, 409);
-        assert_eq!(err.message, "Apply failed with 1 conflict: conflict with \"a\" using apps/v1: .spec.replicas");
+        assert_eq!(err.message, "Apply failed with 1 conflict: conflict with \"a\": .spec.replicas");
         assert_eq!(err.causes[0].field, ".spec.replicas");
         // The same value is shared ownership, not a conflict.
         assert!(apply(deployments(), &live, &config(2, json!({}), json!([])), "b", false, now).is_ok());
@@ -399,5 +647,167 @@ mod tests {
         assert!(
             a_entry.is_none_or(|e| !from_fields_v1(&e["fieldsV1"]).iter().any(|p| p.last().unwrap() == "f:replicas"))
         );
+    }
+
+    fn entry_of<'a>(object: &'a Value, manager: &str, operation: &str) -> Option<&'a Value> {
+        object["metadata"]["managedFields"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .position(|e| e["manager"] == manager && e["operation"] == operation)
+            .map(|i| &object["metadata"]["managedFields"][i])
+    }
+
+    fn owns(object: &Value, manager: &str, operation: &str, path: &[&str]) -> bool {
+        let path: Path = path.iter().map(|t| t.to_string()).collect();
+        entry_of(object, manager, operation).is_some_and(|e| from_fields_v1(&e["fieldsV1"]).contains(&path))
+    }
+
+    #[test]
+    fn a_create_records_every_field_it_set_as_an_update_with_markers_for_new_maps() {
+        let mut object =
+            config(2, json!({"app": "d"}), json!([{"name": "app", "image": "x", "ports": [{"containerPort": 80}]}]));
+        object["metadata"]["uid"] = json!("u1");
+        track_update(deployments(), None, &mut object, Some("kubectl-create"), None, "2024-01-01T00:00:00Z");
+        let entries = object["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0]["operation"], "Update");
+        assert_eq!(entries[0]["apiVersion"], "apps/v1");
+        assert!(entries[0].get("subresource").is_none());
+        assert_eq!(
+            entries[0]["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+                   "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {
+                       "k:{\"name\":\"app\"}": {".": {}, "f:name": {}, "f:image": {}, "f:ports": {
+                           ".": {}, "k:{\"containerPort\":80}": {".": {}, "f:containerPort": {}}}}}}}}})
+        );
+    }
+
+    #[test]
+    fn an_update_takes_the_fields_it_changes_and_removed_fields_leave_every_manager() {
+        let now = "2024-01-01T00:00:00Z";
+        let mut live = config(2, json!({"app": "d", "tier": "web"}), json!([{"name": "app", "image": "x"}]));
+        track_update(deployments(), None, &mut live, Some("kubectl-client-side-apply"), None, now);
+        let mut scaled = live.clone();
+        scaled["spec"]["replicas"] = json!(5);
+        scaled["metadata"]["labels"].as_object_mut().unwrap().remove("tier");
+        track_update(deployments(), Some(&live), &mut scaled, Some("kubectl"), Some("scale"), "2024-01-02T00:00:00Z");
+        let scale = entry_of(&scaled, "kubectl", "Update").unwrap();
+        assert_eq!(scale["subresource"], "scale");
+        assert_eq!(scale["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+        assert!(!owns(&scaled, "kubectl-client-side-apply", "Update", &["f:spec", "f:replicas"]));
+        assert!(!owns(&scaled, "kubectl-client-side-apply", "Update", &["f:metadata", "f:labels", "f:tier"]));
+        assert!(owns(&scaled, "kubectl-client-side-apply", "Update", &["f:metadata", "f:labels", "f:app"]));
+        // The creator's entry keeps its time: it gained nothing.
+        assert_eq!(entry_of(&scaled, "kubectl-client-side-apply", "Update").unwrap()["time"], now);
+
+        // A write that changes nothing leaves the entries as they are.
+        let mut again = scaled.clone();
+        track_update(deployments(), Some(&scaled), &mut again, Some("kubectl"), Some("scale"), "2030-01-01T00:00:00Z");
+        assert_eq!(again, scaled);
+    }
+
+    #[test]
+    fn applying_over_a_field_an_update_manager_owns_conflicts_naming_it_with_its_version_and_subresource() {
+        let now = "2024-01-01T00:00:00Z";
+        let mut live = config(2, json!({}), json!([]));
+        track_update(deployments(), None, &mut live, Some("kubectl-client-side-apply"), None, now);
+        let err = apply(deployments(), &live, &config(3, json!({}), json!([])), "ci", false, now).unwrap_err();
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"
+        );
+        assert_eq!(err.causes[0].reason, "FieldManagerConflict");
+        assert_eq!(err.causes[0].field, ".spec.replicas");
+
+        let mut scaled = live.clone();
+        scaled["spec"]["replicas"] = json!(4);
+        track_update(deployments(), Some(&live), &mut scaled, Some("kubectl"), Some("scale"), now);
+        let err = apply(deployments(), &scaled, &config(3, json!({}), json!([])), "ci", false, now).unwrap_err();
+        assert_eq!(
+            err.message,
+            "Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
+        );
+
+        let forced = apply(deployments(), &scaled, &config(3, json!({}), json!([])), "ci", true, now).unwrap();
+        assert_eq!(forced["spec"]["replicas"], 3);
+        assert!(owns(&forced, "ci", "Apply", &["f:spec", "f:replicas"]));
+        // The scaler owned nothing else, so its entry is gone.
+        assert!(entry_of(&forced, "kubectl", "Update").is_none());
+        // Apply entries come first, as Kubernetes sorts them.
+        assert_eq!(forced["metadata"]["managedFields"][0]["operation"], "Apply");
+    }
+
+    #[test]
+    fn several_conflicts_are_listed_per_manager() {
+        let now = "2024-01-01T00:00:00Z";
+        let live = apply(
+            deployments(),
+            &json!({"metadata": {"name": "d"}}),
+            &config(2, json!({"a": "1"}), json!([])),
+            "x",
+            false,
+            now,
+        )
+        .unwrap();
+        let err = apply(deployments(), &live, &config(3, json!({"a": "2"}), json!([])), "y", false, now).unwrap_err();
+        assert_eq!(
+            err.message,
+            "Apply failed with 2 conflicts: conflicts with \"x\":\n- .metadata.labels.a\n- .spec.replicas"
+        );
+        assert_eq!(err.causes.len(), 2);
+    }
+
+    #[test]
+    fn kubectl_server_side_apply_takes_over_fields_unchanged_since_client_side_apply() {
+        let now = "2024-01-01T00:00:00Z";
+        let manifest = config(2, json!({}), json!([]));
+        let mut live = manifest.clone();
+        live["metadata"]["annotations"] = json!({LAST_APPLIED: serde_json::to_string(&manifest).unwrap()});
+        track_update(deployments(), None, &mut live, Some("kubectl-client-side-apply"), None, now);
+
+        // Unchanged since the client-side apply: the kubectl manager upgrades without conflict,
+        // and the annotation follows what it applied.
+        let upgraded = apply(deployments(), &live, &config(3, json!({}), json!([])), "kubectl", false, now).unwrap();
+        assert_eq!(upgraded["spec"]["replicas"], 3);
+        let annotation: Value =
+            serde_json::from_str(upgraded["metadata"]["annotations"][LAST_APPLIED].as_str().unwrap()).unwrap();
+        assert_eq!(annotation["spec"]["replicas"], 3);
+        assert!(!owns(&upgraded, "kubectl-client-side-apply", "Update", &["f:spec", "f:replicas"]));
+
+        // Changed by someone since: that still conflicts.
+        let mut edited = live.clone();
+        edited["spec"]["replicas"] = json!(7);
+        track_update(deployments(), Some(&live), &mut edited, Some("kubectl-edit"), None, now);
+        let err = apply(deployments(), &edited, &config(3, json!({}), json!([])), "kubectl", false, now).unwrap_err();
+        assert!(
+            err.message.contains("conflict with \"kubectl-edit\" using apps/v1: .spec.replicas"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_dropped_map_marker_keeps_the_map_while_its_fields_are_owned() {
+        let now = "2024-01-01T00:00:00Z";
+        let cms = ResourceKind::by_plural("", "v1", "configmaps").unwrap();
+        let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"mode": "b"}});
+        let mut live = config.clone();
+        // As kubectl's client-side-apply upgrade leaves it: the applier also holds `data`'s `.`.
+        let mut own = entry("kubectl", "Apply", cms, None, now);
+        own["fieldsV1"] = json!({"f:data": {".": {}, "f:mode": {}}});
+        live["metadata"]["managedFields"] = json!([own]);
+        let again = apply(cms, &live, &config, "kubectl", false, now).unwrap();
+        assert_eq!(again["data"], json!({"mode": "b"}));
+        let emptied = apply(
+            cms,
+            &again,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}),
+            "kubectl",
+            false,
+            now,
+        )
+        .unwrap();
+        assert!(emptied.get("data").is_none_or(|d| d.as_object().is_some_and(|m| m.is_empty())), "{emptied}");
     }
 }

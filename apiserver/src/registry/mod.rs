@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use skiff_api::{
     ApiClient, ApiError, DeleteOptions, ListOptions, ObjectList, PatchKind, ResourceKind, StatusReason, WatchStream,
+    WriteOptions,
 };
 
 use crate::Error;
@@ -45,7 +46,12 @@ pub(crate) fn core(plural: &str) -> &'static ResourceKind {
 impl Registry {
     /// Opens (or creates) the store at `path`, usually `<data-dir>/db/state.redb`.
     pub fn open(path: &Path) -> Result<Arc<Registry>, Error> {
-        let store = Store::open(path, Arc::new(Hub::new(HISTORY)), Some(events::expiry_chore()))?;
+        Self::open_with_history(path, HISTORY)
+    }
+
+    /// [`open`](Self::open), keeping `history` changes for watches and list pages.
+    pub(crate) fn open_with_history(path: &Path, history: usize) -> Result<Arc<Registry>, Error> {
+        let store = Store::open(path, Arc::new(Hub::new(history)), Some(events::expiry_chore()))?;
         Ok(Arc::new(Registry { store, services: Mutex::new(ServiceNetwork::default()) }))
     }
 
@@ -100,22 +106,6 @@ impl Registry {
             Err(e) if e.is_already_exists() => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    /// A patch, also telling whether it created the object (server-side apply of a missing
-    /// object: the HTTP layer answers 201 then).
-    pub async fn patch_with_status(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        subresource: Option<&str>,
-        kind: PatchKind,
-        patch: Value,
-    ) -> Result<(Value, bool), ApiError> {
-        let key = self.key(res, namespace, name)?;
-        let outcome = write::patch(self, key, subresource, kind, patch).await?;
-        Ok((outcome.object, outcome.created))
     }
 
     /// The key of an object, checking the namespace is given exactly when the kind needs one.
@@ -175,8 +165,7 @@ impl ApiClient for Registry {
         namespace: Option<&str>,
         object: Value,
     ) -> Result<Value, ApiError> {
-        let namespace = scoped_namespace(res, namespace)?;
-        Ok(write::create(self, res, namespace, object).await?.object)
+        self.create_with(res, namespace, object, &WriteOptions::default()).await
     }
 
     async fn create_subresource(
@@ -199,8 +188,7 @@ impl ApiClient for Registry {
         subresource: Option<&str>,
         object: Value,
     ) -> Result<Value, ApiError> {
-        let key = self.key(res, namespace, name)?;
-        Ok(write::update(self, key, subresource, object).await?.object)
+        self.update_with(res, namespace, name, subresource, object, &WriteOptions::default()).await
     }
 
     async fn patch(
@@ -212,7 +200,7 @@ impl ApiClient for Registry {
         kind: PatchKind,
         patch: Value,
     ) -> Result<Value, ApiError> {
-        Ok(self.patch_with_status(res, namespace, name, subresource, kind, patch).await?.0)
+        Ok(self.patch_with(res, namespace, name, subresource, kind, patch, &WriteOptions::default()).await?.0)
     }
 
     async fn delete(
@@ -222,9 +210,60 @@ impl ApiClient for Registry {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        self.delete_with(res, namespace, name, opts, &WriteOptions::default()).await
+    }
+
+    async fn create_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        object: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let namespace = scoped_namespace(res, namespace)?;
+        Ok(write::create(self, res, namespace, object, opts).await?.object)
+    }
+
+    async fn update_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        object: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let key = self.key(res, namespace, name)?;
+        Ok(write::update(self, key, subresource, object, opts).await?.object)
+    }
+
+    async fn patch_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        kind: PatchKind,
+        patch: Value,
+        opts: &WriteOptions,
+    ) -> Result<(Value, bool), ApiError> {
+        let key = self.key(res, namespace, name)?;
+        let outcome = write::patch(self, key, subresource, kind, patch, opts).await?;
+        Ok((outcome.object, outcome.created))
+    }
+
+    async fn delete_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+        write: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let key = self.key(res, namespace, name)?;
         let opts = opts.clone();
-        let outcome: Outcome = self.store.write(Box::new(move |tx| delete::delete(tx, &key, &opts))).await?;
+        let outcome: Outcome =
+            self.store.run(Box::new(move |tx| delete::delete(tx, &key, &opts)), write.dry_run).await?;
         Ok(outcome.object)
     }
 }

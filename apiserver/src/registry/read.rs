@@ -1,5 +1,6 @@
 //! List and watch: selectors, paging, and where a watch starts.
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use base64::Engine;
@@ -71,7 +72,8 @@ fn filter(res: &'static ResourceKind, namespace: Option<&str>, opts: &ListOption
     })
 }
 
-/// A continue token: the revision of the list's first page and the last key returned.
+/// A continue token: the revision of the list's first page (every page is read at it) and
+/// the last key returned.
 fn encode_continue(revision: u64, last_key: &str) -> String {
     URL_SAFE_NO_PAD.encode(json!({"rv": revision, "start": last_key}).to_string())
 }
@@ -80,9 +82,45 @@ fn decode_continue(token: &str, prefix: &str) -> Result<(u64, String), ApiError>
     let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion");
     let bytes = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    let rv = value["rv"].as_u64().ok_or_else(bad)?;
+    let rv = value["rv"].as_u64().filter(|rv| *rv > 0).ok_or_else(bad)?;
     let start = value["start"].as_str().filter(|s| s.starts_with(prefix)).ok_or_else(bad)?;
     Ok((rv, start.to_string()))
+}
+
+/// Kubernetes' answer to a continue token whose revision is compacted away.
+const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. \
+You can start a new list without the continue parameter.";
+
+/// The objects under `prefix` after key `start` as they were at revision `at`, in key order:
+/// the current ones, with every object changed since `at` replaced by its state before the
+/// first of those changes (absent if it was created since).
+fn objects_at(
+    reg: &Registry,
+    prefix: &str,
+    start: &str,
+    at: u64,
+) -> Result<Vec<(String, serde_json::Value)>, ApiError> {
+    let scan = reg.store.scan(prefix, Some(start), None, |_| true)?;
+    if scan.revision == at {
+        return Ok(scan.items);
+    }
+    let changes = reg
+        .store
+        .hub()
+        .changes(at, scan.revision)
+        .map_err(|_| ApiError::new(410, skiff_api::StatusReason::Expired, CONTINUE_EXPIRED))?;
+    let mut view: BTreeMap<String, Option<serde_json::Value>> =
+        scan.items.into_iter().map(|(k, o)| (k, Some(o))).collect();
+    let mut rewound = HashSet::new();
+    for change in changes {
+        let name = change.object["metadata"]["name"].as_str().unwrap_or_default();
+        let key = Key::new(change.res, Some(&change.namespace), name).encode();
+        if !key.starts_with(prefix) || key.as_str() <= start || !rewound.insert(key.clone()) {
+            continue;
+        }
+        view.insert(key, change.prev.clone());
+    }
+    Ok(view.into_iter().filter_map(|(k, o)| o.map(|o| (k, o))).collect())
 }
 
 pub fn list(
@@ -101,17 +139,31 @@ pub fn list(
         None => (None, None),
     };
     let limit = opts.limit.filter(|l| *l > 0).map(|l| l as usize);
-    let scan = reg.store.scan(&prefix, start_after.as_deref(), limit, |o| filter.matches(o))?;
-    // Later pages report the first page's revision: a watch from there replays every change
-    // made while paging (some twice, none lost).
-    let revision = first_rv.unwrap_or(scan.revision);
-    let continue_token = match (scan.more, scan.items.last()) {
+    let (revision, items, more) = match (first_rv, start_after) {
+        // Later pages are read at the first page's revision, as Kubernetes reads them from
+        // etcd: the pages together are one consistent list, and a watch from its revision
+        // misses nothing.
+        (Some(rv), Some(start)) => {
+            let mut items: Vec<_> =
+                objects_at(reg, &prefix, &start, rv)?.into_iter().filter(|(_, o)| filter.matches(o)).collect();
+            let more = limit.is_some_and(|l| items.len() > l);
+            if let Some(l) = limit {
+                items.truncate(l);
+            }
+            (rv, items, more)
+        }
+        _ => {
+            let scan = reg.store.scan(&prefix, None, limit, |o| filter.matches(o))?;
+            (scan.revision, scan.items, scan.more)
+        }
+    };
+    let continue_token = match (more, items.last()) {
         (true, Some((key, _))) => Some(encode_continue(revision, key)),
         _ => None,
     };
     Ok(ObjectList {
         resource_version: revision.to_string(),
-        items: scan.items.into_iter().map(|(_, o)| o).collect(),
+        items: items.into_iter().map(|(_, o)| o).collect(),
         continue_token,
     })
 }

@@ -5,7 +5,7 @@ use skiff_api::{ApiError, Cause, DeleteOptions, PatchKind, StatusReason};
 
 use super::object::{is_deleting, now, resource_version, selector_string, str_field};
 use super::services::ServiceNetwork;
-use super::write::update_in;
+use super::write::{Tracking, update_in};
 use super::{Registry, delete, success};
 use crate::patch;
 use crate::storage::{Key, Outcome, Tx};
@@ -134,11 +134,12 @@ pub fn patch_scale(
     old: Value,
     kind: &PatchKind,
     patch_body: &Value,
+    manager: Option<&str>,
     net: &ServiceNetwork,
 ) -> Result<Outcome, ApiError> {
     check_scalable(key)?;
     let patched = patch::apply(key.res, kind, &scale_of(&old), patch_body)?;
-    update_scale(tx, key, old, patched, net)
+    update_scale(tx, key, old, patched, manager, net)
 }
 
 pub fn update_scale(
@@ -146,6 +147,7 @@ pub fn update_scale(
     key: &Key,
     old: Value,
     scale: Value,
+    manager: Option<&str>,
     net: &ServiceNetwork,
 ) -> Result<Outcome, ApiError> {
     check_scalable(key)?;
@@ -174,6 +176,8 @@ pub fn update_scale(
     }
     let mut object = old.clone();
     object["spec"]["replicas"] = json!(replicas);
-    let outcome = update_in(tx, key, old, object, None, net)?;
+    // The Scale's replicas are the parent's: the scale manager owns `.spec.replicas` there.
+    let tracking = Tracking::Update { manager, subresource: Some("scale") };
+    let outcome = update_in(tx, key, old, object, None, tracking, net)?;
     Ok(Outcome::of(scale_of(&outcome.object)))
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use skiff_api::{ApiClient, DeleteOptions, ListOptions, PatchKind, ResourceKind, WatchEventType};
+use skiff_api::{ApiClient, DeleteOptions, ListOptions, PatchKind, ResourceKind, WatchEventType, WriteOptions};
 use tempfile::TempDir;
 
 use super::{Registry, core};
@@ -358,8 +358,11 @@ async fn kubectl_apply_patches_and_server_side_apply() {
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "demo"}},
                  "template": {"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [{"name": "app", "image": "nginx:1.25"}]}}}});
     let apply = PatchKind::Apply { field_manager: "kubectl".into(), force: false };
-    let (created, was_created) =
-        f.reg.patch_with_status(deployments(), Some("default"), "demo", None, apply.clone(), d.clone()).await.unwrap();
+    let (created, was_created) = f
+        .reg
+        .patch_with(deployments(), Some("default"), "demo", None, apply.clone(), d.clone(), &WriteOptions::default())
+        .await
+        .unwrap();
     assert!(was_created);
     assert_eq!(created["spec"]["strategy"]["type"], "RollingUpdate");
 
@@ -374,8 +377,11 @@ async fn kubectl_apply_patches_and_server_side_apply() {
 
     let mut again = d;
     again["spec"]["replicas"] = json!(4);
-    let (applied, was_created) =
-        f.reg.patch_with_status(deployments(), Some("default"), "demo", None, apply, again).await.unwrap();
+    let (applied, was_created) = f
+        .reg
+        .patch_with(deployments(), Some("default"), "demo", None, apply, again, &WriteOptions::default())
+        .await
+        .unwrap();
     assert!(!was_created);
     assert_eq!(applied["spec"]["replicas"], 4);
     assert_eq!(applied["metadata"]["uid"], created["metadata"]["uid"]);
@@ -637,7 +643,15 @@ async fn server_side_apply_tracks_owners_across_requests() {
         |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": data});
     let (created, was_created) = f
         .reg
-        .patch_with_status(cms, Some("default"), "c", None, apply("a", false), config(json!({"x": "1", "y": "2"})))
+        .patch_with(
+            cms,
+            Some("default"),
+            "c",
+            None,
+            apply("a", false),
+            config(json!({"x": "1", "y": "2"})),
+            &WriteOptions::default(),
+        )
         .await
         .unwrap();
     assert!(was_created);
@@ -769,4 +783,140 @@ async fn foreground_deletion_holds_an_owner_only_while_it_has_dependents() {
     let release = json!({"metadata": {"finalizers": null}});
     f.reg.patch(rs, Some("default"), "parent", None, PatchKind::Merge, release).await.unwrap();
     assert!(f.reg.get(rs, Some("default"), "parent").await.unwrap_err().is_not_found());
+}
+
+#[tokio::test]
+async fn later_list_pages_are_read_at_the_first_pages_revision() {
+    let f = Fixture::new().await;
+    for name in ["p0", "p1", "p2", "p3"] {
+        f.reg.create(pods(), Some("default"), pod(name)).await.unwrap();
+    }
+    let opts = ListOptions { limit: Some(2), ..Default::default() };
+    let first = f.reg.list(pods(), Some("default"), &opts).await.unwrap();
+    let names =
+        |items: &[Value]| items.iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(names(&first.items), ["p0", "p1"]);
+
+    // Changes after the first page: one deleted, one changed, one created (at the end).
+    f.reg.delete(pods(), Some("default"), "p2", &DeleteOptions::default()).await.unwrap();
+    let mut p3 = f.reg.get(pods(), Some("default"), "p3").await.unwrap();
+    p3["metadata"]["labels"]["changed"] = json!("yes");
+    f.reg.update(pods(), Some("default"), "p3", None, p3).await.unwrap();
+    f.reg.create(pods(), Some("default"), pod("p4")).await.unwrap();
+
+    let next = ListOptions { continue_token: first.continue_token.clone(), ..opts.clone() };
+    let second = f.reg.list(pods(), Some("default"), &next).await.unwrap();
+    assert_eq!(second.resource_version, first.resource_version);
+    assert_eq!(names(&second.items), ["p2", "p3"]);
+    assert!(second.items[1]["metadata"]["labels"].get("changed").is_none());
+    assert!(rv(&second.items[1]) <= first.resource_version.parse().unwrap());
+    // p4 did not exist at the first page's revision: no third page.
+    assert_eq!(second.continue_token, None);
+}
+
+#[tokio::test]
+async fn a_continue_token_older_than_the_history_is_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open_with_history(&dir.path().join("state.redb"), 3).unwrap();
+    reg.bootstrap("10.43.0.1").await.unwrap();
+    for name in ["p0", "p1", "p2"] {
+        reg.create(pods(), Some("default"), pod(name)).await.unwrap();
+    }
+    let opts = ListOptions { limit: Some(1), ..Default::default() };
+    let first = reg.list(pods(), Some("default"), &opts).await.unwrap();
+    for i in 0..5 {
+        reg.create(core("configmaps"), Some("default"), json!({"metadata": {"name": format!("c{i}")}})).await.unwrap();
+    }
+    let next = ListOptions { continue_token: first.continue_token, ..opts };
+    let err = reg.list(pods(), Some("default"), &next).await.unwrap_err();
+    assert_eq!((err.code, err.reason), (410, skiff_api::StatusReason::Expired));
+    assert!(err.message.starts_with("The provided continue parameter is too old"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn every_write_records_its_field_manager_and_apply_conflicts_with_it() {
+    let f = Fixture::new().await;
+    let by = |m: &str| WriteOptions { field_manager: Some(m.into()), dry_run: false };
+    let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "demo"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "demo"}},
+                 "template": {"metadata": {"labels": {"app": "demo"}}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}}}});
+    let created =
+        f.reg.create_with(deployments(), Some("default"), d.clone(), &by("kubectl-client-side-apply")).await.unwrap();
+    let entry = &created["metadata"]["managedFields"][0];
+    assert_eq!(
+        (entry["manager"].as_str(), entry["operation"].as_str()),
+        (Some("kubectl-client-side-apply"), Some("Update"))
+    );
+    // Defaults are the creator's too, as in Kubernetes.
+    assert!(entry["fieldsV1"]["f:spec"].get("f:progressDeadlineSeconds").is_some());
+    assert_eq!(entry["fieldsV1"]["f:spec"]["f:selector"], json!({}));
+
+    let scale = json!({"spec": {"replicas": 3}});
+    f.reg
+        .patch_with(deployments(), Some("default"), "demo", Some("scale"), PatchKind::Merge, scale, &by("kubectl"))
+        .await
+        .unwrap();
+    let scaled = f.reg.get(deployments(), Some("default"), "demo").await.unwrap();
+    let entries = scaled["metadata"]["managedFields"].as_array().unwrap();
+    let scaler = entries.iter().find(|e| e["manager"] == "kubectl").unwrap();
+    assert_eq!(scaler["subresource"], "scale");
+    assert_eq!(scaler["fieldsV1"], json!({"f:spec": {"f:replicas": {}}}));
+
+    let mut config = d.clone();
+    config["spec"]["replicas"] = json!(5);
+    let apply = |force| PatchKind::Apply { field_manager: "ci".into(), force };
+    let err =
+        f.reg.patch(deployments(), Some("default"), "demo", None, apply(false), config.clone()).await.unwrap_err();
+    assert_eq!(err.code, 409);
+    assert_eq!(
+        err.message,
+        "Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
+    );
+    let forced = f.reg.patch(deployments(), Some("default"), "demo", None, apply(true), config).await.unwrap();
+    assert_eq!(forced["spec"]["replicas"], 5);
+    assert!(forced["metadata"]["managedFields"].as_array().unwrap().iter().all(|e| e["manager"] != "kubectl"));
+
+    // A status write is recorded with its subresource.
+    let mut status = forced.clone();
+    status["status"] = json!({"observedGeneration": 1});
+    let written =
+        f.reg.update_with(deployments(), Some("default"), "demo", Some("status"), status, &by("ctl")).await.unwrap();
+    let entry =
+        written["metadata"]["managedFields"].as_array().unwrap().iter().find(|e| e["manager"] == "ctl").unwrap();
+    assert_eq!(entry["subresource"], "status");
+    assert_eq!(entry["fieldsV1"], json!({"f:status": {"f:observedGeneration": {}}}));
+}
+
+#[tokio::test]
+async fn dry_runs_check_everything_and_store_nothing() {
+    let f = Fixture::new().await;
+    let dry = WriteOptions { field_manager: Some("kubectl".into()), dry_run: true };
+    let before = f.reg.store.revision().unwrap();
+
+    let created = f.reg.create_with(pods(), Some("default"), pod("web"), &dry).await.unwrap();
+    assert!(created["metadata"]["uid"].is_string());
+    assert!(created["metadata"].get("resourceVersion").is_none());
+    assert_eq!(created["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+    assert!(f.reg.get(pods(), Some("default"), "web").await.unwrap_err().is_not_found());
+    let mut invalid = pod("bad");
+    invalid["spec"]["containers"][0]["image"] = json!("");
+    assert_eq!(f.reg.create_with(pods(), Some("default"), invalid, &dry).await.unwrap_err().code, 422);
+    assert_eq!(f.reg.store.revision().unwrap(), before);
+
+    let stored = f.reg.create(pods(), Some("default"), pod("web")).await.unwrap();
+    let after_create = f.reg.store.revision().unwrap();
+    let mut changed = stored.clone();
+    changed["metadata"]["labels"]["tier"] = json!("front");
+    let updated = f.reg.update_with(pods(), Some("default"), "web", None, changed, &dry).await.unwrap();
+    assert_eq!(updated["metadata"]["labels"]["tier"], "front");
+    assert_eq!(updated["metadata"]["resourceVersion"], stored["metadata"]["resourceVersion"]);
+    let patch = json!({"metadata": {"labels": {"tier": "back"}}});
+    let (patched, created) =
+        f.reg.patch_with(pods(), Some("default"), "web", None, PatchKind::Merge, patch, &dry).await.unwrap();
+    assert_eq!((patched["metadata"]["labels"]["tier"].as_str(), created), (Some("back"), false));
+    let deleted = f.reg.delete_with(pods(), Some("default"), "web", &DeleteOptions::default(), &dry).await.unwrap();
+    assert_eq!(deleted["metadata"]["name"], "web");
+
+    assert_eq!(f.reg.get(pods(), Some("default"), "web").await.unwrap(), stored);
+    assert_eq!(f.reg.store.revision().unwrap(), after_create);
 }

@@ -1,7 +1,7 @@
 //! Create, update and patch.
 
 use serde_json::{Value, json};
-use skiff_api::{ApiError, PatchKind, ResourceKind};
+use skiff_api::{ApiError, PatchKind, ResourceKind, WriteOptions};
 
 use super::object::{
     check_type, finalizers, has_status_subresource, is_deleting, meta_mut, name, name_suffix, namespace, normalize,
@@ -20,9 +20,36 @@ fn namespace_mismatch() -> ApiError {
     ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request")
 }
 
+/// How a write is recorded in `metadata.managedFields`.
+#[derive(Debug, Clone, Copy)]
+pub enum Tracking<'a> {
+    /// A create or update by `manager` (none: an untracked in-process write) through
+    /// `subresource`.
+    Update { manager: Option<&'a str>, subresource: Option<&'a str> },
+    /// A server-side apply, which recorded its fields itself.
+    Applied,
+}
+
+impl<'a> Tracking<'a> {
+    pub fn update(opts: &'a WriteOptions, subresource: Option<&'a str>) -> Self {
+        Tracking::Update { manager: opts.field_manager.as_deref(), subresource }
+    }
+
+    fn record(self, res: &ResourceKind, old: Option<&Value>, new: &mut Value) {
+        if let Tracking::Update { manager, subresource } = self {
+            patch::apply::track_update(res, old, new, manager, subresource, &now());
+        }
+    }
+}
+
 /// Everything a create does that does not depend on the stored state: type and namespace
-/// checks, generateName, system fields, defaults and validation.
-pub fn prepare_create(res: &ResourceKind, namespace: Option<&str>, mut body: Value) -> Result<Value, ApiError> {
+/// checks, generateName, system fields, defaults, field ownership and validation.
+pub fn prepare_create(
+    res: &ResourceKind,
+    namespace: Option<&str>,
+    mut body: Value,
+    tracking: Tracking<'_>,
+) -> Result<Value, ApiError> {
     check_type(res, &mut body)?;
     let meta = meta_mut(&mut body);
     if res.namespaced() {
@@ -62,6 +89,8 @@ pub fn prepare_create(res: &ResourceKind, namespace: Option<&str>, mut body: Val
     invalid_if_any(res, &obj_name, validation::precheck(res, &body))?;
     let mut object = normalize(res, body)?;
     defaulting::apply(res, &mut object);
+    // Defaults count as set by the creator, as in Kubernetes, where decoding defaults them.
+    tracking.record(res, None, &mut object);
     invalid_if_any(res, &obj_name, validation::validate(res, &object))?;
     Ok(object)
 }
@@ -101,25 +130,35 @@ pub async fn create(
     res: &'static ResourceKind,
     namespace: Option<&str>,
     body: Value,
+    opts: &WriteOptions,
 ) -> Result<Outcome, ApiError> {
-    let object = prepare_create(res, namespace, body)?;
+    let object = prepare_create(res, namespace, body, Tracking::update(opts, None))?;
     let key = Key::new(res, namespace, name(&object).unwrap_or_default());
     let net = reg.service_network();
-    reg.store.write(Box::new(move |tx| create_in(tx, &key, object, &net))).await
+    reg.store.run(Box::new(move |tx| create_in(tx, &key, object, &net)), opts.dry_run).await
 }
 
-pub async fn update(reg: &Registry, key: Key, subresource: Option<&str>, body: Value) -> Result<Outcome, ApiError> {
+pub async fn update(
+    reg: &Registry,
+    key: Key,
+    subresource: Option<&str>,
+    body: Value,
+    opts: &WriteOptions,
+) -> Result<Outcome, ApiError> {
     let net = reg.service_network();
     let sub = subresource.map(String::from);
-    reg.store
-        .write(Box::new(move |tx| {
-            let old = tx.get(&key)?.ok_or_else(|| ApiError::not_found(key.res, &key.name))?;
-            match sub.as_deref() {
-                Some("scale") => subresource::update_scale(tx, &key, old, body, &net),
-                sub => update_in(tx, &key, old, body, sub, &net),
+    let manager = opts.field_manager.clone();
+    let op: crate::storage::Op = Box::new(move |tx| {
+        let old = tx.get(&key)?.ok_or_else(|| ApiError::not_found(key.res, &key.name))?;
+        match sub.as_deref() {
+            Some("scale") => subresource::update_scale(tx, &key, old, body, manager.as_deref(), &net),
+            sub => {
+                let tracking = Tracking::Update { manager: manager.as_deref(), subresource: sub };
+                update_in(tx, &key, old, body, sub, tracking, &net)
             }
-        }))
-        .await
+        }
+    });
+    reg.store.run(op, opts.dry_run).await
 }
 
 pub async fn patch(
@@ -128,38 +167,47 @@ pub async fn patch(
     subresource: Option<&str>,
     kind: PatchKind,
     patch_body: Value,
+    opts: &WriteOptions,
 ) -> Result<Outcome, ApiError> {
     let net = reg.service_network();
     let sub = subresource.map(String::from);
+    let manager = opts.field_manager.clone();
     reg.store
-        .write(Box::new(move |tx| {
-            let res = key.res;
-            let old = tx.get(&key)?;
-            let old = match (old, &kind, sub.as_deref()) {
-                (Some(old), _, _) => old,
-                (None, PatchKind::Apply { field_manager, .. }, None) => {
-                    let managed = patch::apply::managed_fields_for_create(res, &patch_body, field_manager, &now());
-                    let mut body = patch_body;
-                    let meta = meta_mut(&mut body);
-                    match meta.get("name").and_then(Value::as_str) {
-                        Some(n) if n != key.name => return Err(name_mismatch(n, &key.name)),
-                        _ => {
-                            meta.insert("name".into(), json!(key.name));
+        .run(
+            Box::new(move |tx| {
+                let res = key.res;
+                let old = tx.get(&key)?;
+                let old = match (old, &kind, sub.as_deref()) {
+                    (Some(old), _, _) => old,
+                    (None, PatchKind::Apply { field_manager, .. }, None) => {
+                        let managed = patch::apply::managed_fields_for_create(res, &patch_body, field_manager, &now());
+                        let mut body = patch_body;
+                        let meta = meta_mut(&mut body);
+                        match meta.get("name").and_then(Value::as_str) {
+                            Some(n) if n != key.name => return Err(name_mismatch(n, &key.name)),
+                            _ => {
+                                meta.insert("name".into(), json!(key.name));
+                            }
                         }
+                        meta.insert("managedFields".into(), managed);
+                        let ns = res.namespaced().then_some(key.namespace.as_str());
+                        let object = prepare_create(res, ns, body, Tracking::Applied)?;
+                        return create_in(tx, &key, object, &net);
                     }
-                    meta.insert("managedFields".into(), managed);
-                    let ns = res.namespaced().then_some(key.namespace.as_str());
-                    let object = prepare_create(res, ns, body)?;
-                    return create_in(tx, &key, object, &net);
+                    (None, _, _) => return Err(ApiError::not_found(res, &key.name)),
+                };
+                if sub.as_deref() == Some("scale") {
+                    return subresource::patch_scale(tx, &key, old, &kind, &patch_body, manager.as_deref(), &net);
                 }
-                (None, _, _) => return Err(ApiError::not_found(res, &key.name)),
-            };
-            if sub.as_deref() == Some("scale") {
-                return subresource::patch_scale(tx, &key, old, &kind, &patch_body, &net);
-            }
-            let patched = patch::apply(res, &kind, &old, &patch_body)?;
-            update_in(tx, &key, old, patched, sub.as_deref(), &net)
-        }))
+                let patched = patch::apply(res, &kind, &old, &patch_body)?;
+                let tracking = match kind {
+                    PatchKind::Apply { .. } => Tracking::Applied,
+                    _ => Tracking::Update { manager: manager.as_deref(), subresource: sub.as_deref() },
+                };
+                update_in(tx, &key, old, patched, sub.as_deref(), tracking, &net)
+            }),
+            opts.dry_run,
+        )
         .await
 }
 
@@ -175,6 +223,7 @@ pub fn update_in(
     old: Value,
     mut new: Value,
     sub: Option<&str>,
+    tracking: Tracking<'_>,
     net: &ServiceNetwork,
 ) -> Result<Outcome, ApiError> {
     let res = key.res;
@@ -271,6 +320,7 @@ pub fn update_in(
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         meta_mut(&mut object).insert("generation".into(), json!(generation));
     }
+    tracking.record(res, Some(&old), &mut object);
     let mut causes = validation::validate(res, &object);
     causes.extend(validation::validate_update(res, &object, &old));
     invalid_if_any(res, &key.name, causes)?;

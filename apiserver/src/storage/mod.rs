@@ -92,6 +92,8 @@ pub struct Chore {
 
 struct Job {
     op: Op,
+    /// A dry run: everything the op writes is undone, and nobody hears of it.
+    dry_run: bool,
     reply: oneshot::Sender<Result<Outcome, ApiError>>,
 }
 
@@ -99,6 +101,8 @@ struct Job {
 pub struct Tx<'t> {
     objects: redb::Table<'t, &'static str, &'static [u8]>,
     rv: u64,
+    /// In a dry run, writes take no revision and raise no events (and are undone after).
+    dry_run: bool,
     events: Vec<Event>,
     undo: Vec<(String, Option<Vec<u8>>)>,
 }
@@ -153,6 +157,12 @@ impl Tx<'_> {
 
     /// Stores `object` under `key` at a new revision and returns it as stored.
     pub fn put(&mut self, key: &Key, mut object: Value) -> Result<Value, ApiError> {
+        if self.dry_run {
+            // As Kubernetes' dry-run storage: the object as it would be written, keeping the
+            // resourceVersion it came with (none for a create).
+            self.write(key, Some(&object))?;
+            return Ok(object);
+        }
         self.rv += 1;
         set_rv(&mut object, self.rv);
         let prev = self.write(key, Some(&object))?;
@@ -164,6 +174,10 @@ impl Tx<'_> {
     /// Removes the object under `key`; `object` (its last state) is what watchers see, at a new
     /// revision, as Kubernetes does.
     pub fn delete(&mut self, key: &Key, mut object: Value) -> Result<Value, ApiError> {
+        if self.dry_run {
+            self.write(key, None)?;
+            return Ok(object);
+        }
         self.rv += 1;
         set_rv(&mut object, self.rv);
         let prev = self.write(key, None)?;
@@ -244,9 +258,16 @@ impl Store {
 
     /// Runs `op` in the next commit and answers once that commit is durable.
     pub async fn write(&self, op: Op) -> Result<Outcome, ApiError> {
+        self.run(op, false).await
+    }
+
+    /// Runs `op` in the next commit, or as a dry run: with every check and read of a real
+    /// write, answered with what it would have stored, but leaving the store, the revision
+    /// and the watchers untouched.
+    pub async fn run(&self, op: Op, dry_run: bool) -> Result<Outcome, ApiError> {
         let (reply, rx) = oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or_else(|| ApiError::internal("storage is closed"))?;
-        jobs.send(Job { op, reply }).map_err(|_| ApiError::internal("storage writer has stopped"))?;
+        jobs.send(Job { op, dry_run, reply }).map_err(|_| ApiError::internal("storage writer has stopped"))?;
         rx.await.map_err(|_| ApiError::internal("storage writer has stopped"))?
     }
 
@@ -348,7 +369,7 @@ fn writer_loop(db: &Database, hub: &Hub, jobs: mpsc::Receiver<Job>, chore: Optio
         {
             // Nobody waits for a chore's answer.
             let (reply, _) = oneshot::channel();
-            batch.push(Job { op: (c.op)(), reply });
+            batch.push(Job { op: (c.op)(), dry_run: false, reply });
             chore_due = Some(std::time::Instant::now() + c.every);
         }
         if batch.is_empty() {
@@ -388,15 +409,17 @@ fn run_batch(db: &Database, batch: &mut [Job]) -> Result<BatchResult, ApiError> 
         let mut meta = txn.open_table(META).map_err(storage)?;
         let rv = meta.get(RV_KEY).map_err(storage)?.map(|g| g.value()).unwrap_or(0);
         let objects = txn.open_table(OBJECTS).map_err(storage)?;
-        let mut tx = Tx { objects, rv, events: Vec::new(), undo: Vec::new() };
+        let mut tx = Tx { objects, rv, dry_run: false, events: Vec::new(), undo: Vec::new() };
         for job in batch.iter_mut() {
             let op = std::mem::replace(&mut job.op, Box::new(|_| Err(ApiError::internal("op ran twice"))));
             let mark = tx.mark();
+            tx.dry_run = job.dry_run;
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&mut tx)))
                 .unwrap_or_else(|_| Err(ApiError::internal("the request panicked inside the storage writer")));
-            if result.is_err() {
+            if result.is_err() || job.dry_run {
                 tx.rollback(mark)?;
             }
+            tx.dry_run = false;
             results.push(result);
         }
         meta.insert(RV_KEY, tx.rv).map_err(storage)?;

@@ -1,0 +1,240 @@
+//! Field ownership, dry runs and paged lists through the real kubectl: every write records its
+//! field manager (client-side apply, scale, edit…), server-side apply conflicts with those
+//! managers exactly as Kubernetes words it, `--dry-run=server` runs a write without keeping it,
+//! and `--chunk-size` pages a list that stays one consistent snapshot.
+//!
+//! Pods and Deployments here never run: their pods name a node selector no node has.
+
+mod common;
+
+use common::TestServer;
+use serde_json::Value;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `kubectl apply -f - <args>` that must succeed: its stdout.
+fn apply(server: &TestServer, args: &[&str], manifest: &str) -> String {
+    let mut all = vec!["apply", "-f", "-"];
+    all.extend(args);
+    let out = server.kubectl_stdin(&all, manifest);
+    assert!(out.status.success(), "kubectl {} failed: {}{}", all.join(" "), stdout(&out), stderr(&out));
+    stdout(&out)
+}
+
+/// `kubectl apply -f - <args>` that must fail: its exit code and stderr.
+fn apply_fails(server: &TestServer, args: &[&str], manifest: &str) -> (Option<i32>, String) {
+    let mut all = vec!["apply", "-f", "-"];
+    all.extend(args);
+    let out = server.kubectl_stdin(&all, manifest);
+    assert!(!out.status.success(), "kubectl {} succeeded but should not have: {}", all.join(" "), stdout(&out));
+    (out.status.code(), stderr(&out))
+}
+
+fn get(server: &TestServer, kind: &str, name: &str) -> Value {
+    let out = server.kubectl_ok(&["get", kind, name, "-o", "json", "--show-managed-fields"]);
+    serde_json::from_str(&out).expect("kubectl -o json prints JSON")
+}
+
+/// The managedFields entry of `manager` with `operation`.
+fn entry<'a>(object: &'a Value, manager: &str, operation: &str) -> Option<&'a Value> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e["manager"] == manager && e["operation"] == operation))
+}
+
+fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      nodeSelector: {{skiff.test/none: "true"}}
+      containers:
+      - name: app
+        image: example.invalid/app:1
+"#
+    )
+}
+
+#[test]
+fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
+    let server = TestServer::start();
+
+    // Client-side apply creates as `kubectl-client-side-apply` (an Update), defaults included.
+    assert_eq!(apply(&server, &[], &deployment("web", 2)).trim(), "deployment.apps/web created");
+    let live = get(&server, "deployment", "web");
+    let csa = entry(&live, "kubectl-client-side-apply", "Update").unwrap_or_else(|| panic!("no CSA entry: {live}"));
+    assert_eq!(csa["apiVersion"], "apps/v1");
+    assert_eq!(csa["fieldsType"], "FieldsV1");
+    let fields = &csa["fieldsV1"];
+    assert_eq!(fields["f:spec"]["f:replicas"], serde_json::json!({}), "{csa}");
+    assert_eq!(fields["f:spec"]["f:progressDeadlineSeconds"], serde_json::json!({}), "{csa}");
+    assert!(
+        fields["f:metadata"]["f:annotations"].get("f:kubectl.kubernetes.io/last-applied-configuration").is_some(),
+        "{csa}"
+    );
+    assert!(fields["f:spec"]["f:template"]["f:spec"]["f:containers"].get("k:{\"name\":\"app\"}").is_some(), "{csa}");
+
+    // Another applier changing replicas: the conflict as Kubernetes words it, exit code 1.
+    let (code, err) = apply_fails(&server, &["--server-side", "--field-manager=ci"], &deployment("web", 3));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.starts_with(
+            "error: Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("--force-conflicts"), "{err}");
+    assert_eq!(get(&server, "deployment", "web")["spec"]["replicas"], 2);
+
+    // --force-conflicts takes replicas over.
+    let out = apply(&server, &["--server-side", "--field-manager=ci", "--force-conflicts"], &deployment("web", 3));
+    assert_eq!(out.trim(), "deployment.apps/web serverside-applied");
+    let live = get(&server, "deployment", "web");
+    assert_eq!(live["spec"]["replicas"], 3);
+    assert_eq!(entry(&live, "ci", "Apply").unwrap()["fieldsV1"]["f:spec"]["f:replicas"], serde_json::json!({}));
+    // kubectl itself then folds the client-side apply entry into the applier's (its
+    // `csaupgrade`: a JSON patch of managedFields the server takes as given) and applies once
+    // more, which leaves the applier owning just its configuration.
+    assert!(entry(&live, "kubectl-client-side-apply", "Update").is_none(), "{live}");
+    assert_eq!(live["spec"]["progressDeadlineSeconds"], 600, "defaults are back: {live}");
+
+    // `kubectl scale` writes through the scale subresource as `kubectl` (from its User-Agent).
+    assert_eq!(server.kubectl_ok(&["scale", "deployment/web", "--replicas=4"]).trim(), "deployment.apps/web scaled");
+    let live = get(&server, "deployment", "web");
+    let scaler = entry(&live, "kubectl", "Update").unwrap_or_else(|| panic!("no scale entry: {live}"));
+    assert_eq!(scaler["subresource"], "scale");
+    assert_eq!(scaler["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
+    let ci = entry(&live, "ci", "Apply").unwrap_or_else(|| panic!("no ci entry: {live}"));
+    assert!(ci["fieldsV1"]["f:spec"].get("f:replicas").is_none(), "{live}");
+    let (_, err) = apply_fails(&server, &["--server-side", "--field-manager=ci"], &deployment("web", 5));
+    assert!(
+        err.starts_with(
+            "error: Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
+        ),
+        "{err}"
+    );
+
+    // `-o yaml --show-managed-fields` shows the entries; without the flag kubectl hides them.
+    let yaml = server.kubectl_ok(&["get", "deployment", "web", "-o", "yaml", "--show-managed-fields"]);
+    for want in ["manager: ci", "operation: Apply", "manager: kubectl", "operation: Update", "subresource: scale"] {
+        assert!(yaml.contains(want), "{want} missing from:\n{yaml}");
+    }
+    assert!(!server.kubectl_ok(&["get", "deployment", "web", "-o", "yaml"]).contains("managedFields"));
+
+    // The upgrade from client-side apply: the default manager `kubectl` takes over what is
+    // still as the last client-side apply left it, without a conflict.
+    let config = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: a\n";
+    assert_eq!(apply(&server, &[], config).trim(), "configmap/settings created");
+    let changed = config.replace("mode: a", "mode: b");
+    assert_eq!(apply(&server, &["--server-side"], &changed).trim(), "configmap/settings serverside-applied");
+    let live = get(&server, "configmap", "settings");
+    assert_eq!(live["data"]["mode"], "b", "{live}");
+    assert_eq!(entry(&live, "kubectl", "Apply").unwrap()["fieldsV1"], serde_json::json!({"f:data": {"f:mode": {}}}));
+    // The annotation follows, so a later client-side apply diffs against what was applied.
+    let last = live["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].as_str().unwrap();
+    assert!(last.contains("\"mode\":\"b\""), "{last}");
+
+    server.kubectl_ok(&["delete", "deployment", "web"]);
+    server.finish();
+}
+
+#[test]
+fn server_dry_runs_check_and_answer_but_change_nothing() {
+    let server = TestServer::start();
+    let rv =
+        |kind: &str, name: &str| get(&server, kind, name)["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let not_found = |kind: &str, name: &str| {
+        let out = server.kubectl(&["get", kind, name]);
+        !out.status.success() && stderr(&out).contains("NotFound")
+    };
+
+    // create --dry-run=server answers the object the server would have made, and keeps nothing.
+    let out =
+        server.kubectl_ok(&["create", "configmap", "probe", "--from-literal=a=1", "--dry-run=server", "-o", "json"]);
+    let would_be: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(would_be["data"]["a"], "1");
+    assert!(would_be["metadata"]["uid"].is_string(), "{would_be}");
+    assert!(not_found("configmap", "probe"));
+
+    assert_eq!(
+        apply(&server, &["--dry-run=server"], &deployment("web", 2)).trim(),
+        "deployment.apps/web created (server dry run)"
+    );
+    assert!(not_found("deployment", "web"));
+    // Validation runs as for a real write.
+    let (_, err) =
+        apply_fails(&server, &["--dry-run=server"], &deployment("web", 2).replace("replicas: 2", "replicas: -1"));
+    assert!(err.contains("spec.replicas: Invalid value: -1"), "{err}");
+
+    apply(&server, &[], &deployment("web", 2));
+    let before = rv("deployment", "web");
+    assert_eq!(
+        apply(&server, &["--dry-run=server"], &deployment("web", 5)).trim(),
+        "deployment.apps/web configured (server dry run)"
+    );
+    assert_eq!(
+        apply(&server, &["--server-side", "--force-conflicts", "--dry-run=server"], &deployment("web", 6)).trim(),
+        "deployment.apps/web serverside-applied (server dry run)"
+    );
+    let out = server.kubectl_ok(&["delete", "deployment", "web", "--dry-run=server"]);
+    assert_eq!(out.trim(), "deployment.apps \"web\" deleted (server dry run)");
+    let live = get(&server, "deployment", "web");
+    assert_eq!(live["spec"]["replicas"], 2);
+    assert_eq!(rv("deployment", "web"), before);
+
+    server.kubectl_ok(&["delete", "deployment", "web"]);
+    server.finish();
+}
+
+#[test]
+fn chunked_lists_return_everything_as_one_snapshot() {
+    let server = TestServer::start();
+    let mut manifest = String::new();
+    for i in 0..5 {
+        manifest.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\nspec:\n  nodeSelector: {{skiff.test/none: \"true\"}}\n  containers:\n  - name: app\n    image: example.invalid/app:1\n"
+        ));
+    }
+    apply(&server, &[], &manifest);
+
+    let names = server.kubectl_ok(&["get", "pods", "--chunk-size=2", "-o", "name"]);
+    assert_eq!(names.lines().collect::<Vec<_>>(), ["pod/p0", "pod/p1", "pod/p2", "pod/p3", "pod/p4"]);
+    let table = server.kubectl_ok(&["get", "pods", "--chunk-size=2"]);
+    assert_eq!(table.lines().filter(|l| l.starts_with('p')).count(), 5, "{table}");
+
+    // A change between pages does not show: the second page is read at the first one's
+    // resourceVersion.
+    let raw = |query: &str| -> Value {
+        let out = server.kubectl_ok(&["get", "--raw", &format!("/api/v1/namespaces/default/pods?{query}")]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let first = raw("limit=2");
+    let token = first["metadata"]["continue"].as_str().expect("a continue token").to_string();
+    server.kubectl_ok(&["delete", "pod", "p3"]);
+    let second = raw(&format!("limit=2&continue={token}"));
+    assert_eq!(second["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+    let page: Vec<&str> =
+        second["items"].as_array().unwrap().iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(page, ["p2", "p3"]);
+    let now: Vec<String> =
+        server.kubectl_ok(&["get", "pods", "--chunk-size=2", "-o", "name"]).lines().map(String::from).collect();
+    assert_eq!(now, ["pod/p0", "pod/p1", "pod/p2", "pod/p4"]);
+
+    server.kubectl_ok(&["delete", "pods", "--all"]);
+    server.finish();
+}

@@ -340,20 +340,29 @@ pub struct LocalRegistry {
     child: Child,
     addr: String,
     auth: Option<RegistryAuth>,
+    /// Serving HTTPS (see [`LocalRegistry::start_with_tls`]).
+    tls: bool,
     dir: tempfile::TempDir,
 }
 
 impl LocalRegistry {
     pub fn start() -> std::io::Result<LocalRegistry> {
-        Self::start_inner(None)
+        Self::start_inner(None, None)
+    }
+
+    /// Over HTTPS with this PEM certificate (chain) and key, which should name `127.0.0.1`.
+    /// [`push`] skips verifying it; pulls need `registries.yaml` TLS settings, as loopback
+    /// registries are otherwise reached over plain HTTP.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> std::io::Result<LocalRegistry> {
+        Self::start_inner(None, Some((cert_pem, key_pem)))
     }
 
     /// With htpasswd basic auth for one user.
     pub fn start_with_auth(username: &str, password: &str) -> std::io::Result<LocalRegistry> {
-        Self::start_inner(Some(RegistryAuth { username: username.into(), password: password.into() }))
+        Self::start_inner(Some(RegistryAuth { username: username.into(), password: password.into() }), None)
     }
 
-    fn start_inner(auth: Option<RegistryAuth>) -> std::io::Result<LocalRegistry> {
+    fn start_inner(auth: Option<RegistryAuth>, tls: Option<(&str, &str)>) -> std::io::Result<LocalRegistry> {
         let exe = Path::new("/usr/bin/docker-registry");
         if !exe.exists() {
             return Err(std::io::Error::new(
@@ -369,6 +378,17 @@ impl LocalRegistry {
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
+        // Under `http:`, which the config above ends with.
+        if let Some((cert, key)) = tls {
+            let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            std::fs::write(&cert_path, cert)?;
+            std::fs::write(&key_path, key)?;
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert_path.display(),
+                key_path.display()
+            ));
+        }
         if let Some(a) = &auth {
             let hash = bcrypt::hash(&a.password, 5).map_err(std::io::Error::other)?;
             let htpasswd = dir.path().join("htpasswd");
@@ -385,7 +405,7 @@ impl LocalRegistry {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let mut registry = LocalRegistry { child, addr, auth, dir };
+        let mut registry = LocalRegistry { child, addr, auth, tls: tls.is_some(), dir };
         registry.wait_ready()?;
         Ok(registry)
     }
@@ -420,6 +440,17 @@ impl LocalRegistry {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// A client for pushing to this registry: plain HTTP, or HTTPS without verification.
+    fn client(&self, reference: &Reference) -> std::io::Result<oci_client::Client> {
+        let registries = if self.tls {
+            let yaml = format!("configs:\n  \"{}\":\n    tls:\n      insecure_skip_verify: true\n", self.addr);
+            crate::Registries::parse(&yaml, Path::new("registries.yaml")).map_err(std::io::Error::other)?
+        } else {
+            crate::Registries::default()
+        };
+        Ok(crate::image::pull::client_for(reference, &registries))
+    }
 }
 
 impl Drop for LocalRegistry {
@@ -434,7 +465,7 @@ impl Drop for LocalRegistry {
 pub async fn push(registry: &LocalRegistry, name_tag: &str, image: &OciImage) -> std::io::Result<String> {
     let reference = format!("{}/{}", registry.addr(), name_tag);
     let r = Reference::parse(&reference).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let client = crate::image::pull::client_for(&r);
+    let client = registry.client(&r)?;
     let oci_ref = crate::image::pull::oci_reference(&r);
     let auth = crate::image::pull::oci_auth(registry.auth().as_ref());
     let io = |e: oci_client::errors::OciDistributionError| std::io::Error::other(e.to_string());
@@ -473,7 +504,7 @@ pub async fn push_index(
 async fn push_manifest(registry: &LocalRegistry, name_tag: &str, manifest: &Blob) -> std::io::Result<String> {
     let reference = format!("{}/{}", registry.addr(), name_tag);
     let r = Reference::parse(&reference).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let client = crate::image::pull::client_for(&r);
+    let client = registry.client(&r)?;
     let oci_ref = crate::image::pull::oci_reference(&r);
     let auth = crate::image::pull::oci_auth(registry.auth().as_ref());
     let io = |e: oci_client::errors::OciDistributionError| std::io::Error::other(e.to_string());

@@ -394,3 +394,53 @@ async fn a_bearer_challenge_is_answered_with_a_token_from_the_realm() {
     let missing = node.pull(&format!("{}/team/busybox:nope", private.addr), None).await.unwrap_err();
     assert!(missing.is_image_not_found(), "{missing}");
 }
+
+/// A CA and a certificate it signed for 127.0.0.1: `(ca_pem, cert_pem, key_pem)`.
+fn certificates() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "skiff test registry CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_registry_is_trusted_through_its_ca_file_or_insecure_skip_verify() {
+    let (ca_pem, cert_pem, key_pem) = certificates();
+    let registry = LocalRegistry::start_with_tls(&cert_pem, &key_pem).expect("start docker-registry over HTTPS");
+    let reference = push(&registry, "tls/busybox:1", busybox()).await.unwrap();
+    let addr = registry.addr();
+
+    let plain = Node::new(Registries::default());
+    assert!(plain.pull(&reference, None).await.is_err(), "a loopback registry is plain HTTP unless configured");
+    // A `tls` section makes it HTTPS, verified against the system's roots, which do not know
+    // this CA.
+    let unverified = Node::new(registries(&format!("configs:\n  \"{addr}\":\n    tls: {{}}\n")));
+    let err = unverified.pull(&reference, None).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+    let with_ca = Registries::parse(
+        &format!("configs:\n  \"{addr}\":\n    tls:\n      ca_file: ca.pem\n"),
+        &dir.path().join("registries.yaml"),
+    )
+    .unwrap();
+    let node = Node::new(with_ca);
+    assert_eq!(node.pull(&reference, None).await.unwrap().id, busybox().config.digest);
+
+    let skip = Node::new(registries(&format!("configs:\n  \"{addr}\":\n    tls:\n      insecure_skip_verify: true\n")));
+    assert_eq!(skip.pull(&reference, None).await.unwrap().id, busybox().config.digest);
+
+    // An https:// mirror endpoint takes the TLS settings of its host too.
+    let mirror = Node::new(registries(&format!(
+        "mirrors:\n  example.invalid:\n    endpoint: [\"https://{addr}\"]\nconfigs:\n  \"{addr}\":\n    tls:\n      \
+         insecure_skip_verify: true\n"
+    )));
+    let image = mirror.pull("example.invalid/tls/busybox:1", None).await.unwrap();
+    assert_eq!(image.repo_digest, format!("example.invalid/tls/busybox@{}", busybox().manifest.digest));
+}

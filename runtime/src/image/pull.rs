@@ -52,12 +52,11 @@ pub(crate) fn install_crypto_provider() {
     });
 }
 
-/// A client for the reference's own registry with no `registries.yaml` (the test push).
+/// A client for the reference's own registry, no mirror (the test push).
 #[cfg(feature = "testing")]
-pub(crate) fn client_for(reference: &Reference) -> oci_client::Client {
-    let registries = Registries::default();
+pub(crate) fn client_for(reference: &Reference, registries: &Registries) -> oci_client::Client {
     let endpoints = registries.endpoints(&reference.registry);
-    client_for_endpoint(&registries, &endpoints[endpoints.len() - 1])
+    client_for_endpoint(registries, &endpoints[endpoints.len() - 1])
 }
 
 fn client_for_endpoint(registries: &Registries, endpoint: &Endpoint) -> oci_client::Client {

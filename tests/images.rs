@@ -105,8 +105,14 @@ fn an_imported_docker_save_tarball_runs_and_rm_and_prune_keep_images_in_use() {
     assert_eq!(image_rows(&server), [], "a new node has no images");
     let out = skiff_ok(&server, &["image", "import", saved.to_str().unwrap()]);
     assert_eq!(out, "Loaded image: busybox:imported\n");
-    let out = skiff_ok(&server, &["image", "import", layout.to_str().unwrap()]);
-    assert_eq!(out, "Loaded image: skiff.test/busybox:oci\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["image", "import", "-", "--data-dir"])
+        .arg(server.data_dir())
+        .stdin(std::fs::File::open(&layout).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "import from stdin: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Loaded image: skiff.test/busybox:oci\n");
     let id = short_id(&busybox);
     assert_eq!(
         image_rows(&server),
@@ -118,6 +124,9 @@ fn an_imported_docker_save_tarball_runs_and_rm_and_prune_keep_images_in_use() {
     );
     let out = skiff_ok(&server, &["image", "rm", "skiff.test/busybox:oci"]);
     assert_eq!(out, "Untagged: skiff.test/busybox:oci\n", "its other name keeps the image");
+    assert_eq!(skiff_ok(&server, &["image", "tag", &id, "mine:v1"]), "");
+    assert!(image_rows(&server).contains(&("mine".to_string(), "v1".to_string(), id.clone())));
+    assert_eq!(skiff_ok(&server, &["image", "rm", "mine:v1"]), "Untagged: mine:v1\n");
 
     // Must-show: import a `docker save` tarball and run from it, with no registry anywhere.
     server.apply(&pod(

@@ -49,8 +49,9 @@ pub struct ImageArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ImageCommand {
-    /// Import `docker save` tarballs or OCI image layout tarballs (plain or gzip'd); their tags
-    /// become image names that pods can use with imagePullPolicy IfNotPresent or Never.
+    /// Import `docker save` tarballs or OCI image layout tarballs (plain or gzip'd; `-` reads
+    /// one from standard input); their tags become image names that pods can use with
+    /// imagePullPolicy IfNotPresent or Never.
     #[command(alias = "load")]
     Import {
         #[arg(required = true, value_name = "FILE")]
@@ -69,6 +70,13 @@ pub enum ImageCommand {
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<String>,
     },
+    /// Give an image (by name, ID or ID prefix) another name, as `docker tag` does.
+    Tag {
+        #[arg(value_name = "SOURCE")]
+        source: String,
+        #[arg(value_name = "TARGET")]
+        target: String,
+    },
     /// Remove every image no container uses, and print the space reclaimed.
     Prune,
 }
@@ -84,6 +92,10 @@ pub fn run(args: ImageArgs) -> anyhow::Result<()> {
         ImageCommand::Import { files } => import(&manager, &files, &mut out),
         ImageCommand::Ls(list_args) => list(&manager, &list_args, &mut out),
         ImageCommand::Rm { force, images } => remove(&manager, &images, force, &mut out),
+        ImageCommand::Tag { source, target } => {
+            manager.tag(&source, &target)?;
+            Ok(())
+        }
         ImageCommand::Prune => prune(&manager, &mut out),
     }
 }
@@ -100,7 +112,17 @@ fn open(data_dir: &Path) -> anyhow::Result<ImageManager> {
 
 fn import(manager: &ImageManager, files: &[PathBuf], out: &mut impl Write) -> anyhow::Result<()> {
     for file in files {
-        ensure!(file.is_file(), "{}: no such file", file.display());
+        // An archive on standard input (`docker save busybox | skiff image import -`) is read
+        // into a temp file first: importing needs to find its parts by name.
+        let _stdin_copy;
+        let file = if file.as_os_str() == "-" {
+            _stdin_copy = StdinCopy::new()?;
+            _stdin_copy.0.clone()
+        } else {
+            ensure!(file.is_file(), "{}: no such file", file.display());
+            file.clone()
+        };
+        let file = &file;
         let images = manager.import(file).with_context(|| format!("importing {}", file.display()))?;
         for image in images {
             if image.reference.starts_with("sha256:") {
@@ -112,6 +134,31 @@ fn import(manager: &ImageManager, files: &[PathBuf], out: &mut impl Write) -> an
         }
     }
     Ok(())
+}
+
+/// Standard input in a private temp file, removed when dropped.
+struct StdinCopy(PathBuf);
+
+impl StdinCopy {
+    fn new() -> anyhow::Result<StdinCopy> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = std::env::temp_dir().join(format!("skiff-image-import-{}.tar", std::process::id()));
+        let copy = StdinCopy(path);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&copy.0)
+            .with_context(|| format!("creating {}", copy.0.display()))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut file).context("reading the archive from standard input")?;
+        Ok(copy)
+    }
+}
+
+impl Drop for StdinCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn list(manager: &ImageManager, args: &ListArgs, out: &mut impl Write) -> anyhow::Result<()> {

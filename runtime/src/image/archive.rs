@@ -173,6 +173,10 @@ fn import_docker(store: &ImageStore, archive: &Archive) -> Result<Vec<Image>> {
 /// Records `image` under each of `names` (or under its ID when it has none).
 fn record(store: &ImageStore, archive: &Archive, image: Image, names: &[String], digest: &str) -> Result<Vec<Image>> {
     let mut out = Vec::new();
+    if !names.is_empty() {
+        // An earlier import of the same image without a name listed it under its ID.
+        store.update_index(|index| (index.remove(&image.id).is_some(), ()))?;
+    }
     for name in names {
         let r = Reference::parse(name).map_err(|e| bad(archive.path, format!("image name {name:?}: {e}")))?;
         let image = Image { reference: r.to_string(), repo_digest: format!("{}@{digest}", r.name()), ..image.clone() };

@@ -134,7 +134,7 @@ pub fn remove(store: &ImageStore, users: &[ImageUser], key: &str, force: bool) -
 }
 
 /// The images `key` names: (their index entries, whether `key` was an ID).
-fn resolve(images: &[Image], key: &str) -> Result<(Vec<Image>, bool)> {
+pub fn resolve(images: &[Image], key: &str) -> Result<(Vec<Image>, bool)> {
     if let Ok(r) = Reference::parse(key) {
         let normalized = r.to_string();
         if let Some(i) = images.iter().find(|i| i.reference == normalized) {
@@ -163,6 +163,30 @@ fn resolve(images: &[Image], key: &str) -> Result<(Vec<Image>, bool)> {
         }
     }
     Err(Error::NoSuchImage(key.to_string()))
+}
+
+/// `docker tag`: records the image `source` names under `target` too (replacing what `target`
+/// named before, which keeps its own other names).
+pub fn tag(store: &ImageStore, source: &str, target: &str) -> Result<Image> {
+    let (found, _) = resolve(&store.list(), source)?;
+    let r =
+        Reference::parse(target).map_err(|e| Error::InvalidReference { reference: target.to_string(), source: e })?;
+    if r.digest.is_some() {
+        return Err(Error::InvalidReference {
+            reference: target.to_string(),
+            source: super::reference::ReferenceError::Tag("a tag, not a digest".into()),
+        });
+    }
+    let image = &found[0];
+    let digest = image.repo_digest.rsplit_once('@').map_or(image.repo_digest.as_str(), |(_, d)| d);
+    let tagged = Image { reference: r.to_string(), repo_digest: format!("{}@{digest}", r.name()), ..image.clone() };
+    store.update_index(|index| {
+        // A named image is no longer listed as `<none>` under its ID.
+        index.remove(&tagged.id);
+        index.insert(tagged.reference.clone(), tagged.clone());
+        (true, ())
+    })?;
+    Ok(tagged)
 }
 
 /// Removes every image no container uses (all its names). The caller holds the exclusive lock.
@@ -433,6 +457,21 @@ mod tests {
         let out = remove(&store, &[], "sha256:abcdefab", true).unwrap();
         assert_eq!(out.len(), 3, "{out:?}");
         assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn tagging_adds_a_name_that_removal_then_untags() {
+        let (_dir, store) = store_with(&[image("sha256:aa", "aa", &["l1"])]);
+        let tagged = tag(&store, "aa", "app:v1").unwrap();
+        assert_eq!((tagged.reference.as_str(), tagged.id.as_str()), ("docker.io/library/app:v1", "sha256:aa"));
+        assert_eq!(store.find("docker.io/library/app:v1").unwrap().layers, ["sha256:l1"]);
+        assert!(matches!(tag(&store, "nope:1", "x:1").unwrap_err(), Error::NoSuchImage(_)));
+        assert!(tag(&store, "app:v1", "Bad Name").is_err());
+        assert_eq!(store.list().len(), 1, "no `<none>` entry is left beside the name");
+        assert_eq!(
+            remove(&store, &[], "app:v1", false).unwrap(),
+            [Removal::Untagged("app:v1".into()), Removal::Deleted("sha256:aa".into())]
+        );
     }
 
     #[test]

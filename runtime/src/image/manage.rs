@@ -90,6 +90,12 @@ impl ImageManager {
         super::preload::import_dir(self, dir)
     }
 
+    /// `docker tag SOURCE TARGET`: `target` names the image `source` names (name, ID or prefix).
+    pub fn tag(&self, source: &str, target: &str) -> Result<Image> {
+        let _lock = self.store.lock_shared()?;
+        gc::tag(&self.store, source, target)
+    }
+
     fn users(&self) -> Result<Vec<ImageUser>> {
         gc::users(&self.containers)
     }

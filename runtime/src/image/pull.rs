@@ -104,7 +104,7 @@ pub async fn pull(
         if !endpoint.is_default {
             oci_ref.set_mirror_registry(endpoint.host.clone());
         }
-        let auth = registries.auth_for(endpoint, auth);
+        let auth = registries.auth_for(endpoint, &r.registry, auth);
         match pull_from(store, &client, &oci_ref, r, auth.as_ref()).await {
             Ok(image) => return Ok(image),
             Err(e) if !endpoint.is_default => {

@@ -150,7 +150,7 @@ impl Registries {
         }
         let mut configs = BTreeMap::new();
         for (host, c) in file.configs {
-            let key = parse_endpoint(&host).map(|e| e.host).unwrap_or_else(|_| host.clone());
+            let key = normalize_registry(&parse_endpoint(&host).map(|e| e.host).unwrap_or_else(|_| host.clone()));
             let at = |m: String| invalid(format!("configs.{host}.{m}"));
             let auth = match c.auth {
                 None => None,
@@ -204,11 +204,13 @@ impl Registries {
         endpoints
     }
 
-    /// Credentials for `endpoint`: an imagePullSecret's (`given`) go only to the registry it
-    /// was chosen for, never to a mirror; `configs` supplies the rest.
-    pub fn auth_for(&self, endpoint: &Endpoint, given: Option<&RegistryAuth>) -> Option<RegistryAuth> {
+    /// Credentials for `endpoint` of an image of `registry`: an imagePullSecret's (`given`) go
+    /// only to the host they were chosen for (also when a mirror entry reaches that same host
+    /// over plain HTTP), never to another mirror, as containerd matches them by server address;
+    /// `configs` supplies the rest.
+    pub fn auth_for(&self, endpoint: &Endpoint, registry: &str, given: Option<&RegistryAuth>) -> Option<RegistryAuth> {
         let configured = self.configs.get(&endpoint.host).and_then(|c| c.auth.clone());
-        if endpoint.is_default { given.cloned().or(configured) } else { configured }
+        if endpoint.host == normalize_registry(registry) { given.cloned().or(configured) } else { configured }
     }
 
     /// The HTTP client settings for `endpoint`: its scheme, and the TLS settings of its host.
@@ -313,14 +315,26 @@ mod tests {
         .unwrap();
         let secret = RegistryAuth { username: "secret".into(), password: "s".into() };
         let [mirror, default] = &r.endpoints("example.invalid")[..] else { panic!() };
-        assert_eq!(r.auth_for(mirror, Some(&secret)).unwrap().username, "mirror");
-        assert_eq!(r.auth_for(default, Some(&secret)), Some(secret.clone()));
+        assert_eq!(r.auth_for(mirror, "example.invalid", Some(&secret)).unwrap().username, "mirror");
+        assert_eq!(r.auth_for(default, "example.invalid", Some(&secret)), Some(secret.clone()));
         assert_eq!(
-            r.auth_for(default, None),
+            r.auth_for(default, "example.invalid", None),
             Some(RegistryAuth { username: "user".into(), password: "pa:ss".into() }),
             "auth: is base64 of user:password, split at the first colon"
         );
-        assert_eq!(r.auth_for(&r.endpoints("ghcr.io")[0], None), None);
+        assert_eq!(r.auth_for(&r.endpoints("ghcr.io")[0], "ghcr.io", None), None);
+        assert_eq!(r.auth_for(mirror, "127.0.0.1:5000", Some(&secret)), Some(secret), "the secret's own host");
+    }
+
+    #[test]
+    fn a_mirror_entry_of_the_registry_itself_over_http_makes_it_plain_http_first() {
+        let r = parse("mirrors:\n  \"10.0.0.5:5000\":\n    endpoint: [\"http://10.0.0.5:5000\"]\n").unwrap();
+        assert_eq!(urls(&r, "10.0.0.5:5000"), ["http://10.0.0.5:5000", "https://10.0.0.5:5000"]);
+        let secret = RegistryAuth { username: "secret".into(), password: "s".into() };
+        let plain = &r.endpoints("10.0.0.5:5000")[0];
+        assert_eq!(r.auth_for(plain, "10.0.0.5:5000", Some(&secret)), Some(secret));
+        let docker = parse("configs:\n  registry-1.docker.io:\n    auth: {username: u, password: p}\n").unwrap();
+        assert_eq!(docker.auth_for(&docker.endpoints("docker.io")[0], "docker.io", None).unwrap().username, "u");
     }
 
     #[test]

@@ -29,7 +29,7 @@ spec:
   containers:
   - name: httpd
     image: {image}
-    command: ["sh", "-c", "trap 'exit 0' TERM; mkdir -p /www /lo; echo hello-from-pod > /www/index.html; echo only-on-loopback > /lo/index.html; httpd -p 8080 -h /www; httpd -p 127.0.0.1:8081 -h /lo; while true; do sleep 1; done"]
+    command: ["sh", "-c", "trap 'exit 0' TERM; mkdir -p /www /lo; echo hello-from-pod > /www/index.html; echo only-on-loopback > /lo/index.html; seq 1 300000 > /www/big; (while true; do nc -l -p 9000 -e wc -c; done) & httpd -p 8080 -h /www; httpd -p 127.0.0.1:8081 -h /lo; while true; do sleep 1; done"]
     readinessProbe:
       exec:
         command: ["sh", "-c", "wget -q -O /dev/null http://127.0.0.1:8080/ && wget -q -O /dev/null http://127.0.0.1:8081/"]
@@ -147,11 +147,12 @@ impl Drop for PortForward {
     }
 }
 
-/// One HTTP/1.0 request to 127.0.0.1:`port`: the whole reply (the server closes after it).
-fn fetch(port: u16) -> String {
+/// One HTTP/1.0 request for `path` to 127.0.0.1:`port`: the whole reply (the server closes
+/// after it).
+fn fetch(port: u16, path: &str) -> String {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connecting to kubectl's local port");
     conn.set_read_timeout(Some(FORWARD_TIMEOUT)).unwrap();
-    conn.write_all(b"GET /index.html HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
     let mut reply = String::new();
     conn.read_to_string(&mut reply).expect("reading the reply through the forward");
     reply
@@ -197,15 +198,30 @@ fn kubectl_port_forward_over_both_transports_and_exec_over_spdy() {
         let (forward, local) = PortForward::start(&server, "web", &[8080, 8081], websockets);
         // Two connections to the same port are two request ids on one SPDY connection.
         for attempt in 0..2 {
-            let reply = fetch(local[0]);
+            let reply = fetch(local[0], "/index.html");
             assert!(reply.starts_with("HTTP/1.1 200 OK"), "{transport}, fetch {attempt}: {reply:?}");
             assert!(reply.ends_with("hello-from-pod\n"), "{transport}, fetch {attempt}: {reply:?}");
         }
-        let reply = fetch(local[1]);
+        let reply = fetch(local[1], "/index.html");
         assert!(reply.ends_with("only-on-loopback\n"), "{transport}: the pod's own 127.0.0.1 is reached: {reply:?}");
         let handled = forward.stdout().matches("Handling connection for").count();
         assert_eq!(handled, 3, "{transport}: {}", forward.describe());
         drop(forward);
+
+        // Megabytes both ways: many DATA frames, and the half-close of each direction. The
+        // pod's `wc -c` answers only after the end of its input, which is the client's FIN.
+        let (_forward, local) = PortForward::start(&server, "web", &[8080, 9000], websockets);
+        let reply = fetch(local[0], "/big");
+        let expected: String = (1..=300_000).map(|i| format!("{i}\n")).collect();
+        let body = reply.split_once("\r\n\r\n").map(|(_, body)| body).unwrap_or_default();
+        assert!(body == expected, "{transport}: /big came back with {} of {} bytes", body.len(), expected.len());
+        let mut conn = TcpStream::connect(("127.0.0.1", local[1])).unwrap();
+        conn.set_read_timeout(Some(FORWARD_TIMEOUT)).unwrap();
+        conn.write_all(&vec![b'x'; 3 << 20]).unwrap();
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut counted = String::new();
+        conn.read_to_string(&mut counted).expect("wc's answer after the half-close");
+        assert_eq!(counted, format!("{}\n", 3 << 20), "{transport}");
     }
 
     // Nothing listens on 9999 in the pod: kubectl reports the node's error, the local
@@ -252,6 +268,30 @@ fn kubectl_port_forward_over_both_transports_and_exec_over_spdy() {
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("to-stderr\n"), "stderr is its own stream: {stderr}");
     assert!(stderr.contains("command terminated with exit code 3"), "{stderr}");
+
+    // A terminal (util-linux `script` gives kubectl one): the resize stream instead of stderr.
+    let kubectl = format!(
+        "{} --kubeconfig {} --cache-dir {} exec -it web -- tty",
+        common::KUBECTL,
+        server.kubeconfig().display(),
+        server.dir().join("kube-cache").display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &kubectl, "/dev/null"])
+        .env("HOME", server.dir().join("home"))
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running script(1)");
+    let printed = String::from_utf8_lossy(&tty.stdout);
+    // The terminal may echo a stray `^@` that script(1) feeds kubectl, on either transport.
+    let lines: Vec<&str> = printed.lines().map(|l| l.trim().trim_start_matches("^@")).collect();
+    assert!(
+        lines.iter().any(|l| l.strip_prefix("/dev/pts/").is_some_and(|n| n.parse::<u32>().is_ok())),
+        "a pts in the container: {printed:?} {}",
+        String::from_utf8_lossy(&tty.stderr)
+    );
 
     server.kubectl_ok(&["delete", "pod", "web", "stuck"]);
     drop(images);

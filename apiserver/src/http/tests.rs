@@ -212,6 +212,27 @@ impl PodStreams for EchoLogs {
             other => Err(ApiError::bad_request(format!("{other}: not found in the test double"))),
         }
     }
+
+    /// Port 7 echoes until the client's end of input, then closes; nothing listens elsewhere.
+    async fn port_forward(
+        &self,
+        _namespace: &str,
+        _name: &str,
+        _uid: &str,
+        port: u16,
+    ) -> Result<Box<dyn skiff_api::PortConnection>, ApiError> {
+        if port != 7 {
+            return Err(ApiError::internal(format!("dial tcp4 127.0.0.1:{port}: connect: connection refused")));
+        }
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let (mut from, mut to) = tokio::io::split(theirs);
+            let _ = tokio::io::copy(&mut from, &mut to).await;
+            let _ = to.shutdown().await;
+        });
+        Ok(Box::new(ours))
+    }
 }
 
 const TOKEN: &str = "test-token-0123456789";
@@ -766,4 +787,130 @@ async fn bodies_over_three_mebibytes_are_refused_with_413() {
         server.kubectl_with(&server.kubeconfig(), &["create", "configmap", "big", &from_file], None).await;
     assert!(!ok);
     assert!(stderr.contains("RequestEntityTooLarge") || stderr.contains("larger than the 3 MiB limit"), "{stderr}");
+}
+
+/// `kubectl port-forward pod/web-1 :PORT` with the transport chosen by `websockets`; returns
+/// kubectl and the local port it printed.
+async fn port_forward(server: &Server, port: u16, websockets: bool) -> (tokio::process::Child, u16) {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
+    cmd.arg("--kubeconfig")
+        .arg(server.kubeconfig())
+        .args(["port-forward", "--address", "127.0.0.1", "pod/web-1", &format!(":{port}")])
+        .env("HOME", server.dir.path())
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets.to_string())
+        .env_remove("KUBECONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("kubectl at /usr/bin/kubectl");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let suffix = format!(" -> {port}");
+    let local = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(local) = line.strip_prefix("Forwarding from 127.0.0.1:").and_then(|l| l.strip_suffix(&suffix)) {
+                return local.parse::<u16>().unwrap();
+            }
+        }
+        panic!("kubectl port-forward ended before forwarding");
+    })
+    .await
+    .expect("kubectl port-forward started within 30 s");
+    // Later lines ("Handling connection for …") must not fill the pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, local)
+}
+
+#[tokio::test]
+async fn kubectl_port_forward_carries_connections_over_both_transports() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start().await;
+    server.seed("pods", Some("default"), running_pod("web-1", "default")).await;
+    let _ = server.streams.set(Arc::new(EchoLogs));
+    for websockets in [true, false] {
+        let (mut kubectl, local) = port_forward(&server, 7, websockets).await;
+        for attempt in 0..2 {
+            let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", local)).await.unwrap();
+            let sent = format!("attempt {attempt} over websockets={websockets}\n").repeat(2000);
+            conn.write_all(sent.as_bytes()).await.unwrap();
+            // The half-close travels as FIN; the echo ends after it, and so does our read.
+            conn.shutdown().await.unwrap();
+            let mut echoed = String::new();
+            tokio::time::timeout(std::time::Duration::from_secs(30), conn.read_to_string(&mut echoed))
+                .await
+                .expect("the echo ends after the client's FIN")
+                .unwrap();
+            assert!(echoed == sent, "websockets={websockets}: {} of {} bytes came back", echoed.len(), sent.len());
+        }
+        kubectl.start_kill().unwrap();
+        let _ = kubectl.wait().await;
+
+        // A refused port: the error reaches kubectl as text and the local connection closes.
+        let (kubectl, local) = port_forward(&server, 9, websockets).await;
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", local)).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), conn.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "websockets={websockets}: the local connection to a refused port is closed");
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            let mut kubectl = kubectl;
+            // kubectl gives up after the error; it is killed if it does not.
+            if tokio::time::timeout(std::time::Duration::from_secs(10), kubectl.wait()).await.is_err() {
+                kubectl.start_kill().unwrap();
+            }
+            kubectl.wait_with_output().await.unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("an error occurred forwarding {local} -> 9"))
+                && stderr.contains("error forwarding port 9 to pod web-1")
+                && stderr.contains("connect: connection refused"),
+            "websockets={websockets}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kubectl_exec_falls_back_to_spdy_with_the_same_streams_and_exit_code() {
+    let server = Server::start().await;
+    server.seed("pods", Some("default"), running_pod("web-1", "default")).await;
+    let _ = server.streams.set(Arc::new(EchoLogs));
+    let kubectl = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(server.kubeconfig())
+            .args(args)
+            .env("HOME", server.dir.path())
+            .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn().expect("kubectl at /usr/bin/kubectl")
+    };
+    let mut cat = kubectl(&["exec", "-i", "web-1", "-v=6", "--", "cat"]);
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = cat.stdin.take().unwrap();
+        stdin.write_all(b"over spdy\n").await.unwrap();
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), cat.wait_with_output()).await.unwrap().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over spdy\n");
+    assert!(log.contains(r#"verb="POST""#) && log.contains("101 Switching Protocols"), "went over SPDY: {log}");
+
+    let fail = kubectl(&["exec", "web-1", "--", "fail"]);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), fail.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("bad things") && stderr.contains("command terminated with exit code 3"), "{stderr}");
+
+    let missing = kubectl(&["exec", "web-1", "--", "nope"]);
+    let out =
+        tokio::time::timeout(std::time::Duration::from_secs(30), missing.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("nope: not found in the test double"), "{stderr}");
 }

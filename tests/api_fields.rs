@@ -238,3 +238,40 @@ fn chunked_lists_return_everything_as_one_snapshot() {
     server.kubectl_ok(&["delete", "pods", "--all"]);
     server.finish();
 }
+
+#[test]
+fn large_lists_reach_kubectl_gzipped() {
+    let server = TestServer::start();
+    let file = server.dir().join("big.txt");
+    // Text that compresses, 200 KiB: over Kubernetes' 128 KiB gzip threshold.
+    std::fs::write(&file, "skiff ".repeat(200 * 1024 / 6)).unwrap();
+    let from_file = format!("--from-file=big.txt={}", file.display());
+    server.kubectl_ok(&["create", "configmap", "big", &from_file]);
+
+    let out = server.kubectl(&["get", "configmaps", "-o", "json", "-v=8"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("kubectl decoded the gzipped list");
+    let big = list["items"].as_array().unwrap().iter().find(|c| c["metadata"]["name"] == "big").expect("big listed");
+    assert_eq!(big["data"]["big.txt"].as_str().unwrap().len(), 200 * 1024 / 6 * 6);
+    // Go's client decompresses by itself and hides Content-Encoding; ask with curl as well.
+    let headers = |path: &str, accept: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-D", "-", "-H"])
+            .arg(format!("Authorization: Bearer {}", server.kubeconfig_field("token")))
+            .args(["-H", &format!("Accept-Encoding: {accept}")])
+            .arg(format!("https://127.0.0.1:{}{path}", server.port()))
+            .output()
+            .expect("running curl");
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    };
+    let list = "/api/v1/namespaces/default/configmaps";
+    assert!(headers(list, "gzip").contains("content-encoding: gzip"), "{}", headers(list, "gzip"));
+    assert!(!headers(list, "identity").contains("content-encoding"));
+    // Small replies stay plain.
+    server.kubectl_ok(&["create", "configmap", "small", "--from-literal=a=1"]);
+    let small = "/api/v1/namespaces/default/configmaps/small";
+    assert!(headers(small, "gzip").starts_with("http/1.1 200"), "{}", headers(small, "gzip"));
+    assert!(!headers(small, "gzip").contains("content-encoding"), "{}", headers(small, "gzip"));
+
+    server.finish();
+}

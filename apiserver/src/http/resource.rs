@@ -172,9 +172,9 @@ fn object_reply(
     {
         let metadata = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
         let t = table::table(res, request, std::slice::from_ref(&object), metadata, true, jiff::Timestamp::now());
-        return Ok(reply::json(code, &t));
+        return Ok(reply::json_for(code, &t, headers));
     }
-    Ok(reply::json(code, &object))
+    Ok(reply::json_for(code, &object, headers))
 }
 
 async fn list(
@@ -192,10 +192,10 @@ async fn list(
     let items: Vec<Value> = list.items.into_iter().map(|i| with_type_meta(res, i)).collect();
     if let Some(request) = TableRequest::from_request(headers, query.get("includeObject"))? {
         let t = table::table(res, request, &items, metadata, true, jiff::Timestamp::now());
-        return Ok(reply::json(StatusCode::OK, &t));
+        return Ok(reply::json_for(StatusCode::OK, &t, headers));
     }
     let body = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": metadata, "items": items});
-    Ok(reply::json(StatusCode::OK, &body))
+    Ok(reply::json_for(StatusCode::OK, &body, headers))
 }
 
 async fn watch(

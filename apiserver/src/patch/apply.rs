@@ -370,8 +370,10 @@ fn changed_fields(res: &ResourceKind, old: &Value, new: &Value) -> BTreeSet<Path
     let mut changed = BTreeSet::new();
     for path in after {
         let is_new = !before.contains(&path);
+        // A `.` or set member present on both sides is unchanged by definition.
         let is_value = path.last().is_some_and(|t| t != "." && !t.starts_with("v:"));
-        if !is_new && !(is_value && value_at(old, &path) != value_at(new, &path)) {
+        let modified = is_value && value_at(old, &path) != value_at(new, &path);
+        if !is_new && !modified {
             continue;
         }
         if is_new {
@@ -412,6 +414,11 @@ pub fn track_update(
     subresource: Option<&str>,
     now: &str,
 ) {
+    // `managedFields: [{}]` is Kubernetes' way to strip them: nothing is recorded then.
+    if new["metadata"]["managedFields"].as_array().is_some_and(|e| e.len() == 1 && e[0] == json!({})) {
+        set_entries(new, Vec::new());
+        return;
+    }
     let existing = entries(new);
     if manager.is_none() && existing.is_empty() {
         return;
@@ -809,5 +816,17 @@ mod tests {
         )
         .unwrap();
         assert!(emptied.get("data").is_none_or(|d| d.as_object().is_some_and(|m| m.is_empty())), "{emptied}");
+    }
+
+    #[test]
+    fn an_update_with_a_single_empty_entry_strips_managed_fields() {
+        let now = "2024-01-01T00:00:00Z";
+        let mut live = config(2, json!({}), json!([]));
+        track_update(deployments(), None, &mut live, Some("a"), None, now);
+        let mut reset = live.clone();
+        reset["metadata"]["managedFields"] = json!([{}]);
+        reset["spec"]["replicas"] = json!(3);
+        track_update(deployments(), Some(&live), &mut reset, Some("b"), None, now);
+        assert!(reset["metadata"].get("managedFields").is_none(), "{reset}");
     }
 }

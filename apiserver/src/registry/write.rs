@@ -304,8 +304,8 @@ pub fn update_in(
         };
     }
     meta.insert("resourceVersion".into(), old_meta["resourceVersion"].clone());
-    // An update that leaves managedFields out keeps them, as in Kubernetes.
-    if meta.get("managedFields").is_none_or(Value::is_null)
+    // An update that leaves managedFields out (or empty) keeps them, as in Kubernetes.
+    if meta.get("managedFields").is_none_or(|f| f.is_null() || f.as_array().is_some_and(Vec::is_empty))
         && let Some(fields) = old_meta.get("managedFields").filter(|f| !f.is_null())
     {
         meta.insert("managedFields".into(), fields.clone());

@@ -7,6 +7,9 @@
 //! `KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`) carries the same streams as SPDY streams named by a
 //! `streamtype` header (`error`, `stdin`, `stdout`, `stderr`, `resize`); the final Status goes on
 //! the error stream. Both transports share the options, the stream plumbing and the Status.
+//!
+//! `pods/{name}/attach` is the same session on the container's own stdio
+//! ([`PodStreams::attach`]): no command, and it ends with the container's output.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +50,14 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long a SPDY client gets to open all its streams (the kubelet's streamCreationTimeout).
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) fn options(query: &Query, container: String) -> Result<ExecOptions, ApiError> {
+/// What a session runs in the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Exec,
+    Attach,
+}
+
+pub(crate) fn options(query: &Query, container: String, op: Operation) -> Result<ExecOptions, ApiError> {
     let opts = ExecOptions {
         container,
         command: query.all("command"),
@@ -56,7 +66,7 @@ pub(crate) fn options(query: &Query, container: String) -> Result<ExecOptions, A
         stderr: query.bool("stderr")?,
         tty: query.bool("tty")?,
     };
-    if opts.command.is_empty() {
+    if op == Operation::Exec && opts.command.is_empty() {
         return Err(ApiError::bad_request("you must specify at least one command for the container"));
     }
     if !opts.stdin && !opts.stdout && !opts.stderr {
@@ -72,11 +82,12 @@ pub(crate) async fn exec(
     namespace: &str,
     name: &str,
     query: &Query,
+    op: Operation,
 ) -> Result<Response<Body>, ApiError> {
     // The request is checked before the transport: kubectl retries a refused WebSocket over
     // SPDY, and should print why the exec itself was refused.
     let pod = state.api.get(res, Some(namespace), name).await?;
-    let opts = options(query, resolve_container(&pod, query.get("container"))?)?;
+    let opts = options(query, resolve_container(&pod, query.get("container"))?, op)?;
     let transport = upgrade::negotiate(req.headers(), WEBSOCKET_PROTOCOLS, SPDY_PROTOCOLS)?;
     let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let streams =
@@ -86,7 +97,7 @@ pub(crate) async fn exec(
     let response = upgrade::switching_protocols(&req, transport)?;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let target = Target { namespace: namespace.to_string(), name: name.to_string(), uid, streams };
+    let target = Target { namespace: namespace.to_string(), name: name.to_string(), uid, streams, op };
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => match transport {
@@ -109,13 +120,19 @@ struct Target {
     name: String,
     uid: String,
     streams: Arc<dyn PodStreams>,
+    op: Operation,
 }
 
 impl Target {
+    /// Runs the session; an attach that ends reports success, as the kubelet's does.
     async fn exec(&self, opts: &ExecOptions, io: ExecIo) -> Result<i32, ApiError> {
-        let result = self.streams.exec(&self.namespace, &self.name, &self.uid, opts, io).await;
+        let (ns, name, uid) = (&self.namespace, &self.name, &self.uid);
+        let result = match self.op {
+            Operation::Exec => self.streams.exec(ns, name, uid, opts, io).await,
+            Operation::Attach => self.streams.attach(ns, name, uid, opts, io).await.map(|()| 0),
+        };
         if let Err(e) = &result {
-            tracing::debug!(pod = %self.name, error = %e, "exec failed");
+            tracing::debug!(pod = %self.name, op = ?self.op, error = %e, "stream session failed");
         }
         result
     }
@@ -343,11 +360,19 @@ mod tests {
     #[test]
     fn exec_needs_a_command_and_a_stream() {
         let q = Query::parse(Some("command=sh&command=-c&command=echo%20hi&stdout=true&stderr=true"));
-        let o = options(&q, "app".into()).unwrap();
+        let o = options(&q, "app".into(), Operation::Exec).unwrap();
         assert_eq!(o.command, ["sh", "-c", "echo hi"]);
         assert!(o.stdout && o.stderr && !o.stdin && !o.tty);
-        assert_eq!(options(&Query::parse(Some("stdout=true")), "app".into()).unwrap_err().code, 400);
-        assert_eq!(options(&Query::parse(Some("command=ls")), "app".into()).unwrap_err().code, 400);
+        assert_eq!(options(&Query::parse(Some("stdout=true")), "app".into(), Operation::Exec).unwrap_err().code, 400);
+        assert_eq!(options(&Query::parse(Some("command=ls")), "app".into(), Operation::Exec).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn attach_needs_a_stream_but_no_command() {
+        let q = Query::parse(Some("container=app&stdin=true&stdout=true&tty=true"));
+        let o = options(&q, "app".into(), Operation::Attach).unwrap();
+        assert!(o.command.is_empty() && o.stdin && o.stdout && o.tty);
+        assert_eq!(options(&Query::parse(None), "app".into(), Operation::Attach).unwrap_err().code, 400);
     }
 
     #[test]

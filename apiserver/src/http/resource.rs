@@ -51,16 +51,14 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target
             let ns = ns.ok_or_else(|| ApiError::bad_request("pods/log needs a namespace"))?;
             logs::logs(state, res, ns, name, &query).await
         }
-        (&Method::GET | &Method::POST, Some(name), Some("exec")) => {
-            let ns = ns.ok_or_else(|| ApiError::bad_request("pods/exec needs a namespace"))?.to_string();
-            exec::exec(state, req, res, &ns, name, &query).await
+        (&Method::GET | &Method::POST, Some(name), Some(sub @ ("exec" | "attach"))) => {
+            let ns = ns.ok_or_else(|| ApiError::bad_request(format!("pods/{sub} needs a namespace")))?.to_string();
+            let op = if sub == "exec" { exec::Operation::Exec } else { exec::Operation::Attach };
+            exec::exec(state, req, res, &ns, name, &query, op).await
         }
         (&Method::GET | &Method::POST, Some(name), Some("portforward")) => {
             let ns = ns.ok_or_else(|| ApiError::bad_request("pods/portforward needs a namespace"))?.to_string();
             portforward::port_forward(state, req, res, &ns, name).await
-        }
-        (_, Some(_), Some(sub @ "attach")) => {
-            Err(ApiError::bad_request(format!("{}/{sub} is not supported by this server yet", res.plural)))
         }
         (&Method::POST, None, None) => {
             if res.namespaced() && ns.is_none() {

@@ -6,7 +6,8 @@
 //! - one at a time: create, wait for Running, next (the latency of a quiet node);
 //! - a burst: all created back to back, as `kubectl apply -f` of a list does (queueing included).
 //!
-//! Then every pod is deleted and awaited, the server is stopped with SIGTERM, and the caller's
+//! The first round's pods are deleted (and awaited) before the burst, which gets the node empty
+//! (it takes 110 pods, Kubernetes' default maxPods). Then every pod is deleted and awaited, the server is stopped with SIGTERM, and the caller's
 //! sweep checks that nothing is left (processes, mounts, cgroups, the bridge and veths).
 
 use std::collections::HashMap;
@@ -273,8 +274,14 @@ impl Tracker {
                     self.absorb(at, &event);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let waiting = names.iter().filter(|n| self.pods.get(*n).is_none_or(|t| t.running.is_none())).count();
-                    bail!("{waiting} pods were not Running after {RUNNING_TIMEOUT:?}");
+                    let waiting: Vec<&PodTimes> =
+                        names.iter().filter_map(|n| self.pods.get(n)).filter(|t| t.running.is_none()).collect();
+                    let unscheduled = waiting.iter().filter(|t| t.scheduled.is_none()).count();
+                    bail!(
+                        "{} of {} pods were not Running after {RUNNING_TIMEOUT:?} ({unscheduled} of them not even scheduled)",
+                        waiting.len(),
+                        names.len()
+                    );
                 }
                 _ = cancel.cancelled() => bail!("interrupted"),
             }
@@ -332,6 +339,12 @@ pub async fn run(setup: Setup<'_>, cancel: &CancellationToken) -> anyhow::Result
     }
     .await;
     let stopped = server.stop();
+    if result.is_err() || teardown.is_err() || stopped.is_some_and(|s| !s.success()) {
+        let kept = setup.scratch.with_extension("server.log");
+        if std::fs::copy(&server.log, &kept).is_ok() {
+            eprintln!("skiff bench: the server's log is kept at {}", kept.display());
+        }
+    }
     result?;
     teardown.context("deleting the bench pods")?;
     if let Some(status) = stopped.filter(|s| !s.success()) {
@@ -402,6 +415,32 @@ async fn measure(
         tracker.until_running(std::slice::from_ref(&name), cancel).await?;
         serial.push(name);
     }
+    let mut out = String::new();
+    let line = |out: &mut String, what: &str, pods: &HashMap<String, PodTimes>, names: &[String]| {
+        let get = |f: fn(&PodTimes) -> Option<Duration>| -> Vec<Duration> {
+            names.iter().filter_map(|n| pods.get(n)).filter_map(f).collect()
+        };
+        let to_running = get(|t| Some(t.running? - t.created?));
+        let to_scheduled = get(|t| Some(t.scheduled? - t.created?));
+        let kubelet = get(|t| Some(t.running? - t.scheduled?));
+        out.push_str(&format!(
+            "{what:<26} p50 {:>8} ms  p90 {:>8} ms  p99 {:>8} ms  max {:>8} ms   (create→scheduled p50 {} ms, scheduled→Running p50 {} ms)\n",
+            ms(median(&to_running)),
+            ms(percentile(&to_running, 90.0)),
+            ms(percentile(&to_running, 99.0)),
+            ms(percentile(&to_running, 100.0)),
+            ms(median(&to_scheduled)),
+            ms(median(&kubelet)),
+        ));
+    };
+    line(&mut out, &format!("{count} pods, one at a time"), &tracker.pods, &serial);
+    // Printed now: the burst below may fail, and this part is worth having anyway.
+    print!("{out}");
+    out.clear();
+    // The node takes 110 pods (Kubernetes' default maxPods): the burst gets it empty.
+    delete_all(api, &serial).await.context("deleting the first round's pods")?;
+    created.clear();
+
     let burst_start = Instant::now();
     let mut burst = Vec::new();
     for i in 0..count {
@@ -418,26 +457,7 @@ async fn measure(
     tracker.until_running(&burst, cancel).await?;
     let all_running = burst_start.elapsed();
 
-    let mut out = String::new();
-    let line = |out: &mut String, what: &str, names: &[String]| {
-        let get = |f: fn(&PodTimes) -> Option<Duration>| -> Vec<Duration> {
-            names.iter().filter_map(|n| tracker.pods.get(n)).filter_map(f).collect()
-        };
-        let to_running = get(|t| Some(t.running? - t.created?));
-        let to_scheduled = get(|t| Some(t.scheduled? - t.created?));
-        let kubelet = get(|t| Some(t.running? - t.scheduled?));
-        out.push_str(&format!(
-            "{what:<26} p50 {:>8} ms  p90 {:>8} ms  p99 {:>8} ms  max {:>8} ms   (create→scheduled p50 {} ms, scheduled→Running p50 {} ms)\n",
-            ms(median(&to_running)),
-            ms(percentile(&to_running, 90.0)),
-            ms(percentile(&to_running, 99.0)),
-            ms(percentile(&to_running, 100.0)),
-            ms(median(&to_scheduled)),
-            ms(median(&kubelet)),
-        ));
-    };
-    line(&mut out, &format!("{count} pods, one at a time"), &serial);
-    line(&mut out, &format!("{count} pods, burst"), &burst);
+    line(&mut out, &format!("{count} pods, burst"), &tracker.pods, &burst);
     out.push_str(&format!(
         "burst: {count} creates took {} ms, all Running after {} ms; create request p50 {} ms, p99 {} ms",
         ms(applied),

@@ -13,8 +13,9 @@
 //! On start the kubelet adopts what the runtime already runs for pods that still exist here,
 //! and removes everything else, so a restarted server neither loses nor leaks containers.
 //!
-//! Not yet here: gRPC probes (exec probes run in the container, httpGet and tcpSocket probes to
-//! the pod IP). Volumes: see [`volumes`].
+//! Probes: exec in the container, httpGet, tcpSocket and gRPC to the pod IP ([`prober`]).
+//! Lifecycle hooks: [`lifecycle`]; termination messages: [`termination`]; log rotation:
+//! [`logs::rotation`]. Volumes: see [`volumes`].
 //! `status.podIP` is the runtime's sandbox address when it runs a pod network. Restarts back
 //! off as Kubernetes' do (10 s doubling to 5 min, reset after 10 min of clean running).
 
@@ -64,7 +65,8 @@ pub struct Kubelet {
     recorder: Arc<Recorder>,
     status: status::StatusManager,
     workers: PodWorkers,
-    logs: logs::LogWatchers,
+    logs: Arc<logs::LogWatchers>,
+    log_rotation: std::sync::OnceLock<logs::rotation::LogRotation>,
     host_ip: String,
     // service plane wiring: the cluster DNS pods' resolv.conf points at (ClusterFirst).
     cluster_dns: std::sync::OnceLock<service::ServiceConfig>,
@@ -77,7 +79,8 @@ impl Kubelet {
             recorder: Arc::new(events::recorder(client.clone(), &config.node_name)),
             status: status::StatusManager::new(client.clone()),
             workers: PodWorkers::default(),
-            logs: logs::LogWatchers::default(),
+            logs: Arc::default(),
+            log_rotation: std::sync::OnceLock::new(),
             host_ip: node::internal_ip(),
             cluster_dns: std::sync::OnceLock::new(),
             volumes: Arc::new(volumes::VolumeManager::new(config.root.clone(), client.clone())),
@@ -101,6 +104,12 @@ impl Kubelet {
     /// get the node's resolv.conf, as Kubernetes' kubelet without `clusterDNS`.
     pub fn set_cluster_dns(&self, config: service::ServiceConfig) {
         let _ = self.cluster_dns.set(config);
+    }
+
+    /// Sets `containerLogMaxSize`/`containerLogMaxFiles` (set once, before `run`); without it
+    /// Kubernetes' defaults, 10Mi and 5.
+    pub fn set_log_rotation(&self, policy: logs::rotation::LogRotation) {
+        let _ = self.log_rotation.set(policy);
     }
 
     /// Registers the node, then runs pods until `shutdown`. Containers keep running after
@@ -134,6 +143,8 @@ impl Kubelet {
             tracing::warn!("creating the default StorageClass {}: {e}", volumes::pvc::CLASS);
         }
         let refresher = tokio::spawn(self.volumes.clone().run(shutdown.child_token()));
+        let policy = self.log_rotation.get().copied().unwrap_or_default();
+        let rotator = tokio::spawn(logs::rotation::run(self.logs.clone(), policy, shutdown.child_token()));
 
         let selector = format!("spec.nodeName={}", self.config.node_name);
         let (store, mut events, _informer) =
@@ -158,6 +169,7 @@ impl Kubelet {
         self.workers.stop_all().await;
         let _ = heartbeat.await;
         let _ = refresher.await;
+        rotator.abort();
     }
 
     /// Removes containers and sandboxes of pods that no longer exist here (left by a server

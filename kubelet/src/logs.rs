@@ -8,6 +8,11 @@
 //! signal (a `watch` the pod worker sets when the container exits) or 200 ms, whichever comes
 //! first, and reads again; once the container has exited and the file is drained, the stream
 //! ends. An idle follow costs five reads a second of an open file and no busy loop.
+//!
+//! Big logs are rotated as the kubelet does ([`rotation`]); reads see the current file, and a
+//! follower moves on to the new file after a rotation.
+
+pub mod rotation;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -223,6 +228,11 @@ impl LogWatchers {
         });
     }
 
+    /// The log files of running containers (for rotation).
+    pub fn running(&self) -> Vec<PathBuf> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
     /// `None` when the file's container is not running.
     pub fn subscribe(&self, path: &Path) -> Option<watch::Receiver<bool>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner()).get(path).map(|tx| tx.subscribe())
@@ -312,6 +322,17 @@ pub async fn stream_log(
             // exit can be missed.
             if exited {
                 return;
+            }
+            // Rotated (see [`rotation`]): the shim writes to the new file at the path from its
+            // next write on; what it wrote before is drained above, so go on there.
+            if rotation::replaced(&path, &file).await {
+                match tokio::fs::File::open(&path).await {
+                    Ok(new) => {
+                        file = new;
+                        continue;
+                    }
+                    Err(e) => tracing::debug!("reopening rotated log {}: {e}", path.display()),
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(FOLLOW_POLL) => {}

@@ -17,6 +17,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use serde_json::json;
 use skiff_api::{Api, ApiClient, DeleteOptions, ListOptions, LogOptions, PodStreams};
+use skiff_kubelet::logs::rotation::LogRotation;
 use skiff_kubelet::{Kubelet, KubeletConfig};
 use skiff_runtime::network::{Ipv4Cidr, NetworkConfig};
 use skiff_runtime::testing::{LocalRegistry, build_busybox_image, push};
@@ -24,6 +25,8 @@ use skiff_runtime::{CgroupManager, Runtime, RuntimeConfig, SandboxSpec};
 use tokio_util::sync::CancellationToken;
 
 const NODE: &str = "node1";
+/// The fixture kubelet's `containerLogMaxSize`.
+const ROTATE_AT: u64 = 1024 * 1024;
 
 fn bridge_name() -> String {
     format!("skkl{}", std::process::id() % 100_000)
@@ -71,6 +74,8 @@ impl Fixture {
         let root = dir.path().join("kubelet");
         let kubelet =
             Kubelet::new(KubeletConfig { node_name: NODE.into(), root: root.clone() }, client.clone(), runtime.clone());
+        // Small enough for a test to fill; Kubernetes' default is 10Mi.
+        kubelet.set_log_rotation(LogRotation { max_size: ROTATE_AT, max_files: 3 });
         let stop = CancellationToken::new();
         let task = Some(tokio::spawn(kubelet.clone().run(stop.clone())));
         Fixture { client, runtime, kubelet, stop, task, image, root, cgroup_root, _registry: local, _dir: dir }
@@ -85,6 +90,7 @@ impl Fixture {
             self.client.clone(),
             self.runtime.clone(),
         );
+        self.kubelet.set_log_rotation(LogRotation { max_size: ROTATE_AT, max_files: 3 });
         self.stop = CancellationToken::new();
         self.task = Some(tokio::spawn(self.kubelet.clone().run(self.stop.clone())));
     }
@@ -614,6 +620,71 @@ async fn a_failing_post_start_http_hook_kills_the_container(f: &mut Fixture) {
     f.wait_gone("bad-start").await;
 }
 
+/// A log past `containerLogMaxSize` is rotated while the container runs: the shim goes on in a
+/// new file, `logs` shows that one, and a follower from before the rotation misses nothing.
+async fn a_big_log_is_rotated_and_followers_move_to_the_new_file(f: &mut Fixture) {
+    let script = "head -c 1500000 /dev/zero | tr '\\0' x | fold -w 500; echo; \
+                  i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.1; done";
+    let pod =
+        f.create("chatty", "Always", json!([{"name": "app", "image": f.image, "command": ["sh", "-c", script]}])).await;
+    f.wait_pod("chatty", "running", |p| try_container_status(p, 0).is_some_and(|c| c.state.unwrap().running.is_some()))
+        .await;
+    let meta = &pod.metadata;
+    let follow = LogOptions { container: "app".into(), follow: true, ..Default::default() };
+    let mut stream = f.kubelet.logs("default", "chatty", meta.uid.as_deref().unwrap(), &follow).await.unwrap();
+    let dir = f.root.join("pods").join(format!("default_chatty_{}", meta.uid.as_deref().unwrap())).join("app");
+    let mut rotated = None;
+    for _ in 0..300 {
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("0.log."))
+            .collect();
+        if let Some(n) = names.first() {
+            rotated = Some(dir.join(n));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rotated = rotated.expect("the log was rotated within 30 s");
+    // In the CRI files a tick line reads `<time> stdout F tick N`.
+    let ticks = |text: &str| text.lines().filter(|l| l.contains(" F tick ")).count();
+    let before = ticks(&std::fs::read_to_string(&rotated).unwrap());
+    assert!(std::fs::metadata(&rotated).unwrap().len() >= ROTATE_AT);
+    // The shim writes on in the new file.
+    let mut current = String::new();
+    for _ in 0..100 {
+        current = std::fs::read_to_string(dir.join("0.log")).unwrap();
+        if ticks(&current) >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = ticks(&current);
+    assert!(after >= 5, "the new file gets the output: {current}");
+    assert!(!current.contains("xxxxx"), "the burst stayed in the rotated file");
+    let shown = f.logs(&pod, opts("app")).await;
+    let shown = shown.unwrap();
+    assert!(shown.starts_with("tick ") && !shown.contains("xxxxx"), "logs read the current file");
+    // The follower: everything of the rotated file, then on into the new one.
+    let mut followed = String::new();
+    while followed.lines().filter(|l| l.starts_with("tick ")).count() < before + after {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("the follower stalled after the rotation")
+            .expect("the follow stream ended early")
+            .unwrap();
+        followed.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(followed.lines().filter(|l| l.len() == 500).count(), 3000, "the whole burst was followed");
+    let numbers: Vec<u64> =
+        followed.lines().filter_map(|l| l.strip_prefix("tick ")).map(|n| n.parse().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "no tick lost or repeated across the rotation");
+    drop(stream);
+    f.pods().delete("chatty", &DeleteOptions::default()).await.unwrap();
+    f.wait_gone("chatty").await;
+}
+
 type Test = for<'a> fn(&'a mut Fixture) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
 
 macro_rules! tests {
@@ -641,6 +712,7 @@ fn main() {
         restarted_kubelet_adopts_running_containers_and_removes_orphans,
         pre_stop_hooks_run_before_sigterm_and_a_failing_one_is_only_an_event,
         a_failing_post_start_http_hook_kills_the_container,
+        a_big_log_is_rotated_and_followers_move_to_the_new_file,
     ];
     let selected: Vec<_> = tests
         .into_iter()

@@ -114,10 +114,68 @@ impl LineSplitter {
     }
 }
 
+/// The shim's log file, reopened when the kubelet has rotated it: the kubelet renames the file
+/// and puts an empty one at the path; before the next write this notices that the path no
+/// longer names the open file and appends to the new one (CRI's `ReopenContainerLog`, without
+/// a call). Nothing is lost: what was written before lands in the rotated file.
+#[derive(Debug)]
+pub struct ReopeningLog {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl ReopeningLog {
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(ReopeningLog { path: path.to_path_buf(), file })
+    }
+
+    fn reopen_if_rotated(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let same = match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(at_path), Ok(open)) => at_path.ino() == open.ino() && at_path.dev() == open.dev(),
+            // Gone (the pod's logs are being removed): keep the open file.
+            _ => true,
+        };
+        if !same && let Ok(file) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
+            self.file = file;
+        }
+    }
+}
+
+impl Write for ReopeningLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.reopen_if_rotated();
+        self.file.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.reopen_if_rotated();
+        self.file.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_rotated_log_is_reopened_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut log = ReopeningLog::open(&path).unwrap();
+        log.write_all(b"before\n").unwrap();
+        std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();
+        std::fs::File::create(&path).unwrap();
+        log.write_all(b"after\n").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("0.log.1")).unwrap(), "before\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+    }
 
     fn t() -> SystemTime {
         // 2026-11-25T08:00:00.123456789Z

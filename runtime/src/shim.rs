@@ -123,10 +123,7 @@ fn run_container_shim(dir: &ContainerDir) -> Result<(), String> {
     if let Some(parent) = meta.log_path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&meta.log_path)
+    let mut log = crate::log::ReopeningLog::open(&meta.log_path)
         .map_err(|e| format!("opening log {}: {e}", meta.log_path.display()))?;
 
     let fifo = dir.file(rootfs::START_FIFO);

@@ -180,7 +180,7 @@ pub(crate) fn pump(
     err: OwnedFd,
     terminal: Option<OwnedFd>,
     sync: std::fs::File,
-    log: &mut std::fs::File,
+    log: &mut impl Write,
     stdio: ShimStdio,
 ) -> Option<String> {
     let mut sources = vec![

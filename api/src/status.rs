@@ -102,11 +102,22 @@ pub struct ApiError {
     pub group: Option<String>,
     pub kind: Option<String>,
     pub causes: Vec<Cause>,
+    /// `metadata.continue`: the token an expired list may go on with (inconsistently).
+    pub continue_token: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: u16, reason: StatusReason, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), name: None, group: None, kind: None, causes: Vec::new() }
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            name: None,
+            group: None,
+            kind: None,
+            causes: Vec::new(),
+            continue_token: None,
+        }
     }
 
     fn about(mut self, res: &ResourceKind, name: &str) -> Self {
@@ -227,6 +238,9 @@ impl ApiError {
         if !details.is_empty() {
             status["details"] = Value::Object(details);
         }
+        if let Some(token) = &self.continue_token {
+            status["metadata"]["continue"] = json!(token);
+        }
         status
     }
 
@@ -252,6 +266,7 @@ impl ApiError {
             _ => StatusReason::InternalError,
         };
         let mut err = Self::new(code, reason, status["message"].as_str().unwrap_or_default());
+        err.continue_token = status["metadata"]["continue"].as_str().map(String::from);
         let details = &status["details"];
         err.name = details["name"].as_str().map(String::from);
         err.group = details["group"].as_str().map(String::from);

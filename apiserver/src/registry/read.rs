@@ -72,24 +72,51 @@ fn filter(res: &'static ResourceKind, namespace: Option<&str>, opts: &ListOption
     })
 }
 
-/// A continue token: the revision of the list's first page (every page is read at it) and
-/// the last key returned.
-fn encode_continue(revision: u64, last_key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(json!({"rv": revision, "start": last_key}).to_string())
+/// Where a page continues: at the first page's revision, or (after that expired, when the
+/// client chose to go on) at the latest one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum At {
+    Revision(u64),
+    Latest,
 }
 
-fn decode_continue(token: &str, prefix: &str) -> Result<(u64, String), ApiError> {
+/// A continue token: the revision of the list's first page (every page is read at it), or -1
+/// for "latest" as Kubernetes encodes it, and the last key returned.
+fn encode_continue(at: At, last_key: &str) -> String {
+    let rv = match at {
+        At::Revision(rv) => rv as i64,
+        At::Latest => -1,
+    };
+    URL_SAFE_NO_PAD.encode(json!({"rv": rv, "start": last_key}).to_string())
+}
+
+fn decode_continue(token: &str, prefix: &str) -> Result<(At, String), ApiError> {
     let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion");
     let bytes = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    let rv = value["rv"].as_u64().filter(|rv| *rv > 0).ok_or_else(bad)?;
+    let at = match value["rv"].as_i64() {
+        Some(-1) => At::Latest,
+        Some(rv) if rv > 0 => At::Revision(rv as u64),
+        _ => return Err(bad()),
+    };
     let start = value["start"].as_str().filter(|s| s.starts_with(prefix)).ok_or_else(bad)?;
-    Ok((rv, start.to_string()))
+    Ok((at, start.to_string()))
 }
 
-/// Kubernetes' answer to a continue token whose revision is compacted away.
-const CONTINUE_EXPIRED: &str = "The provided continue parameter is too old to display a consistent list result. \
-You can start a new list without the continue parameter.";
+/// Kubernetes' answer to a continue token whose revision is compacted away. The Status
+/// carries a token that goes on at the latest revision.
+fn continue_expired(start: &str) -> ApiError {
+    let mut err = ApiError::new(
+        410,
+        skiff_api::StatusReason::Expired,
+        "The provided continue parameter is too old to display a consistent list result. You can start a new \
+list without the continue parameter, or use the continue token in this response to retrieve the remainder of \
+the results. Continuing with the provided token results in an inconsistent list - objects that were created, \
+modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+    );
+    err.continue_token = Some(encode_continue(At::Latest, start));
+    err
+}
 
 /// The objects under `prefix` after key `start` as they were at revision `at`, in key order:
 /// the current ones, with every object changed since `at` replaced by its state before the
@@ -104,11 +131,7 @@ fn objects_at(
     if scan.revision == at {
         return Ok(scan.items);
     }
-    let changes = reg
-        .store
-        .hub()
-        .changes(at, scan.revision)
-        .map_err(|_| ApiError::new(410, skiff_api::StatusReason::Expired, CONTINUE_EXPIRED))?;
+    let changes = reg.store.hub().changes(at, scan.revision).map_err(|_| continue_expired(start))?;
     let mut view: BTreeMap<String, Option<serde_json::Value>> =
         scan.items.into_iter().map(|(k, o)| (k, Some(o))).collect();
     let mut rewound = HashSet::new();
@@ -131,19 +154,13 @@ pub fn list(
 ) -> Result<ObjectList, ApiError> {
     let filter = filter(res, namespace, opts)?;
     let prefix = Key::prefix(res, filter.namespace.as_deref());
-    let (first_rv, start_after) = match opts.continue_token.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) => {
-            let (rv, start) = decode_continue(token, &prefix)?;
-            (Some(rv), Some(start))
-        }
-        None => (None, None),
-    };
+    let continued = opts.continue_token.as_deref().filter(|t| !t.is_empty()).map(|t| decode_continue(t, &prefix));
     let limit = opts.limit.filter(|l| *l > 0).map(|l| l as usize);
-    let (revision, items, more) = match (first_rv, start_after) {
+    let (revision, items, more) = match continued.transpose()? {
         // Later pages are read at the first page's revision, as Kubernetes reads them from
         // etcd: the pages together are one consistent list, and a watch from its revision
         // misses nothing.
-        (Some(rv), Some(start)) => {
+        Some((At::Revision(rv), start)) => {
             let mut items: Vec<_> =
                 objects_at(reg, &prefix, &start, rv)?.into_iter().filter(|(_, o)| filter.matches(o)).collect();
             let more = limit.is_some_and(|l| items.len() > l);
@@ -152,13 +169,19 @@ pub fn list(
             }
             (rv, items, more)
         }
-        _ => {
+        // Going on after an expired token: the rest as it is now, and pages after this one
+        // consistent with it.
+        Some((At::Latest, start)) => {
+            let scan = reg.store.scan(&prefix, Some(&start), limit, |o| filter.matches(o))?;
+            (scan.revision, scan.items, scan.more)
+        }
+        None => {
             let scan = reg.store.scan(&prefix, None, limit, |o| filter.matches(o))?;
             (scan.revision, scan.items, scan.more)
         }
     };
     let continue_token = match (more, items.last()) {
-        (true, Some((key, _))) => Some(encode_continue(revision, key)),
+        (true, Some((key, _))) => Some(encode_continue(At::Revision(revision), key)),
         _ => None,
     };
     Ok(ObjectList {
@@ -204,8 +227,13 @@ mod tests {
 
     #[test]
     fn continue_tokens_round_trip_and_reject_other_prefixes() {
-        let token = encode_continue(42, "pods/default/web");
-        assert_eq!(decode_continue(&token, "pods/default/").unwrap(), (42, "pods/default/web".to_string()));
+        let token = encode_continue(At::Revision(42), "pods/default/web");
+        assert_eq!(
+            decode_continue(&token, "pods/default/").unwrap(),
+            (At::Revision(42), "pods/default/web".to_string())
+        );
+        let latest = encode_continue(At::Latest, "pods/default/web");
+        assert_eq!(decode_continue(&latest, "pods/default/").unwrap().0, At::Latest);
         assert_eq!(decode_continue(&token, "pods/other/").unwrap_err().code, 400);
         assert_eq!(decode_continue("!!", "pods/").unwrap_err().code, 400);
     }

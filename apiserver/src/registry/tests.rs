@@ -827,10 +827,22 @@ async fn a_continue_token_older_than_the_history_is_expired() {
     for i in 0..5 {
         reg.create(core("configmaps"), Some("default"), json!({"metadata": {"name": format!("c{i}")}})).await.unwrap();
     }
-    let next = ListOptions { continue_token: first.continue_token, ..opts };
+    let next = ListOptions { continue_token: first.continue_token, ..opts.clone() };
     let err = reg.list(pods(), Some("default"), &next).await.unwrap_err();
     assert_eq!((err.code, err.reason), (410, skiff_api::StatusReason::Expired));
     assert!(err.message.starts_with("The provided continue parameter is too old"), "{}", err.message);
+    assert!(err.to_status()["metadata"]["continue"].is_string());
+
+    // The client may go on, inconsistently, with the token the Status carries: the rest as
+    // it is now.
+    let latest = reg.create(pods(), Some("default"), pod("p3")).await.unwrap();
+    let rest = ListOptions { continue_token: err.continue_token, ..opts };
+    let page = reg.list(pods(), Some("default"), &rest).await.unwrap();
+    assert_eq!(page.items[0]["metadata"]["name"], "p1");
+    assert_eq!(page.resource_version, latest["metadata"]["resourceVersion"]);
+    let last = reg.list(pods(), Some("default"), &ListOptions { continue_token: page.continue_token, ..rest }).await;
+    let last = last.unwrap();
+    assert_eq!(last.items[0]["metadata"]["name"], "p2");
 }
 
 #[tokio::test]

@@ -339,7 +339,8 @@ pub async fn run(setup: Setup<'_>, cancel: &CancellationToken) -> anyhow::Result
     }
     .await;
     let stopped = server.stop();
-    if result.is_err() || teardown.is_err() || stopped.is_some_and(|s| !s.success()) {
+    let failed = result.is_err() || teardown.is_err() || stopped.is_some_and(|s| !s.success());
+    if failed && !cancel.is_cancelled() {
         let kept = setup.scratch.with_extension("server.log");
         if std::fs::copy(&server.log, &kept).is_ok() {
             eprintln!("skiff bench: the server's log is kept at {}", kept.display());

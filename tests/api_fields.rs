@@ -191,6 +191,17 @@ fn server_dry_runs_check_and_answer_but_change_nothing() {
         apply(&server, &["--server-side", "--force-conflicts", "--dry-run=server"], &deployment("web", 6)).trim(),
         "deployment.apps/web serverside-applied (server dry run)"
     );
+    // kubectl diff is a dry-run patch: it shows the change and exits 1, changing nothing.
+    for extra in [None, Some("--server-side")] {
+        let mut args = vec!["diff", "-f", "-"];
+        args.extend(extra);
+        let out = server.kubectl_stdin(&args, &deployment("web", 7));
+        assert_eq!(out.status.code(), Some(1), "kubectl {}: {}{}", args.join(" "), stdout(&out), stderr(&out));
+        let diff = stdout(&out);
+        assert!(diff.contains("-  replicas: 2") && diff.contains("+  replicas: 7"), "{diff}");
+    }
+    let out = server.kubectl_stdin(&["diff", "-f", "-"], &deployment("web", 2));
+    assert_eq!(out.status.code(), Some(0), "no difference: {}{}", stdout(&out), stderr(&out));
     let out = server.kubectl_ok(&["delete", "deployment", "web", "--dry-run=server"]);
     assert_eq!(out.trim(), "deployment.apps \"web\" deleted (server dry run)");
     let live = get(&server, "deployment", "web");

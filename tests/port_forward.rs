@@ -204,6 +204,11 @@ fn kubectl_port_forward_over_both_transports_and_exec_over_spdy() {
         }
         let reply = fetch(local[1], "/index.html");
         assert!(reply.ends_with("only-on-loopback\n"), "{transport}: the pod's own 127.0.0.1 is reached: {reply:?}");
+        // kubectl prints a line per accepted connection; the collecting thread may lag behind.
+        let deadline = Instant::now() + FORWARD_TIMEOUT;
+        while forward.stdout().matches("Handling connection for").count() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let handled = forward.stdout().matches("Handling connection for").count();
         assert_eq!(handled, 3, "{transport}: {}", forward.describe());
         drop(forward);

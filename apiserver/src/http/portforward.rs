@@ -9,11 +9,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use skiff_api::{ApiError, PodStreams, PortConnection, ResourceKind, StatusReason};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::State;
@@ -23,6 +25,9 @@ use super::upgrade;
 
 const WEBSOCKET_PROTOCOLS: &[&str] = &["SPDY/3.1+portforward.k8s.io"];
 const SPDY_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
+/// How long the second stream of a pair may take after the first (the kubelet's
+/// streamCreationTimeout).
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) async fn port_forward(
     state: &State,
@@ -65,10 +70,11 @@ struct Target {
 }
 
 /// The two streams of one forwarded connection, as they arrive.
-#[derive(Default)]
 struct Pair {
     error: Option<Stream>,
     data: Option<Stream>,
+    /// When the pair is given up if its second stream has not come.
+    deadline: Instant,
 }
 
 /// Which forwarded connection a stream belongs to. Clients older than `requestid` open the error
@@ -85,25 +91,31 @@ async fn serve(mut session: Session, target: Arc<Target>, shutdown: Cancellation
     let closed = session.closed();
     let mut pending: HashMap<String, Pair> = HashMap::new();
     loop {
+        let next_deadline = pending.values().map(|p| p.deadline).min();
         let stream = tokio::select! {
             stream = session.accept() => match stream {
                 Some(stream) => stream,
                 None => break,
             },
             _ = shutdown.cancelled() => break,
-        };
-        let kind = stream.headers.get("streamtype").unwrap_or_default().to_string();
-        let id = request_id(&stream, &kind);
-        let pair = pending.entry(id.clone()).or_default();
-        let slot = match kind.as_str() {
-            "error" => &mut pair.error,
-            "data" => &mut pair.data,
-            other => {
-                tracing::debug!(pod = %target.name, streamtype = other, "port-forward stream of unknown type");
-                stream.writer.reset(RST_CANCEL).await;
+            _ = tokio::time::sleep_until(next_deadline.unwrap_or_else(Instant::now)), if next_deadline.is_some() => {
+                expire(&mut pending, &target).await;
                 continue;
             }
         };
+        let kind = stream.headers.get("streamtype").unwrap_or_default().to_string();
+        if kind != "error" && kind != "data" {
+            tracing::debug!(pod = %target.name, streamtype = %kind, "port-forward stream of unknown type");
+            stream.writer.reset(RST_CANCEL).await;
+            continue;
+        }
+        let id = request_id(&stream, &kind);
+        let pair = pending.entry(id.clone()).or_insert_with(|| Pair {
+            error: None,
+            data: None,
+            deadline: Instant::now() + STREAM_CREATION_TIMEOUT,
+        });
+        let slot = if kind == "error" { &mut pair.error } else { &mut pair.data };
         if slot.is_some() {
             tracing::debug!(pod = %target.name, request = %id, "port-forward stream opened twice");
             stream.writer.reset(RST_CANCEL).await;
@@ -112,12 +124,29 @@ async fn serve(mut session: Session, target: Arc<Target>, shutdown: Cancellation
         *slot = Some(stream);
         if pair.error.is_some()
             && pair.data.is_some()
-            && let Some(Pair { error: Some(error), data: Some(data) }) = pending.remove(&id)
+            && let Some(Pair { error: Some(error), data: Some(data), .. }) = pending.remove(&id)
         {
             tokio::spawn(forward(target.clone(), error, data, closed.clone()));
         }
     }
     session.close().await;
+}
+
+/// Gives up the pairs whose second stream did not come in time, as the kubelet does.
+async fn expire(pending: &mut HashMap<String, Pair>, target: &Target) {
+    let now = Instant::now();
+    let expired: Vec<String> = pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| id.clone()).collect();
+    for id in expired {
+        let Some(pair) = pending.remove(&id) else { continue };
+        tracing::debug!(pod = %target.name, request = %id, "port-forward streams did not both arrive");
+        if let Some(error) = pair.error {
+            let _ = error.writer.write(format!("(request={id}) timed out waiting for streams").as_bytes()).await;
+            let _ = error.writer.finish().await;
+        }
+        if let Some(data) = pair.data {
+            data.writer.reset(RST_CANCEL).await;
+        }
+    }
 }
 
 /// The port a stream pair names in its `port` header.
@@ -204,6 +233,105 @@ async fn pipe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::spdy::Frame;
+    use crate::http::spdy::testing::Client;
+    use bytes::Bytes;
+
+    /// Port 7 echoes until the end of its input; every other port refuses.
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl PodStreams for Echo {
+        async fn logs(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            _: &skiff_api::LogOptions,
+        ) -> Result<skiff_api::ByteStream, ApiError> {
+            Err(ApiError::bad_request("no logs here"))
+        }
+
+        async fn port_forward(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+            port: u16,
+        ) -> Result<Box<dyn PortConnection>, ApiError> {
+            if port != 7 {
+                return Err(ApiError::internal("connect: connection refused"));
+            }
+            let (ours, theirs) = tokio::io::duplex(1024);
+            tokio::spawn(async move {
+                let (mut from, mut to) = tokio::io::split(theirs);
+                let _ = tokio::io::copy(&mut from, &mut to).await;
+                let _ = to.shutdown().await;
+            });
+            Ok(Box::new(ours))
+        }
+    }
+
+    fn start() -> Client {
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let target =
+            Target { namespace: "default".into(), name: "web".into(), uid: "u1".into(), streams: Arc::new(Echo) };
+        tokio::spawn(serve(Session::start(server_io), Arc::new(target), CancellationToken::new()));
+        Client::new(client_io)
+    }
+
+    fn data(stream: u32, fin: bool, bytes: &'static [u8]) -> Frame {
+        Frame::Data { stream, fin, data: Bytes::from_static(bytes) }
+    }
+
+    async fn open_pair(client: &mut Client, first: u32, request: &str, port: &str) {
+        for (stream, kind) in [(first, "error"), (first + 2, "data")] {
+            client.open(stream, &[("streamtype", kind), ("port", port), ("requestid", request)]).await;
+            assert!(matches!(client.next().await, Some(Frame::SynReply { stream: s, .. }) if s == stream));
+        }
+        // kubectl half-closes the error stream at once.
+        client.send(data(first, true, b"")).await;
+    }
+
+    #[tokio::test]
+    async fn a_pair_is_piped_to_the_port_and_ends_with_fin_on_both_streams() {
+        let mut client = start();
+        open_pair(&mut client, 1, "0", "7").await;
+        client.send(data(3, false, b"hello")).await;
+        assert_eq!(client.next().await, Some(data(3, false, b"hello")));
+        client.send(data(3, true, b"")).await;
+        // The client's FIN ends the echo's input, the echo closes, and both streams end.
+        assert_eq!(client.next().await, Some(data(3, true, b"")));
+        assert_eq!(client.next().await, Some(data(1, true, b"")));
+    }
+
+    #[tokio::test]
+    async fn a_refused_port_is_written_as_text_on_the_error_stream() {
+        let mut client = start();
+        open_pair(&mut client, 1, "0", "9").await;
+        let expected = b"error forwarding port 9 to pod web, uid u1: connect: connection refused";
+        assert_eq!(client.next().await, Some(data(1, false, expected)));
+        assert_eq!(client.next().await, Some(data(3, true, b"")));
+        assert_eq!(client.next().await, Some(data(1, true, b"")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_whose_partner_never_comes_is_given_up_after_the_creation_timeout() {
+        let mut client = start();
+        client.open(1, &[("streamtype", "error"), ("port", "7"), ("requestid", "4")]).await;
+        assert!(matches!(client.next().await, Some(Frame::SynReply { stream: 1, .. })));
+        // The paused clock jumps to the deadline once everything waits.
+        assert_eq!(client.next().await, Some(data(1, false, b"(request=4) timed out waiting for streams")));
+        assert_eq!(client.next().await, Some(data(1, true, b"")));
+    }
+
+    #[tokio::test]
+    async fn streams_of_unknown_type_are_reset() {
+        let mut client = start();
+        client.open(1, &[("streamtype", "stdin"), ("port", "7"), ("requestid", "0")]).await;
+        assert!(matches!(client.next().await, Some(Frame::SynReply { stream: 1, .. })));
+        assert_eq!(client.next().await, Some(Frame::RstStream { stream: 1, status: RST_CANCEL }));
+    }
 
     #[test]
     fn ports_must_be_numbers_in_range() {

@@ -7,8 +7,12 @@
 mod frame;
 mod headers;
 mod session;
+#[cfg(test)]
+pub(crate) mod testing;
 mod tunnel;
 
+#[cfg(test)]
+pub(crate) use frame::Frame;
 pub(crate) use frame::RST_CANCEL;
 pub(crate) use headers::Headers;
 pub(crate) use session::{Session, Stream, StreamReader, StreamWriter};

@@ -245,47 +245,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::DuplexStream;
-
-    /// kubectl's side of the connection, enough to drive the session.
-    struct Client {
-        io: DuplexStream,
-        encoder: HeaderEncoder,
-        decoder: HeaderDecoder,
-        buf: BytesMut,
-    }
-
-    impl Client {
-        fn new(io: DuplexStream) -> Self {
-            Client { io, encoder: HeaderEncoder::new(), decoder: HeaderDecoder::new(), buf: BytesMut::new() }
-        }
-
-        async fn send(&mut self, frame: Frame) {
-            let mut wire = Vec::new();
-            frame.encode(&mut wire);
-            self.io.write_all(&wire).await.unwrap();
-        }
-
-        async fn open(&mut self, stream: u32, pairs: &[(&str, &str)]) {
-            let headers = Headers(pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect());
-            let block = self.encoder.encode(&headers).unwrap().into();
-            self.send(Frame::SynStream { stream, fin: false, block }).await;
-        }
-
-        async fn next(&mut self) -> Option<Frame> {
-            loop {
-                if let Some(frame) = Frame::parse(&mut self.buf).unwrap() {
-                    if let Frame::SynReply { block, .. } = &frame {
-                        self.decoder.decode(block).unwrap();
-                    }
-                    return Some(frame);
-                }
-                if self.io.read_buf(&mut self.buf).await.unwrap() == 0 {
-                    return None;
-                }
-            }
-        }
-    }
+    use crate::http::spdy::testing::Client;
 
     fn data_frame(stream: u32, fin: bool, bytes: &'static [u8]) -> Frame {
         Frame::Data { stream, fin, data: Bytes::from_static(bytes) }

@@ -7,10 +7,13 @@
 //! All of it is netlink (rtnetlink), no `ip(8)`. Work inside a pod's namespace runs on a
 //! short-lived thread that enters the namespace, so no server thread ever changes namespace.
 //!
-//! Not done here yet: masquerading pod traffic that leaves the cluster CIDR (it needs an
-//! nftables/iptables rule and `ip_forward=1` on the host), and IPv6.
+//! Egress ([`PodNetwork::enable_egress`]): `ip_forward=1` (see [`forwarding`]) and an nftables
+//! table of this instance that masquerades pod traffic leaving the cluster CIDR (see [`nft`]).
+//! Not done here yet: IPv6.
 
+pub mod forwarding;
 mod ipam;
+pub mod nft;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -60,6 +63,54 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>> {
     }
 }
 
+/// What [`PodNetwork::enable_egress`] set up: the masquerade table and this instance's claim on
+/// `ip_forward`. [`Egress::remove`] (or dropping it) undoes both, on the calling thread, which
+/// must be in the namespace the egress was enabled in.
+#[derive(Debug)]
+pub struct Egress {
+    table: String,
+    forwarding: Option<forwarding::ForwardingHold>,
+}
+
+impl Egress {
+    /// The nftables table (family `ip`) holding the masquerade rule.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The `ip_forward` value found at start.
+    pub fn previous_ip_forward(&self) -> Option<&str> {
+        self.forwarding.as_ref().map(|f| f.previous.as_str())
+    }
+
+    /// Deletes the table and releases `ip_forward` (the last instance restores the value it found).
+    pub fn remove(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let Some(hold) = self.forwarding.take() else { return Ok(()) };
+        let table = nft::delete_table(&self.table);
+        let restored = hold.release()?;
+        table?;
+        match restored {
+            Some(value) => {
+                tracing::info!(table = %self.table, "pod egress removed; net.ipv4.ip_forward restored to {value}")
+            }
+            None => tracing::info!(table = %self.table, "pod egress removed"),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::warn!(table = %self.table, "removing pod egress: {e}");
+        }
+    }
+}
+
 /// The host-side veth name of a sandbox: at most 15 bytes, stable per sandbox id.
 pub fn host_veth_name(sandbox: &str) -> String {
     let digest = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(sandbox.as_bytes()));
@@ -74,6 +125,24 @@ impl PodNetwork {
 
     pub fn config(&self) -> &NetworkConfig {
         &self.config
+    }
+
+    /// Lets pods reach beyond the node: turns on `ip_forward` and writes this instance's
+    /// nftables table masquerading traffic from `cluster` (the whole cluster CIDR, of which this
+    /// node's pod CIDR is a part) to anything outside it. A table left by a killed server is
+    /// replaced. Synchronous: acts on the calling thread's network namespace.
+    pub fn enable_egress(&self, cluster: Ipv4Cidr) -> Result<Egress> {
+        let table = nft::table_name(&self.config.bridge);
+        let hold = forwarding::hold(&self.config.bridge)?;
+        let previous = hold.previous.clone();
+        let mut egress = Egress { table: table.clone(), forwarding: Some(hold) };
+        if let Err(e) = nft::write_masquerade_table(&table, cluster) {
+            // Put ip_forward back before reporting (the table was never written).
+            let _ = egress.forwarding.take().map(forwarding::ForwardingHold::release);
+            return Err(e);
+        }
+        tracing::info!(%table, %cluster, "pod egress: masquerading traffic leaving the cluster CIDR; net.ipv4.ip_forward {previous} -> 1");
+        Ok(egress)
     }
 
     /// Creates the bridge with the gateway address if it is missing, and brings it up.

@@ -131,10 +131,7 @@ data:
         server.kubectl_stdin(&["apply", "--server-side", "--field-manager=second", "-f", "-"], &ssa("second", false));
     assert!(!out.status.success(), "a conflicting apply succeeded: {}", stdout(&out));
     let err = stderr(&out);
-    assert!(
-        err.starts_with("error: Apply failed with 1 conflict: conflict with \"kubectl\": .data.owner"),
-        "{err}"
-    );
+    assert!(err.starts_with("error: Apply failed with 1 conflict: conflict with \"kubectl\": .data.owner"), "{err}");
     assert!(err.contains("--force-conflicts"), "{err}");
     assert_eq!(json(&server, &["get", "configmap", "ssa"])["data"]["owner"], "first");
 

@@ -213,6 +213,20 @@ pub trait ApiClient: Send + Sync {
         Ok((self.patch(res, namespace, name, subresource, kind, patch).await?, !existed))
     }
 
+    /// [`create_subresource`](Self::create_subresource) with [`WriteOptions`].
+    async fn create_subresource_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        opts.refuse_dry_run()?;
+        self.create_subresource(res, namespace, name, subresource, body).await
+    }
+
     async fn delete_with(
         &self,
         res: &'static ResourceKind,

@@ -76,9 +76,11 @@ pub(crate) async fn handle(state: &Arc<State>, req: Request<Incoming>, t: Target
             Ok(reply)
         }
         (&Method::POST, Some(name), Some(sub)) => {
+            let headers = req.headers().clone();
             let (content_type, body) = read_body(req).await?;
             let object = decode_object(&content_type, &body)?;
-            let result = state.api.create_subresource(res, ns, name, sub, object).await?;
+            let opts = write_options(&query, &headers, "CreateOptions", false)?;
+            let result = state.api.create_subresource_with(res, ns, name, sub, object, &opts).await?;
             Ok(reply::json(StatusCode::CREATED, &result))
         }
         (&Method::PUT, Some(name), sub) => {

@@ -176,8 +176,7 @@ impl ApiClient for Registry {
         subresource: &str,
         body: Value,
     ) -> Result<Value, ApiError> {
-        let key = self.key(res, namespace, name)?;
-        subresource::create(self, key, subresource, body).await
+        self.create_subresource_with(res, namespace, name, subresource, body, &WriteOptions::default()).await
     }
 
     async fn update(
@@ -250,6 +249,19 @@ impl ApiClient for Registry {
         let key = self.key(res, namespace, name)?;
         let outcome = write::patch(self, key, subresource, kind, patch, opts).await?;
         Ok((outcome.object, outcome.created))
+    }
+
+    async fn create_subresource_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let key = self.key(res, namespace, name)?;
+        subresource::create(self, key, subresource, body, opts.dry_run).await
     }
 
     async fn delete_with(

@@ -10,8 +10,19 @@ use super::{Registry, delete, success};
 use crate::patch;
 use crate::storage::{Key, Outcome, Tx};
 
-pub async fn create(reg: &Registry, key: Key, subresource: &str, body: Value) -> Result<Value, ApiError> {
+/// A POST to a subresource. A dry run comes from the request, or for an eviction also from
+/// its `deleteOptions.dryRun`.
+pub async fn create(
+    reg: &Registry,
+    key: Key,
+    subresource: &str,
+    body: Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
     let res = key.res;
+    let dry_run = dry_run
+        || (subresource == "eviction"
+            && body["deleteOptions"]["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All")));
     let op: crate::storage::Op = match (res.group, res.kind, subresource) {
         ("", "Pod", "binding") => Box::new(move |tx| bind(tx, &key, &body)),
         ("", "Pod", "eviction") => {
@@ -28,7 +39,7 @@ pub async fn create(reg: &Registry, key: Key, subresource: &str, body: Value) ->
             )));
         }
     };
-    Ok(reg.store.write(op).await?.object)
+    Ok(reg.store.run(op, dry_run).await?.object)
 }
 
 /// `DeleteOptions` from its JSON form (an eviction carries one).

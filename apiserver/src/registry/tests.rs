@@ -932,3 +932,16 @@ async fn dry_runs_check_everything_and_store_nothing() {
     assert_eq!(f.reg.get(pods(), Some("default"), "web").await.unwrap(), stored);
     assert_eq!(f.reg.store.revision().unwrap(), after_create);
 }
+
+#[tokio::test]
+async fn a_dry_run_eviction_or_binding_leaves_the_pod_alone() {
+    let f = Fixture::new().await;
+    let stored = f.reg.create(pods(), Some("default"), pod("web")).await.unwrap();
+    let eviction = json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web"},
+                          "deleteOptions": {"dryRun": ["All"]}});
+    f.reg.create_subresource(pods(), Some("default"), "web", "eviction", eviction).await.unwrap();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "web"}, "target": {"name": "n1"}});
+    let dry = WriteOptions { field_manager: None, dry_run: true };
+    f.reg.create_subresource_with(pods(), Some("default"), "web", "binding", binding, &dry).await.unwrap();
+    assert_eq!(f.reg.get(pods(), Some("default"), "web").await.unwrap(), stored);
+}

@@ -298,7 +298,24 @@ fn kubectl_port_forward_over_both_transports_and_exec_over_spdy() {
         String::from_utf8_lossy(&tty.stderr)
     );
 
+    // A forwarded connection still open when its pod is deleted ends with the pod, and the
+    // socket in the pod's network namespace does not keep anything of the pod alive.
+    let (forward, local) = PortForward::start(&server, "web", &[9000], true);
+    let mut open = TcpStream::connect(("127.0.0.1", local[0])).unwrap();
+    open.write_all(b"input that never ends").unwrap();
+    let deadline = Instant::now() + FORWARD_TIMEOUT;
+    while !forward.stdout().contains("Handling connection for") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     server.kubectl_ok(&["delete", "pod", "web", "stuck"]);
+    open.set_read_timeout(Some(FORWARD_TIMEOUT)).unwrap();
+    let mut rest = Vec::new();
+    let read = open.read_to_end(&mut rest);
+    assert!(
+        read.is_ok() || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the forwarded connection ends with its pod: {read:?}"
+    );
+    drop(forward);
     drop(images);
     server.finish();
 }

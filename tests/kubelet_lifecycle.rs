@@ -204,3 +204,75 @@ fn pods_get_variables_for_the_services_of_their_namespace_and_their_own_env_wins
     drop(images);
     server.finish();
 }
+
+/// The kubelet's log rotation at its defaults (containerLogMaxSize 10Mi): a container that
+/// writes 11 MB has its log rotated while it runs; `kubectl logs` then shows the new file, and a
+/// `kubectl logs -f` started before the rotation goes on without a gap.
+#[test]
+fn a_log_past_10mi_is_rotated_and_kubectl_logs_and_follow_keep_working() {
+    use std::io::BufRead;
+    let server = TestServer::start();
+    let images = TestImages::start();
+    let image = images.busybox();
+    let chatty = format!(
+        "  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; head -c \
+         11000000 /dev/zero | tr '\\\\0' x | fold -w 1000; echo; i=0; while true; do i=$((i+1)); echo tick $i; sleep \
+         0.1; done\"]\n"
+    );
+    server.apply(&pod("chatty", &chatty));
+    wait_running(&server, "chatty");
+    let mut follower = server
+        .kubectl_command(&["logs", "-f", "chatty"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let out = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let pods = server.data_dir().join("kubelet").join("pods");
+    let rotated = server.wait_for("a rotated log file", RUN_TIMEOUT, || {
+        let pod_dir = std::fs::read_dir(&pods)
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("default_chatty_"))?;
+        std::fs::read_dir(pod_dir.path().join("main"))
+            .ok()?
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("0.log."))
+            .map(|e| e.path())
+    });
+    assert!(std::fs::metadata(&rotated).unwrap().len() >= 10 * 1024 * 1024, "{}", rotated.display());
+    // kubectl logs reads the current file: ticks only, the burst went with the rotation.
+    let latest = server.wait_for("ticks in the new log file", RUN_TIMEOUT, || {
+        let text = server.kubectl_ok(&["logs", "chatty"]);
+        let last = text.lines().filter_map(|l| l.strip_prefix("tick ")).last().map(|n| n.parse::<u64>().unwrap());
+        last.filter(|n| *n >= 3).map(|n| (n, text))
+    });
+    assert!(!latest.1.contains("xxxxxxxxxx"), "the current file starts after the rotation");
+    // The follower saw the whole burst and then every tick up to the latest, in order.
+    let (mut burst, mut next) = (0, 1);
+    while next <= latest.0 {
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("kubectl logs -f stalled across the rotation");
+        if line.len() == 1000 {
+            burst += 1;
+        } else if let Some(n) = line.strip_prefix("tick ") {
+            assert_eq!(n.parse::<u64>().unwrap(), next, "ticks in order, none lost");
+            next += 1;
+        }
+    }
+    assert_eq!(burst, 11000, "every line of the burst was followed");
+    follower.kill().expect("stopping kubectl logs -f");
+    let _ = follower.wait();
+    drop(rx);
+    let _ = reader.join();
+
+    delete_all_pods(&server);
+    drop(images);
+    server.finish();
+}

@@ -145,7 +145,8 @@ impl ShimStdio {
 struct Sink {
     fd: OwnedFd,
     pending: Vec<u8>,
-    /// A pipe closes at the end of input; a terminal stays (end of input is a typed ^D).
+    /// With `stdinOnce`, a pipe closes at the end of a session's input. A terminal stays (its
+    /// end of input is a typed ^D), and so does a pipe without `stdinOnce`.
     closable: bool,
     closing: bool,
 }
@@ -188,7 +189,7 @@ pub(crate) fn pump(
         Source { fd: err, splitter: LineSplitter::new(CriStream::Stderr), frame: FROM_STDERR },
     ];
     let mut sources: Vec<Option<Source>> = sources.drain(..).map(Some).collect();
-    let mut sink = stdio.stdin.map(|fd| Sink { fd, pending: Vec::new(), closable: true, closing: false });
+    let mut sink = stdio.stdin.map(|fd| Sink { fd, pending: Vec::new(), closable: stdio.stdin_once, closing: false });
     if let Some(master) = terminal {
         if let Ok(input) = master.try_clone() {
             sink = Some(Sink { fd: input, pending: Vec::new(), closable: false, closing: false });
@@ -315,7 +316,7 @@ pub(crate) fn pump(
                         };
                     }
                     if !open {
-                        if s.wrote_stdin && stdio.stdin_once {
+                        if s.wrote_stdin {
                             close_input(&mut sink);
                         }
                         sessions[i] = None;
@@ -403,7 +404,7 @@ fn take_frames(s: &mut Session, mut sink: Option<&mut Sink>) -> bool {
                 s.wrote_stdin = true;
                 sink.closing = true;
             }
-            (TO_RESIZE, Some(sink)) if !sink.closable && payload.len() == 4 => {
+            (TO_RESIZE, Some(sink)) if payload.len() == 4 => {
                 let size = TerminalSize {
                     width: u16::from_be_bytes([payload[0], payload[1]]),
                     height: u16::from_be_bytes([payload[2], payload[3]]),
@@ -540,6 +541,19 @@ mod tests {
         let mut got = String::new();
         std::fs::File::from(r).read_to_string(&mut got).unwrap();
         assert_eq!(got, "abcde");
+    }
+
+    #[test]
+    fn without_stdin_once_the_end_of_a_sessions_input_keeps_the_pipe_open() {
+        let (mut s, _peer) = session_pair();
+        let (_r, w) = nix::unistd::pipe().unwrap();
+        let mut sink = Some(Sink { fd: w, pending: Vec::new(), closable: false, closing: false });
+        s.inbuf.extend_from_slice(&[TO_STDIN, 0, 0, 0, 1, b'x', TO_STDIN_END, 0, 0, 0, 0]);
+        assert!(take_frames(&mut s, sink.as_mut()));
+        close_input(&mut sink);
+        let sink = sink.unwrap();
+        assert_eq!(sink.pending, b"x");
+        assert!(!sink.closing, "the next session can still write");
     }
 
     #[test]

@@ -114,6 +114,14 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let registries = skiff_runtime::Registries::load(&config.data_dir.join("registries.yaml"))?;
     let runtime = runtime.with_network(network).context("preparing the pod network")?.with_registries(registries);
     let runtime = Arc::new(runtime);
+    // Pods reach beyond the node through ip_forward and a masquerade table of this instance;
+    // removed (ip_forward put back) when the server stops, also on an error return (drop).
+    // Without it pods still reach each other and the node, so a kernel without nf_tables only
+    // costs egress.
+    let egress = skiff_runtime::network::Ipv4Cidr::parse(&config.cluster_cidr.to_string())
+        .and_then(|cluster| runtime.network().expect("set just above").enable_egress(cluster))
+        .inspect_err(|e| warn!("pods cannot reach beyond this node: {e}"))
+        .ok();
 
     // 2. The store.
     let db_dir = config.data_dir.join("db");
@@ -200,7 +208,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         "skiff is running"
     );
 
-    supervise(parts, shutdown).await
+    let result = supervise(parts, shutdown).await;
+    if let Some(Err(e)) = egress.map(|e| e.remove()) {
+        warn!("removing the pod egress table: {e}");
+    }
+    result
 }
 
 /// Imports the archives of `dir` not imported before (each archive's failure is logged and

@@ -524,7 +524,10 @@ async fn restarted_kubelet_adopts_running_containers_and_removes_orphans(f: &mut
     let before = container_status(&f.wait_pod("keeper", "Running", |p| phase(p) == "Running").await, 0);
     // A sandbox whose pod no longer exists, as if deleted while the server was down.
     let orphan = "00000000-0000-0000-0000-00000000dead";
-    f.runtime.run_sandbox(&SandboxSpec { id: orphan.into(), hostname: "gone".into() }).await.unwrap();
+    f.runtime
+        .run_sandbox(&SandboxSpec { id: orphan.into(), hostname: "gone".into(), host_network: false })
+        .await
+        .unwrap();
     f.restart_kubelet().await;
     for _ in 0..100 {
         if !f.runtime.list_sandboxes().unwrap().iter().any(|s| s == orphan) {

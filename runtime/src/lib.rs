@@ -45,6 +45,7 @@ mod mount;
 pub mod network;
 mod rootfs;
 mod sandbox;
+mod seccomp;
 mod security;
 mod shim;
 mod state;
@@ -61,6 +62,7 @@ pub use image::manage::{
 pub use image::reference::{Reference, ReferenceError};
 pub use image::registries::{Registries, RegistriesError};
 pub use log::{CriStream, format_cri_line, rfc3339_nano};
+pub use seccomp::{SeccompError, SeccompProfile};
 pub use stdio::{AttachInput, AttachOutput, AttachStream};
 
 #[derive(Debug, thiserror::Error)]
@@ -160,8 +162,11 @@ pub struct Image {
 pub struct SandboxSpec {
     /// Unique; the kubelet uses the pod UID.
     pub id: String,
-    /// The pod name (uts namespace).
+    /// The pod name (uts namespace). Ignored with `host_network`: the pod has the node's.
     pub hostname: String,
+    /// `spec.hostNetwork`: the pod shares the node's network and uts namespaces (as the
+    /// kubelet and containerd do), so it gets no veth and no address of its own.
+    pub host_network: bool,
 }
 
 /// Resource limits of one container, already converted from Kubernetes quantities.
@@ -228,6 +233,9 @@ pub struct SecurityContext {
     /// `capabilities.add` / `capabilities.drop`: names with or without `CAP_`, or `ALL`.
     pub capabilities_add: Vec<String>,
     pub capabilities_drop: Vec<String>,
+    /// `seccompProfile`: a filter installed right before the process execs (the init's and
+    /// every exec'd process's); none for privileged containers, as containerd does.
+    pub seccomp: SeccompProfile,
 }
 
 /// A bind mount of a host file or directory into a container.
@@ -408,7 +416,7 @@ impl Runtime {
         let dir = self.sandbox_dir(&spec.id);
         let pod = self.cgroups.pod_path(&spec.id);
         let cgroups = self.cgroups.clone();
-        let spec_id = spec.id.clone();
+        let (spec_id, host_network) = (spec.id.clone(), spec.host_network);
         let spec = spec.clone();
         let net_ns = sandbox::ns_path(&dir, "net");
         blocking(move || {
@@ -416,7 +424,9 @@ impl Runtime {
             sandbox::create(&dir, &spec)
         })
         .await?;
-        if let Some(network) = &self.network {
+        if let Some(network) = &self.network
+            && !host_network
+        {
             network.attach(&spec_id, &net_ns).await?;
         }
         Ok(())

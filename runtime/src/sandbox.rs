@@ -10,6 +10,11 @@
 //! The namespaces are made on a short-lived thread of our own: unsharing net, ipc and uts is a
 //! per-thread operation the kernel allows in a multi-threaded process, and the thread exits
 //! afterwards, so no server thread is left inside a pod's namespaces.
+//!
+//! A hostNetwork sandbox unshares ipc only: its `ns/net` and `ns/uts` pin the server's own
+//! namespaces, so containers and exec join the node's network and hostname through the same
+//! paths as any other pod. Its hostname is the node's and its hosts file a copy of the node's
+//! `/etc/hosts`, as the kubelet writes for hostNetwork pods.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +32,8 @@ pub struct SandboxRecord {
     pub id: String,
     pub hostname: String,
     pub created_at: u64,
+    #[serde(default)]
+    pub host_network: bool,
 }
 
 pub fn ns_path(dir: &Path, name: &str) -> PathBuf {
@@ -60,13 +67,22 @@ pub fn create(dir: &Path, spec: &SandboxSpec) -> Result<()> {
         let p = ns_path(dir, name);
         std::fs::File::create(&p).map_err(io_ctx(format!("creating {}", p.display())))?;
     }
-    std::fs::write(dir.join("hostname"), format!("{}\n", spec.hostname))
+    let (hostname, hosts) = if spec.host_network {
+        let hostname = nix::unistd::gethostname()
+            .map_err(|e| Error::Spawn(format!("reading the node's hostname: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts_file(&hostname));
+        (hostname, hosts)
+    } else {
+        (spec.hostname.clone(), hosts_file(&spec.hostname))
+    };
+    std::fs::write(dir.join("hostname"), format!("{hostname}\n"))
         .map_err(io_ctx(format!("writing {}/hostname", dir.display())))?;
-    std::fs::write(dir.join("hosts"), hosts_file(&spec.hostname))
-        .map_err(io_ctx(format!("writing {}/hosts", dir.display())))?;
+    std::fs::write(dir.join("hosts"), hosts).map_err(io_ctx(format!("writing {}/hosts", dir.display())))?;
 
-    let (d, hostname) = (dir.to_path_buf(), spec.hostname.clone());
-    let made = std::thread::spawn(move || make_namespaces(&d, &hostname))
+    let (d, name, host_network) = (dir.to_path_buf(), hostname.clone(), spec.host_network);
+    let made = std::thread::spawn(move || make_namespaces(&d, &name, host_network))
         .join()
         .map_err(|_| Error::Spawn("sandbox namespace thread panicked".into()))?;
     if let Err(e) = made {
@@ -75,8 +91,9 @@ pub fn create(dir: &Path, spec: &SandboxSpec) -> Result<()> {
     }
     let record = SandboxRecord {
         id: spec.id.clone(),
-        hostname: spec.hostname.clone(),
+        hostname,
         created_at: crate::state::to_nanos(std::time::SystemTime::now()),
+        host_network: spec.host_network,
     };
     write_json(&dir.join("sandbox.json"), &record)
 }
@@ -88,12 +105,17 @@ pub fn hosts_file(hostname: &str) -> String {
     )
 }
 
-/// Runs on its own thread: unshare, configure, pin each namespace with a bind mount.
-fn make_namespaces(dir: &Path, hostname: &str) -> Result<()> {
-    let flags = NAMESPACES.iter().fold(CloneFlags::empty(), |f, (_, n)| f | *n);
-    unshare(flags).map_err(|e| Error::Spawn(format!("unshare net/ipc/uts: {e}")))?;
-    nix::unistd::sethostname(hostname).map_err(|e| Error::Spawn(format!("sethostname {hostname:?}: {e}")))?;
-    loopback_up().map_err(io_ctx("bringing up lo in the pod network namespace"))?;
+/// Runs on its own thread: unshare, configure, pin each namespace with a bind mount. With
+/// `host_network` the thread keeps the server's net and uts namespaces, and pins those.
+fn make_namespaces(dir: &Path, hostname: &str, host_network: bool) -> Result<()> {
+    if host_network {
+        unshare(CloneFlags::CLONE_NEWIPC).map_err(|e| Error::Spawn(format!("unshare ipc: {e}")))?;
+    } else {
+        let flags = NAMESPACES.iter().fold(CloneFlags::empty(), |f, (_, n)| f | *n);
+        unshare(flags).map_err(|e| Error::Spawn(format!("unshare net/ipc/uts: {e}")))?;
+        nix::unistd::sethostname(hostname).map_err(|e| Error::Spawn(format!("sethostname {hostname:?}: {e}")))?;
+        loopback_up().map_err(io_ctx("bringing up lo in the pod network namespace"))?;
+    }
     for (name, _) in NAMESPACES {
         let target = ns_path(dir, name);
         let source = format!("/proc/thread-self/ns/{name}");

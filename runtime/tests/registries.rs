@@ -59,7 +59,10 @@ impl Node {
 
     /// Runs `sh -c script` from `image` in a fresh sandbox; returns the exit code and output.
     async fn run(&self, name: &str, image: &Image, script: &str) -> (i32, String) {
-        self.rt().run_sandbox(&SandboxSpec { id: format!("pod-{name}"), hostname: name.into() }).await.unwrap();
+        self.rt()
+            .run_sandbox(&SandboxSpec { id: format!("pod-{name}"), hostname: name.into(), host_network: false })
+            .await
+            .unwrap();
         let log_path = self.root.path().join("logs").join(format!("{name}.log"));
         let spec = ContainerSpec {
             name: name.into(),

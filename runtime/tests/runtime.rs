@@ -63,7 +63,10 @@ impl Fixture {
     }
 
     async fn sandbox(&self, id: &str, hostname: &str) {
-        self.rt().run_sandbox(&SandboxSpec { id: id.into(), hostname: hostname.into() }).await.unwrap();
+        self.rt()
+            .run_sandbox(&SandboxSpec { id: id.into(), hostname: hostname.into(), host_network: false })
+            .await
+            .unwrap();
     }
 
     /// create + start + wait; returns (id, exit code, log text).
@@ -453,7 +456,7 @@ async fn a_sandbox_whose_namespaces_were_lost_is_made_again() {
     let root = tempfile::Builder::new().prefix("skiff-rt-").tempdir().unwrap();
     let rt = Runtime::new(config(root.path(), &cgroup_root)).unwrap();
     let _cleanup = SandboxCleanup { root: root.path().to_path_buf(), cgroup_root: cgroup_root.clone() };
-    let spec = SandboxSpec { id: "pod-lost".into(), hostname: "lost".into() };
+    let spec = SandboxSpec { id: "pod-lost".into(), hostname: "lost".into(), host_network: false };
     rt.run_sandbox(&spec).await.unwrap();
     let net = root.path().join("sandboxes/pod-lost/ns/net");
     let pinned = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&net.display().to_string());

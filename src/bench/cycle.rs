@@ -119,7 +119,7 @@ async fn measure(
         log_path: logs.join(format!("{n}.log")),
         ..Default::default()
     };
-    rt.run_sandbox(&SandboxSpec { id: "bench-shared".into(), hostname: "bench".into() })
+    rt.run_sandbox(&SandboxSpec { id: "bench-shared".into(), hostname: "bench".into(), host_network: false })
         .await
         .context("creating the shared sandbox")?;
     let (mut pod, mut ctr) = (Samples::default(), Samples::default());
@@ -160,7 +160,7 @@ async fn measure(
 async fn skiff_pod_cycle(rt: &Runtime, spec: &ContainerSpec, n: usize, into: &mut Samples) -> anyhow::Result<()> {
     let sandbox = format!("bench-pod-{n}");
     let (t0, cpu) = (Instant::now(), cpu_time());
-    rt.run_sandbox(&SandboxSpec { id: sandbox.clone(), hostname: "bench".into() }).await?;
+    rt.run_sandbox(&SandboxSpec { id: sandbox.clone(), hostname: "bench".into(), host_network: false }).await?;
     let t1 = Instant::now();
     let times = container_phases(rt, &sandbox, spec).await?;
     let t2 = Instant::now();

@@ -155,7 +155,7 @@ impl PodWorker {
         }
         self.rt.sandbox_ready = k.runtime.list_sandboxes().map(|s| s.contains(&self.uid)).unwrap_or(false);
         if self.rt.sandbox_ready {
-            self.rt.pod_ip = k.runtime.sandbox_ip(&self.uid).map(|ip| ip.to_string());
+            self.rt.pod_ip = sandbox_pod_ip(&k, pod, &self.uid, &self.rt.host_ip);
         }
         let spec_names: Vec<String> = pod
             .spec
@@ -479,4 +479,18 @@ impl PodWorker {
         }
         status.phase
     }
+}
+
+/// `spec.hostNetwork`: the pod shares the node's network namespace.
+pub(crate) fn host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false)
+}
+
+/// `status.podIP`: a hostNetwork pod's is the node's address (`status.hostIP`), as Kubernetes
+/// reports it; any other pod's is its sandbox's lease.
+pub(crate) fn sandbox_pod_ip(k: &crate::Kubelet, pod: &Pod, uid: &str, host_ip: &str) -> Option<String> {
+    if host_network(pod) {
+        return (!host_ip.is_empty()).then(|| host_ip.to_string());
+    }
+    k.runtime.sandbox_ip(uid).map(|ip| ip.to_string())
 }

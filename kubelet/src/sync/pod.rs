@@ -116,10 +116,11 @@ impl PodWorker {
             let mut hostname = hostname.or(pod.metadata.name.clone()).unwrap_or_default();
             hostname.truncate(63);
             let hostname = hostname.trim_end_matches(['-', '.']).to_string();
-            match k.runtime.run_sandbox(&SandboxSpec { id: self.uid.clone(), hostname }).await {
+            let host_network = super::host_network(pod);
+            match k.runtime.run_sandbox(&SandboxSpec { id: self.uid.clone(), hostname, host_network }).await {
                 Ok(()) => {
                     self.rt.sandbox_ready = true;
-                    self.rt.pod_ip = k.runtime.sandbox_ip(&self.uid).map(|ip| ip.to_string());
+                    self.rt.pod_ip = super::sandbox_pod_ip(&k, pod, &self.uid, &self.rt.host_ip);
                 }
                 Err(e) => {
                     k.recorder

@@ -914,3 +914,24 @@ async fn kubectl_exec_falls_back_to_spdy_with_the_same_streams_and_exit_code() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("nope: not found in the test double"), "{stderr}");
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_port_forwards_on_both_transports() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for websockets in [true, false] {
+        let server = Server::start().await;
+        server.seed("pods", Some("default"), running_pod("web-1", "default")).await;
+        let _ = server.streams.set(Arc::new(EchoLogs));
+        let (mut kubectl, local) = port_forward(&server, 7, websockets).await;
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", local)).await.unwrap();
+        conn.write_all(b"x").await.unwrap();
+        let mut echoed = [0u8; 1];
+        conn.read_exact(&mut echoed).await.unwrap();
+        server.shutdown.cancel();
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "websockets={websockets}: the forwarded connection ends with the server");
+        let exited = tokio::time::timeout(std::time::Duration::from_secs(10), kubectl.wait()).await;
+        assert!(exited.is_ok(), "websockets={websockets}: kubectl port-forward ends with the server");
+    }
+}

@@ -270,6 +270,31 @@ pub fn will_restart_init(pod: &Pod, exit_code: i32) -> bool {
     exit_code != 0 && restart_policy(pod) != "Never"
 }
 
+/// Kubernetes `MaxPodTerminationMessageLogLength`: what all of a pod's termination messages may
+/// hold together; each container's share is this divided by the number of containers.
+pub const MAX_POD_TERMINATION_MESSAGE_BYTES: usize = 12 * 1024;
+
+/// Cuts every termination message (current and last state) to the container's share of the
+/// pod's budget, keeping its start, as Kubernetes' status manager does.
+fn limit_termination_messages(statuses: &mut [ContainerStatus], containers: usize) {
+    let share = MAX_POD_TERMINATION_MESSAGE_BYTES / containers.max(1);
+    let cut = |state: &mut Option<ContainerState>| {
+        if let Some(message) = state.as_mut().and_then(|s| s.terminated.as_mut()).and_then(|t| t.message.as_mut())
+            && message.len() > share
+        {
+            let mut end = share;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+    };
+    for status in statuses {
+        cut(&mut status.state);
+        cut(&mut status.last_state);
+    }
+}
+
 /// The status of `pod` given `rt`, at `now` (seconds precision).
 pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
     let now = truncate(now);
@@ -278,15 +303,17 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
     let spec_containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
 
     let init_specs = pod.spec.as_ref().and_then(|s| s.init_containers.as_deref()).unwrap_or_default();
-    let init_statuses: Vec<ContainerStatus> =
+    let mut init_statuses: Vec<ContainerStatus> =
         init_specs.iter().map(|c| container_status(c, rt.containers.get(&c.name), true)).collect();
+    let containers = init_specs.len() + spec_containers.len();
+    limit_termination_messages(&mut init_statuses, containers);
     let incomplete: Vec<&str> = init_statuses
         .iter()
         .filter(|s| !s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0))
         .map(|s| s.name.as_str())
         .collect();
     let initialized = incomplete.is_empty();
-    let statuses: Vec<ContainerStatus> = spec_containers
+    let mut statuses: Vec<ContainerStatus> = spec_containers
         .iter()
         .map(|c| {
             let mut status = container_status(c, rt.containers.get(&c.name), false);
@@ -300,6 +327,7 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
             status
         })
         .collect();
+    limit_termination_messages(&mut statuses, containers);
 
     let old_phase = old.phase.as_deref();
     // A terminal phase is final (Kubernetes never leaves Succeeded or Failed).
@@ -434,6 +462,34 @@ mod tests {
 
     fn cond<'a>(status: &'a PodStatus, type_: &str) -> &'a PodCondition {
         status.conditions.as_ref().unwrap().iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn termination_messages_share_the_pods_12_kib_evenly() {
+        let names: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
+        let p = pod("Always", &names.iter().map(String::as_str).collect::<Vec<_>>());
+        let with_message = |text: String| {
+            let mut st = restarting(1);
+            if let Some(t) = st.last_terminated.as_mut() {
+                t.message = Some(text);
+            }
+            st
+        };
+        let rt = state(
+            true,
+            vec![
+                ("c0", with_message("a".repeat(4000))),
+                ("c1", with_message("short".into())),
+                ("c2", with_message(format!("a{}", "é".repeat(2000)))),
+                ("c3", running()),
+            ],
+        );
+        let status = generate(&p, &rt, ts(5));
+        let cs = status.container_statuses.unwrap();
+        let message = |i: usize| cs[i].last_state.clone().unwrap().terminated.unwrap().message.unwrap();
+        assert_eq!(message(0).len(), 3072, "12 KiB / 4 containers");
+        assert_eq!(message(1), "short");
+        assert_eq!(message(2).len(), 3071, "cut back to a character boundary");
     }
 
     #[test]

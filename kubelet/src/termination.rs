@@ -1,7 +1,7 @@
 //! Termination messages (Kubernetes `getTerminationMessage` + `readLastStringFromContainerLogs`).
 //! Each run of a container gets a file of its own on the node, bind-mounted at the container's
 //! `terminationMessagePath` (default `/dev/termination-log`); after the run ends the kubelet reads
-//! at most 4096 bytes of it into `state.terminated.message`. With `terminationMessagePolicy:
+//! the last 4096 bytes of it into `state.terminated.message`. With `terminationMessagePolicy:
 //! FallbackToLogsOnError`, a failed run (exit code not 0) that left the file empty gets the tail
 //! of its log instead: the last 80 lines, at most their last 2048 bytes.
 
@@ -73,9 +73,13 @@ pub fn read_message(c: Option<&Container>, log_path: &Path, exit_code: i32) -> O
     (!message.is_empty()).then_some(message)
 }
 
+/// The last `max` bytes of the file (Kubernetes' `tail.ReadAtMost`: a long message keeps its end).
 fn read_at_most(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max)))?;
     let mut data = Vec::new();
-    std::fs::File::open(path)?.take(max).read_to_end(&mut data)?;
+    file.take(max).read_to_end(&mut data)?;
     Ok(data)
 }
 
@@ -121,15 +125,17 @@ mod tests {
     }
 
     #[test]
-    fn the_message_file_is_read_up_to_4096_bytes() {
+    fn the_message_file_is_read_up_to_its_last_4096_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("0.log");
         let c = container(json!({"name": "c"}));
         let mount = prepare(&c, &log).unwrap().unwrap();
         assert_eq!((mount.destination.as_str(), mount.source.clone()), ("/dev/termination-log", message_file(&log)));
         assert_eq!(read_message(Some(&c), &log, 0), None);
-        std::fs::write(&mount.source, "x".repeat(5000)).unwrap();
-        assert_eq!(read_message(Some(&c), &log, 0).unwrap().len(), 4096);
+        std::fs::write(&mount.source, format!("{}{}", "x".repeat(5000), "y".repeat(96))).unwrap();
+        let message = read_message(Some(&c), &log, 0).unwrap();
+        assert_eq!(message.len(), 4096);
+        assert!(message.starts_with('x') && message.ends_with(&"y".repeat(96)), "the end is kept");
     }
 
     #[test]

@@ -182,7 +182,10 @@ fn server_dry_runs_check_and_answer_but_change_nothing() {
     assert!(err.contains("spec.replicas: Invalid value: -1"), "{err}");
 
     apply(&server, &[], &deployment("web", 2));
-    let before = rv("deployment", "web");
+    // The Deployment's controller writes its status meanwhile: its generation tells whether the
+    // spec was written.
+    let generation = |server: &TestServer| get(server, "deployment", "web")["metadata"]["generation"].clone();
+    let before = generation(&server);
     assert_eq!(
         apply(&server, &["--dry-run=server"], &deployment("web", 5)).trim(),
         "deployment.apps/web configured (server dry run)"
@@ -206,7 +209,24 @@ fn server_dry_runs_check_and_answer_but_change_nothing() {
     assert_eq!(out.trim(), "deployment.apps \"web\" deleted (server dry run)");
     let live = get(&server, "deployment", "web");
     assert_eq!(live["spec"]["replicas"], 2);
-    assert_eq!(rv("deployment", "web"), before);
+    assert_eq!(generation(&server), before);
+
+    // Nothing writes a ConfigMap behind the test's back: its resourceVersion stays.
+    let config =
+        |mode: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: {mode}\n");
+    apply(&server, &[], &config("a"));
+    let before = rv("configmap", "settings");
+    assert_eq!(
+        apply(&server, &["--dry-run=server"], &config("b")).trim(),
+        "configmap/settings configured (server dry run)"
+    );
+    let out = apply(&server, &["--server-side", "--force-conflicts", "--dry-run=server"], &config("c"));
+    assert_eq!(out.trim(), "configmap/settings serverside-applied (server dry run)");
+    let out = server.kubectl_ok(&["delete", "configmap", "settings", "--dry-run=server"]);
+    assert_eq!(out.trim(), "configmap \"settings\" deleted (server dry run)");
+    let live = get(&server, "configmap", "settings");
+    assert_eq!(live["data"]["mode"], "a");
+    assert_eq!(rv("configmap", "settings"), before);
 
     server.kubectl_ok(&["delete", "deployment", "web"]);
     server.finish();

@@ -47,17 +47,18 @@ fn delete_all_pods(server: &TestServer) {
 }
 
 #[test]
-fn post_start_runs_before_the_container_counts_as_running_pre_stop_runs_before_sigterm_and_a_failed_post_start_restarts()
+fn post_start_ends_before_the_container_counts_as_running_pre_stop_runs_before_sigterm_and_a_failed_post_start_restarts()
  {
     let server = TestServer::start();
     let images = TestImages::start();
     let image = images.busybox();
 
-    // postStart writes a file the container's own command waits for and prints.
+    // postStart writes a file the container's own command waits for and prints. The hook takes a
+    // second first: the status says running only once it is done, so the file is there by then.
     let hooked = format!(
         "  containers:\n  - name: main\n    image: {image}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while [ ! \
          -f /tmp/started ]; do sleep 0.1; done; echo saw $(cat /tmp/started); while true; do sleep 1; done\"]\n    \
-         lifecycle:\n      postStart:\n        exec:\n          command: [\"sh\", \"-c\", \"echo by-post-start > \
+         lifecycle:\n      postStart:\n        exec:\n          command: [\"sh\", \"-c\", \"sleep 1; echo by-post-start > \
          /tmp/started\"]\n"
     );
     server.apply(&pod("hooked", &hooked));

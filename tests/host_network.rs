@@ -1,7 +1,8 @@
 //! Pods in the node's network (`spec.hostNetwork: true`) and the node's egress table, with the
 //! real kubectl against a real `skiff server`: the pod's IP is the node's, it sees the node's
 //! interfaces and hostname, and what it serves is reachable on the node's loopback. The server
-//! keeps an nftables table of its own while it runs and removes it when it stops.
+//! keeps an nftables table of its own while it runs, rewrites it after a kill -9, and removes it
+//! when it stops.
 
 mod common;
 
@@ -28,7 +29,7 @@ fn http_get(port: u16) -> Option<String> {
 
 #[test]
 fn a_host_network_pod_has_the_node_address_interfaces_and_hostname_and_serves_on_its_loopback() {
-    let server = TestServer::start();
+    let mut server = TestServer::start();
     let images = TestImages::start();
     let table = nft::table_name(server.bridge());
     assert!(nft::table_exists(&table).unwrap(), "the running server has its egress table ip {table}");
@@ -72,6 +73,19 @@ fn a_host_network_pod_has_the_node_address_interfaces_and_hostname_and_serves_on
 
     let body = server.wait_for("the pod's httpd on 127.0.0.1", RUN_TIMEOUT, || http_get(port));
     assert_eq!(body.trim(), "served-from-host-net");
+
+    // A crash leaves the table; the next start finds it and writes it anew, and the restarted
+    // kubelet reports the pod's address as before.
+    server.kill9();
+    assert!(nft::table_exists(&table).unwrap(), "a killed server cannot remove its table");
+    server.restart();
+    assert!(nft::table_exists(&table).unwrap());
+    let status = server.wait_for("pod hostnet to run after the restart", RUN_TIMEOUT, || {
+        let status = server.get_json("pod", "hostnet")["status"].clone();
+        (status["phase"] == "Running" && status["containerStatuses"][0]["ready"] == true).then_some(status)
+    });
+    assert_eq!(status["podIP"], host_ip, "{status}");
+    assert_eq!(http_get(port).as_deref().map(str::trim), Some("served-from-host-net"));
 
     server.kubectl_ok(&["delete", "pod", "hostnet", "--wait=true"]);
     // Deleting the pod leaves the node's own network alone.

@@ -86,6 +86,13 @@ impl ForwardingHold {
         // Leave no trace: the directory goes with the last holder (the lock file included; a
         // racing newcomer recreates all of it).
         let _ = fs::remove_dir_all(&self.dir);
+        // And the parents, when no other namespace's registry is in them (fails harmlessly if so).
+        if let Some(registry) = self.dir.parent() {
+            let _ = fs::remove_dir(registry);
+            if registry == Path::new(REGISTRY) {
+                let _ = registry.parent().map(fs::remove_dir);
+            }
+        }
         Ok(Some(original))
     }
 }

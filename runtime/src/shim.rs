@@ -355,7 +355,17 @@ fn setup(plan: &InitPlan, out: &OwnedFd, err: &OwnedFd, stdio: stdio::InitStdio)
     mount::make_root_slave()?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(0) };
-    mount::mount_overlay(&plan.layers_root, &plan.overlay, &plan.rootfs)?;
+    // `volatile` (Linux 5.10+): unmounting an overlay otherwise syncs the whole upper
+    // filesystem, and that unmount happens when the container's mount namespace dies, between
+    // the process's exit and the shim seeing it: measured here 3.8 ms median and up to 96 ms
+    // under write load, against 0.1 ms with `volatile` (`skiff bench runtime`: "wait"). A
+    // container's writable layer never outlives a reboot (Kubernetes starts a new container
+    // with a new upper dir) and the overlay is never mounted twice, so its syncs bought
+    // nothing; volumes are bind mounts and keep their own. Older kernels refuse the option.
+    let volatile = format!("{},volatile", plan.overlay);
+    if mount::mount_overlay(&plan.layers_root, &volatile, &plan.rootfs).is_err() {
+        mount::mount_overlay(&plan.layers_root, &plan.overlay, &plan.rootfs)?;
+    }
     for m in &plan.mounts {
         mount::mount_spec(&plan.rootfs, m)?;
     }

@@ -299,7 +299,8 @@ async fn spdy_session(mut session: Session, target: Target, opts: ExecOptions) {
     };
     let mut by_kind: std::collections::HashMap<&str, Stream> = expected.iter().copied().zip(opened).collect();
     let (io, mut ends) = exec_io(&opts);
-    let error = by_kind.remove("error").expect("the error stream is always expected");
+    // kubectl only reads the error stream; its input side is dropped so it can hold nothing up.
+    let error = by_kind.remove("error").expect("the error stream is always expected").writer;
 
     if let (Some(mut stream), Some(tx)) = (by_kind.remove("stdin"), ends.stdin.take()) {
         // FIN on the stream is the end of input: dropping the sender tells the node.
@@ -344,8 +345,8 @@ async fn spdy_session(mut session: Session, target: Target, opts: ExecOptions) {
         let _ = writer.finish().await;
     }
     let status = serde_json::to_vec(&final_status(&result)).expect("serde_json::Value always serialises");
-    let _ = error.writer.write(&status).await;
-    let _ = error.writer.finish().await;
+    let _ = error.write(&status).await;
+    let _ = error.finish().await;
     // kubectl closes the connection once it has the Status; GOAWAY only if it does not.
     if tokio::time::timeout(CLOSE_GRACE, session.closed().cancelled()).await.is_err() {
         tracing::debug!(pod = %target.name, "exec client did not close its SPDY connection");

@@ -196,7 +196,9 @@ async fn forward(target: Arc<Target>, error: Stream, data: Stream, closed: Cance
 
 /// Copies between the client's data stream and the pod's port until the pod's side ends. The
 /// client's FIN half-closes the pod connection, so a server that answers after reading the
-/// whole request still does.
+/// whole request still does. Only a failure reading the pod is an error for kubectl (which
+/// gives up the whole forward on one): a write into a connection the pod already closed is
+/// the ordinary end of it, as in containerd.
 async fn pipe(
     conn: Box<dyn PortConnection>,
     from_client: &mut StreamReader,
@@ -204,11 +206,19 @@ async fn pipe(
 ) -> Result<(), std::io::Error> {
     let (mut pod_read, mut pod_write) = tokio::io::split(conn);
     let upstream = async move {
-        while let Some(chunk) = from_client.recv().await {
-            pod_write.write_all(&chunk).await?;
+        let copied: Result<(), std::io::Error> = async {
+            while let Some(chunk) = from_client.recv().await {
+                pod_write.write_all(&chunk).await?;
+            }
+            pod_write.shutdown().await
         }
-        pod_write.shutdown().await?;
-        // Keep the pod's side open for reading: the downstream copy decides when this ends.
+        .await;
+        if let Err(e) = copied {
+            tracing::debug!(error = %e, "port-forward: writing to the pod");
+            // Unread input would hold up the connection's other streams: drop it.
+            while from_client.recv().await.is_some() {}
+        }
+        // The pod's side stays open for reading: the downstream copy decides when this ends.
         std::future::pending::<Result<(), std::io::Error>>().await
     };
     let downstream = async move {

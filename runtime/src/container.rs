@@ -209,7 +209,7 @@ pub fn build_spec(
             crate::security::READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
         )
     };
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .masked_paths(masked)
         .readonly_paths(readonly)
@@ -217,6 +217,17 @@ pub fn build_spec(
         .resources(resources.build().map_err(spec_err)?)
         .build()
         .map_err(spec_err)?;
+    // Resolved for this container's capabilities now, as containerd does at create; compiling
+    // it here too refuses a profile the shim could not install before anything is started.
+    let seccomp = if sc.privileged {
+        None
+    } else {
+        crate::seccomp::oci_profile(&sc.seccomp, &capabilities).map_err(|e| Error::Spawn(e.to_string()))?
+    };
+    if let Some(profile) = &seccomp {
+        crate::seccomp::Filters::compile(profile).map_err(|e| Error::Spawn(e.to_string()))?;
+    }
+    linux.set_seccomp(seccomp);
 
     let layers: Vec<String> = spec
         .image

@@ -309,6 +309,7 @@ struct Plan {
     env: Vec<String>,
     cwd: PathBuf,
     identity: Identity,
+    seccomp: Option<crate::seccomp::Filters>,
 }
 
 fn run_helper(dir: &ContainerDir, request: &str, sock: &OwnedFd) -> Result<i32, String> {
@@ -361,6 +362,10 @@ fn run_helper(dir: &ContainerDir, request: &str, sock: &OwnedFd) -> Result<i32, 
         env,
         cwd: process.cwd().clone(),
         identity: Identity::from_process(process),
+        seccomp: match spec.linux() {
+            Some(linux) => crate::shim::seccomp_filters(linux)?,
+            None => None,
+        },
     };
 
     let terminal = if req.tty { Some(open_terminal(req.terminal_size)?) } else { None };
@@ -441,14 +446,13 @@ fn child_main(plan: &Plan, slave: Option<&str>, sync: OwnedFd) -> ! {
             }
         }
         std::env::set_current_dir(&plan.cwd).map_err(|e| format!("chdir {}: {e}", plan.cwd.display()))?;
-        plan.identity.enter()
+        plan.identity.enter_confined(plan.seccomp.as_ref())
     })();
     if let Err(msg) = result {
         let _ = sync.write_all(msg.as_bytes());
         // SAFETY: _exit skips atexit handlers that belong to the helper.
         unsafe { libc::_exit(127) }
     }
-    crate::shim::reset_signals();
     let cexe = CString::new(plan.exe.as_os_str().as_bytes()).unwrap_or_default();
     let argv: Vec<CString> = plan.argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
     let env: Vec<CString> = plan.env.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();

@@ -45,6 +45,7 @@ mod mount;
 pub mod network;
 mod rootfs;
 mod sandbox;
+mod seccomp;
 mod security;
 mod shim;
 mod state;
@@ -61,6 +62,7 @@ pub use image::manage::{
 pub use image::reference::{Reference, ReferenceError};
 pub use image::registries::{Registries, RegistriesError};
 pub use log::{CriStream, format_cri_line, rfc3339_nano};
+pub use seccomp::{SeccompError, SeccompProfile};
 pub use stdio::{AttachInput, AttachOutput, AttachStream};
 
 #[derive(Debug, thiserror::Error)]
@@ -231,6 +233,9 @@ pub struct SecurityContext {
     /// `capabilities.add` / `capabilities.drop`: names with or without `CAP_`, or `ALL`.
     pub capabilities_add: Vec<String>,
     pub capabilities_drop: Vec<String>,
+    /// `seccompProfile`: a filter installed right before the process execs (the init's and
+    /// every exec'd process's); none for privileged containers, as containerd does.
+    pub seccomp: SeccompProfile,
 }
 
 /// A bind mount of a host file or directory into a container.

@@ -1,7 +1,7 @@
 //! Who a container's processes run as and what they may do: user and groups, capabilities,
 //! no_new_privs, all taken from the OCI Spec's `process` so that the init and every exec'd
-//! process get the same. [`Identity::enter`] runs in a single-threaded child, right before
-//! execve. Masked and read-only paths (Docker's lists) are mounts; see `mount.rs`.
+//! process get the same. [`Identity::enter_confined`] runs in a single-threaded child, right
+//! before execve, and installs the seccomp filters (`seccomp.rs`) in runc's order. Masked and read-only paths (Docker's lists) are mounts; see `mount.rs`.
 
 use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder, Process};
 
@@ -215,6 +215,26 @@ impl Identity {
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) } != 0 {
                 return Err(format!("setting no_new_privs: {}", std::io::Error::last_os_error()));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Identity {
+    /// [`Identity::enter`], default signal dispositions, and the seccomp filters, in runc's
+    /// order: with no_new_privs the filters go in last, right before execve, so that they see
+    /// only the user's process; without it, installing a filter needs CAP_SYS_ADMIN, which only
+    /// lasts until `enter` drops it, so they go in first (and then have to allow `enter`'s own
+    /// calls, as Docker's default profile does).
+    pub fn enter_confined(&self, seccomp: Option<&crate::seccomp::Filters>) -> Result<(), String> {
+        let install = |f: &crate::seccomp::Filters| f.install().map_err(|e| e.to_string());
+        if let Some(filters) = seccomp.filter(|_| !self.no_new_privs) {
+            install(filters)?;
+        }
+        self.enter()?;
+        crate::shim::reset_signals();
+        if let Some(filters) = seccomp.filter(|_| self.no_new_privs) {
+            install(filters)?;
         }
         Ok(())
     }

@@ -110,6 +110,8 @@ struct InitPlan {
     argv: Vec<String>,
     env: Vec<String>,
     identity: Identity,
+    /// Compiled before the fork; installed by the init right before execve.
+    seccomp: Option<crate::seccomp::Filters>,
     readonly_root: bool,
     masked_paths: Vec<String>,
     readonly_paths: Vec<String>,
@@ -246,10 +248,18 @@ fn plan(dir: &ContainerDir, spec: &Spec, meta: &container::Meta) -> Result<InitP
         argv: process.args().clone().unwrap_or_default(),
         env: process.env().clone().unwrap_or_default(),
         identity: Identity::from_process(process),
+        seccomp: seccomp_filters(linux)?,
         readonly_root: spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false),
         masked_paths: linux.masked_paths().clone().unwrap_or_default(),
         readonly_paths: linux.readonly_paths().clone().unwrap_or_default(),
     })
+}
+
+/// The Spec's `linux.seccomp` as BPF, shared by the init and exec'd processes.
+pub(crate) fn seccomp_filters(linux: &oci_spec::runtime::Linux) -> Result<Option<crate::seccomp::Filters>, String> {
+    let Some(profile) = linux.seccomp() else { return Ok(None) };
+    let filters = crate::seccomp::Filters::compile(profile).map_err(|e| e.to_string())?;
+    Ok((!filters.is_empty()).then_some(filters))
 }
 
 /// The container's init, in the forked child. Never returns: execs or exits.
@@ -298,10 +308,9 @@ fn init_main(plan: InitPlan, out: OwnedFd, err: OwnedFd, sync: OwnedFd, stdio: s
         Ok(p) => p,
         Err(msg) => exec_fail(&mut fifo, &mut sync, msg),
     };
-    if let Err(e) = plan.identity.enter() {
+    if let Err(e) = plan.identity.enter_confined(plan.seccomp.as_ref()) {
         exec_fail(&mut fifo, &mut sync, e);
     }
-    reset_signals();
     let cexe = CString::new(exe.as_os_str().as_bytes()).unwrap_or_default();
     let argv: Vec<CString> = plan.argv.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();
     let env: Vec<CString> = plan.env.iter().map(|a| CString::new(a.as_bytes()).unwrap_or_default()).collect();

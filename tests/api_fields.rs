@@ -149,6 +149,21 @@ fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
     let last = live["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].as_str().unwrap();
     assert!(last.contains("\"mode\":\"b\""), "{last}");
 
+    // Ports are keyed by port and protocol, as server-side apply keys them.
+    let service = |target: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nspec:\n  selector: {{app: web}}\n  ports:\n  - port: 80\n    targetPort: {target}\n"
+        )
+    };
+    apply(&server, &["--server-side", "--field-manager=a"], &service(8080));
+    let (_, err) = apply_fails(&server, &["--server-side", "--field-manager=b"], &service(9090));
+    assert!(
+        err.starts_with(
+            "error: Apply failed with 1 conflict: conflict with \"a\": .spec.ports[port=80,protocol=\"TCP\"].targetPort"
+        ),
+        "{err}"
+    );
+
     server.kubectl_ok(&["delete", "deployment", "web"]);
     server.finish();
 }

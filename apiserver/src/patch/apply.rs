@@ -108,8 +108,8 @@ fn collect(
             Value::Array(items) => match list_strategy(res, names) {
                 ListStrategy::MergeByKey(key) => {
                     for item in items {
-                        let Some(id) = item.get(key) else { continue };
-                        prefix.push(format!("k:{}", json!({ key: id })));
+                        let Some(id) = element_key(names, key, item) else { continue };
+                        prefix.push(format!("k:{}", Value::Object(id)));
                         let mut element = prefix.clone();
                         element.push(".".into());
                         out.insert(element);
@@ -176,11 +176,33 @@ pub fn from_fields_v1(fields: &Value) -> BTreeSet<Path> {
     out
 }
 
+/// A key field's value where the element leaves it out: the default the schema gives it.
+fn key_default(field: &str) -> Option<Value> {
+    (field == "protocol").then(|| json!("TCP"))
+}
+
+/// The key of a keyed list element as server-side apply names it (`x-kubernetes-list-map-keys`,
+/// which for ports include the protocol, unlike their strategic-merge key), or none if the
+/// element lacks it.
+fn element_key(names: &[String], merge_key: &str, item: &Value) -> Option<Map<String, Value>> {
+    let fields: &[&str] = match (names.last().map(String::as_str), merge_key) {
+        (Some("ports"), "containerPort") => &["containerPort", "protocol"],
+        (Some("ports"), "port") => &["port", "protocol"],
+        _ => &[],
+    };
+    if fields.is_empty() {
+        return item.get(merge_key).map(|id| Map::from_iter([(merge_key.to_string(), id.clone())]));
+    }
+    fields.iter().map(|f| Some((f.to_string(), item.get(*f).cloned().or_else(|| key_default(f))?))).collect()
+}
+
 /// The index of the list element a `k:` or `v:` token names.
 fn find_element(list: &[Value], token: &str) -> Option<usize> {
     if let Some(key) = token.strip_prefix("k:") {
         let key: Map<String, Value> = serde_json::from_str(key).ok()?;
-        list.iter().position(|item| key.iter().all(|(k, v)| item.get(k) == Some(v)))
+        list.iter().position(|item| {
+            key.iter().all(|(k, v)| item.get(k).cloned().or_else(|| key_default(k)).as_ref() == Some(v))
+        })
     } else if let Some(value) = token.strip_prefix("v:") {
         let value: Value = serde_json::from_str(value).ok()?;
         list.iter().position(|item| *item == value)
@@ -686,7 +708,7 @@ mod tests {
             json!({"f:metadata": {"f:labels": {".": {}, "f:app": {}}},
                    "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {
                        "k:{\"name\":\"app\"}": {".": {}, "f:name": {}, "f:image": {}, "f:ports": {
-                           ".": {}, "k:{\"containerPort\":80}": {".": {}, "f:containerPort": {}}}}}}}}})
+                           ".": {}, "k:{\"containerPort\":80,\"protocol\":\"TCP\"}": {".": {}, "f:containerPort": {}}}}}}}}})
         );
     }
 
@@ -828,5 +850,19 @@ mod tests {
         reset["spec"]["replicas"] = json!(3);
         track_update(deployments(), Some(&live), &mut reset, Some("b"), None, now);
         assert!(reset["metadata"].get("managedFields").is_none(), "{reset}");
+    }
+
+    #[test]
+    fn ports_are_keyed_by_port_and_protocol_as_server_side_apply_keys_them() {
+        let services = ResourceKind::by_plural("", "v1", "services").unwrap();
+        let svc = json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 53, "protocol": "UDP"}]}});
+        let fields = to_fields_v1(&field_set(services, &svc));
+        let ports = fields["f:spec"]["f:ports"].as_object().unwrap();
+        assert!(ports.contains_key("k:{\"port\":80,\"protocol\":\"TCP\"}"), "{fields}");
+        assert!(ports.contains_key("k:{\"port\":53,\"protocol\":\"UDP\"}"), "{fields}");
+        let path: Path =
+            ["f:spec", "f:ports", "k:{\"port\":80,\"protocol\":\"TCP\"}", "f:targetPort"].map(String::from).to_vec();
+        assert_eq!(value_at(&svc, &path), Some(&json!(8080)));
+        assert_eq!(display(&path), ".spec.ports[port=80,protocol=\"TCP\"].targetPort");
     }
 }

@@ -450,7 +450,8 @@ fn lost_status(dir: &ContainerDir) -> ExitStatus {
 pub fn info(dir: &ContainerDir, id: &str) -> Result<ContainerInfo> {
     let spec = match Spec::load(dir.file(rootfs::CONFIG)) {
         Ok(s) => s,
-        Err(_) if !dir.path().is_dir() => return Err(Error::NoContainer(id.into())),
+        // Gone, or half-created: `create_container` makes the directory before the config.
+        Err(_) if !dir.file(rootfs::CONFIG).exists() => return Err(Error::NoContainer(id.into())),
         Err(e) => {
             return Err(Error::Io {
                 context: format!("reading {}", dir.file(rootfs::CONFIG).display()),
@@ -512,6 +513,19 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_container_directory_without_its_config_yet_is_no_container() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = ContainerDir(root.path().join("c1"));
+        std::fs::create_dir_all(dir.upper()).unwrap();
+        assert!(matches!(info(&dir, "c1"), Err(Error::NoContainer(id)) if id == "c1"));
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        assert!(matches!(info(&dir, "c1"), Err(Error::NoContainer(_))));
+        std::fs::create_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.file(rootfs::CONFIG), "{not json").unwrap();
+        assert!(matches!(info(&dir, "c1"), Err(Error::Io { .. })), "a broken config is still reported");
     }
 
     #[test]

@@ -496,7 +496,9 @@ fn write_options(
             return Err(ApiError::new(
                 422,
                 skiff_api::StatusReason::Invalid,
-                format!("fieldManager: Too long: may not be more than {MAX_FIELD_MANAGER} bytes"),
+                format!(
+                    "{options_kind}.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than {MAX_FIELD_MANAGER} bytes"
+                ),
             ));
         }
         Some(m) => m,
@@ -600,6 +602,34 @@ mod tests {
             422
         );
         assert_eq!(delete_options(&Query::parse(Some("propagationPolicy=Sideways")), "", b"").unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn the_field_manager_is_the_query_parameter_else_the_user_agent_product() {
+        let mut headers = HeaderMap::new();
+        headers.insert(USER_AGENT, HeaderValue::from_static("kubectl/v1.33.1 (linux/amd64) kubernetes/8adc0f0"));
+        let from_agent = write_options(&Query::parse(Some("dryRun=All")), &headers, "PatchOptions", false).unwrap();
+        assert_eq!(from_agent, WriteOptions { field_manager: Some("kubectl".into()), dry_run: true });
+        let named = write_options(&Query::parse(Some("fieldManager=kubectl-edit")), &headers, "PatchOptions", false);
+        assert_eq!(named.unwrap().field_manager.as_deref(), Some("kubectl-edit"));
+        let none = write_options(&Query::default(), &HeaderMap::new(), "CreateOptions", false).unwrap();
+        assert_eq!(none, WriteOptions { field_manager: Some(String::new()), dry_run: false });
+    }
+
+    #[test]
+    fn unknown_dry_run_values_and_overlong_managers_are_invalid() {
+        let err = write_options(&Query::parse(Some("dryRun=Some")), &HeaderMap::new(), "CreateOptions", false);
+        let err = err.unwrap_err();
+        assert_eq!(err.code, 422);
+        assert_eq!(
+            err.message,
+            "CreateOptions.meta.k8s.io \"\" is invalid: dryRun: Unsupported value: \"Some\": supported values: \"All\""
+        );
+        let long = format!("fieldManager={}", "m".repeat(129));
+        assert_eq!(
+            write_options(&Query::parse(Some(&long)), &HeaderMap::new(), "PatchOptions", false).unwrap_err().code,
+            422
+        );
     }
 
     #[test]

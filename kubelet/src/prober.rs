@@ -416,15 +416,15 @@ mod tests {
     async fn readiness_waits_the_initial_delay_then_flips_at_the_success_and_failure_thresholds() {
         let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = bound.local_addr().unwrap().port();
-        let mut held = Some(bound);
+        let mut _held = Some(bound);
         let p = probe(json!({"tcpSocket": {"port": port}, "initialDelaySeconds": 5, "periodSeconds": 10,
             "successThreshold": 2, "failureThreshold": 3}));
         // Listening until 20 s, closed until 50 s, listening again after.
         let (seen, ended) = flips(ProbeKind::Readiness, p, Duration::from_secs(70), move |t| {
             if t == Duration::from_secs(20) {
-                held = None;
+                _held = None;
             } else if t == Duration::from_secs(50) {
-                held = Some(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+                _held = Some(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
             }
         })
         .await;
@@ -448,11 +448,11 @@ mod tests {
         let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = bound.local_addr().unwrap().port();
         drop(bound);
-        let mut held = None;
+        let mut _held = None;
         let p = probe(json!({"tcpSocket": {"port": port}, "periodSeconds": 2, "failureThreshold": 30}));
         let (seen, ended) = flips(ProbeKind::Startup, p, Duration::from_secs(20), move |t| {
             if t == Duration::from_secs(7) {
-                held = Some(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
+                _held = Some(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap());
             }
         })
         .await;

@@ -30,6 +30,7 @@ pub mod node;
 mod pod_workers;
 pub mod portforward;
 pub mod prober;
+pub mod security;
 pub mod service;
 pub mod status;
 mod sync;

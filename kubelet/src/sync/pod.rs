@@ -458,6 +458,10 @@ impl PodWorker {
             Ok(mount) => mount,
             Err(e) => return self.config_failed(pod, c, "CreateContainerError", e.to_string()).await,
         };
+        let security = match crate::security::container_security(pod, c, &k.config.root.join("seccomp")) {
+            Ok(sc) => sc,
+            Err(e) => return self.config_failed(pod, c, "CreateContainerConfigError", e).await,
+        };
         let spec = ContainerSpec {
             name: c.name.clone(),
             argv,
@@ -472,6 +476,7 @@ impl PodWorker {
                 stdin_once: c.stdin_once.unwrap_or(false),
                 tty: c.tty.unwrap_or(false),
             },
+            security,
             ..Default::default()
         };
         k.logs.started(&log_path);

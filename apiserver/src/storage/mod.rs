@@ -257,6 +257,7 @@ impl Store {
     }
 
     /// Runs `op` in the next commit and answers once that commit is durable.
+    #[cfg(test)]
     pub async fn write(&self, op: Op) -> Result<Outcome, ApiError> {
         self.run(op, false).await
     }
@@ -514,6 +515,34 @@ mod tests {
         let names: Vec<_> = second.items.iter().map(|(_, o)| o["metadata"]["name"].clone()).collect();
         assert_eq!(names, [json!("c"), json!("d")]);
         assert!(!second.more);
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_answers_what_it_would_store_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Arc::new(Hub::new(100));
+        let store = Store::open(&dir.path().join("state.redb"), hub.clone(), None).unwrap();
+        let key = Key::new(pods(), Some("ns"), "a");
+        let stored = store.write(put_op(key.clone(), json!({"metadata": {"name": "a"}}))).await.unwrap().object;
+        let revision = store.revision().unwrap();
+        let mut rx = hub.subscribe();
+
+        let changed =
+            json!({"metadata": {"name": "a", "resourceVersion": stored["metadata"]["resourceVersion"]}, "x": 1});
+        let created = Key::new(pods(), Some("ns"), "b");
+        let op: Op = Box::new(move |tx| {
+            tx.put(&created, json!({"metadata": {"name": "b"}}))?;
+            // Later reads of the same op see its own writes.
+            assert!(tx.get(&created)?.is_some());
+            Ok(Outcome::of(tx.put(&key, changed)?))
+        });
+        let out = store.run(op, true).await.unwrap().object;
+        assert_eq!(out["x"], 1);
+        assert_eq!(out["metadata"]["resourceVersion"], stored["metadata"]["resourceVersion"]);
+        assert_eq!(store.get(&Key::new(pods(), Some("ns"), "a")).unwrap().unwrap(), stored);
+        assert!(store.get(&Key::new(pods(), Some("ns"), "b")).unwrap().is_none());
+        assert_eq!(store.revision().unwrap(), revision);
+        assert!(rx.try_recv().is_err(), "a dry run published an event");
     }
 
     #[tokio::test]

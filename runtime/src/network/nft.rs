@@ -31,7 +31,7 @@ use netlink_packet_netfilter::nftables::{
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkBuffer, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR, NetlinkBuffer, NetlinkMessage,
 };
 use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
@@ -229,14 +229,16 @@ fn exchange(messages: &[NetlinkMessage<NetfilterMessage>], acks: u32) -> std::re
         while at < n {
             let frame = NetlinkBuffer::new_checked(&rx[at..n]).map_err(|_| libc::EBADMSG)?;
             let len = frame.length() as usize;
-            let msg = NetlinkMessage::<NetfilterMessage>::deserialize(&rx[at..at + len]).map_err(|_| libc::EBADMSG)?;
-            match msg.payload {
-                NetlinkPayload::Error(e) => match e.code {
-                    Some(code) => return Err(-code.get()),
-                    None => acked += 1,
-                },
-                // Anything else (a GET's answer before its ack) needs no action.
-                _ => {}
+            // Only acks and errors matter (a GET's answer before its ack needs no action), and
+            // their code is the payload's first field: nothing else is decoded, so an attribute
+            // this crate does not know can never fail the exchange.
+            if frame.message_type() == NLMSG_ERROR {
+                let code = frame.payload().get(..4).ok_or(libc::EBADMSG)?;
+                let code = i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+                if code != 0 {
+                    return Err(-code);
+                }
+                acked += 1;
             }
             at += (len + 3) & !3;
             if len == 0 {

@@ -149,6 +149,20 @@ fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
     let last = live["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].as_str().unwrap();
     assert!(last.contains("\"mode\":\"b\""), "{last}");
 
+    // kubectl edit (its editor here a sed) takes the field it changes from the applier.
+    let out = server
+        .kubectl_command(&["edit", "configmap", "settings"])
+        // kubectl runs an editor with arguments through a shell.
+        .env("KUBE_EDITOR", "sed -i 's/mode: b/mode: c/'")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kubectl edit: {}{}", stdout(&out), stderr(&out));
+    let live = get(&server, "configmap", "settings");
+    assert_eq!(live["data"]["mode"], "c", "{live}");
+    let edit = entry(&live, "kubectl-edit", "Update").unwrap_or_else(|| panic!("no kubectl-edit entry: {live}"));
+    assert_eq!(edit["fieldsV1"], serde_json::json!({"f:data": {"f:mode": {}}}));
+    assert!(entry(&live, "kubectl", "Apply").is_none_or(|e| e["fieldsV1"]["f:data"].get("f:mode").is_none()), "{live}");
+
     // Ports are keyed by port and protocol, as server-side apply keys them.
     let service = |target: u16| {
         format!(

@@ -93,6 +93,9 @@ async fn two_pods_on_the_bridge_reach_each_other_and_the_node() {
         assert!(ping.status.success(), "pod b → node: {}", String::from_utf8_lossy(&ping.stdout));
         let node = Command::new("busybox").args(["ping", "-c", "1", "-W", "2", &ip_a.to_string()]).output().unwrap();
         assert!(node.status.success(), "node → pod a: {}", String::from_utf8_lossy(&node.stdout));
+        // Hairpin on each port: a pod can reach itself through an address the node forwards back.
+        let hairpin = Path::new("/sys/class/net").join(host_veth_name("sandbox-a")).join("brport/hairpin_mode");
+        assert_eq!(std::fs::read_to_string(&hairpin).unwrap().trim(), "1", "{}", hairpin.display());
         let eth0 = a.busybox(&["ip", "-4", "addr", "show", "eth0"]);
         assert!(String::from_utf8_lossy(&eth0.stdout).contains(&format!("{ip_a}/24")));
         (ip_a, ip_b)

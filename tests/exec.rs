@@ -53,8 +53,9 @@ fn kubectl_exec_runs_in_the_container_pipes_stdin_and_reports_exit_codes() {
     assert!(stderr.contains("command terminated with exit code 3"), "{stderr}");
 
     // A terminal for kubectl (util-linux `script`), so that `-it` asks for one in the container.
+    // The terminal's size is set first: kubectl sends it, and the command sees it from its start.
     let kubectl = format!(
-        "{} --kubeconfig {} --cache-dir {} exec -it shell -- tty",
+        "stty cols 100 rows 40; {} --kubeconfig {} --cache-dir {} exec -it shell -- sh -c 'tty; stty size'",
         common::KUBECTL,
         server.kubeconfig().display(),
         server.dir().join("kube-cache").display()
@@ -67,12 +68,16 @@ fn kubectl_exec_runs_in_the_container_pipes_stdin_and_reports_exit_codes() {
         .output()
         .expect("running script(1)");
     let printed = String::from_utf8_lossy(&tty.stdout);
-    let line = printed.lines().map(str::trim).find(|l| l.starts_with("/dev/")).unwrap_or_default();
+    // script(1) passes its own end of input on as an EOF character, which kubectl forwards: the
+    // container's terminal may echo it (`^@`) before the command's output.
+    let lines: Vec<&str> = printed.lines().map(|l| l.trim().trim_start_matches("^@")).collect();
+    let line = lines.iter().find(|l| l.starts_with("/dev/")).copied().unwrap_or_default();
     assert!(
         line.strip_prefix("/dev/pts/").is_some_and(|n| n.parse::<u32>().is_ok()),
         "tty in the container names its own pts: {printed:?} {}",
         String::from_utf8_lossy(&tty.stderr)
     );
+    assert!(lines.contains(&"40 100"), "the client's terminal size: {printed:?}");
 
     let missing = server.kubectl(&["exec", "shell", "--", "nope"]);
     assert!(!missing.status.success());

@@ -23,8 +23,22 @@ pub fn running_container(runtime: &Runtime, uid: &str, name: &str) -> Result<Str
         .ok_or_else(|| ApiError::bad_request(format!("container not found ({name:?})")))
 }
 
-pub async fn exec(runtime: &Runtime, uid: &str, opts: &ExecOptions, io: ExecIo) -> Result<i32, ApiError> {
+/// How long an exec with a terminal waits for the client's first size before it starts: kubectl
+/// sends it right after connecting, and a process that starts on a 0x0 terminal (`stty size`,
+/// `vi`, `top`) may read that size before the resize lands.
+const FIRST_SIZE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub async fn exec(runtime: &Runtime, uid: &str, opts: &ExecOptions, mut io: ExecIo) -> Result<i32, ApiError> {
     let id = running_container(runtime, uid, &opts.container)?;
+    let terminal_size = match (&mut io.resize, opts.tty) {
+        (Some(rx), true) => match tokio::time::timeout(FIRST_SIZE_WAIT, rx.recv()).await {
+            Ok(Some(size)) if size.width > 0 && size.height > 0 => {
+                Some(TerminalSize { width: size.width, height: size.height })
+            }
+            _ => None,
+        },
+        _ => None,
+    };
     let spec = ExecSpec {
         argv: opts.command.clone(),
         env: Vec::new(),
@@ -32,7 +46,7 @@ pub async fn exec(runtime: &Runtime, uid: &str, opts: &ExecOptions, io: ExecIo) 
         stdin: opts.stdin && io.stdin.is_some(),
         stdout: opts.stdout && io.stdout.is_some(),
         stderr: opts.stderr && io.stderr.is_some(),
-        terminal_size: None,
+        terminal_size,
     };
     let mut process = runtime.exec(&id, spec).await.map_err(|e| {
         // containerd's wording, which kubectl users know from `kubectl exec`.

@@ -141,7 +141,11 @@ impl PodNetwork {
             let _ = egress.forwarding.take().map(forwarding::ForwardingHold::release);
             return Err(e);
         }
-        tracing::info!(%table, %cluster, "pod egress: masquerading traffic leaving the cluster CIDR; net.ipv4.ip_forward {previous} -> 1");
+        if previous == "1" {
+            tracing::info!(%table, %cluster, "pod egress: masquerading traffic leaving the cluster CIDR; net.ipv4.ip_forward was already 1");
+        } else {
+            tracing::info!(%table, %cluster, "pod egress: masquerading traffic leaving the cluster CIDR; net.ipv4.ip_forward set to 1 (was {previous}; put back when the last Skiff on this host stops)");
+        }
         Ok(egress)
     }
 

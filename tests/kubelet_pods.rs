@@ -269,6 +269,24 @@ fn a_private_registry_image_pulls_with_the_pods_image_pull_secret_and_not_withou
         pulled.iter().map(|e| e["reason"].clone()).collect::<Vec<_>>()
     );
 
+    // A ServiceAccount's imagePullSecrets go to its pods (admission copies them); Always makes
+    // the kubelet pull again, with them.
+    server.kubectl_ok(&["create", "serviceaccount", "builder"]);
+    server.kubectl_ok(&["patch", "serviceaccount", "builder", "-p", r#"{"imagePullSecrets":[{"name":"regcred"}]}"#]);
+    let through_account = pod("through-account", "  serviceAccountName: builder\n")
+        .replace("    command:", "    imagePullPolicy: Always\n    command:");
+    server.apply(&through_account);
+    wait_row(&server, "through-account", "Completed", |c| c[1] == "Completed");
+    let spec = server.get_json("pod", "through-account")["spec"].clone();
+    assert_eq!(spec["imagePullSecrets"], serde_json::json!([{"name": "regcred"}]), "{spec}");
+    // A pod naming an account that does not exist is refused, as the admission plugin does.
+    let refused = server.kubectl_stdin(&["apply", "-f", "-"], &pod("no-account", "  serviceAccountName: nope\n"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(r#"pods "no-account" is forbidden: error looking up service account default/nope: serviceaccount "nope" not found"#),
+        "{stderr}"
+    );
+
     server.kubectl_ok(&["delete", "pods", "--all", "--timeout", "90s"]);
     drop(images);
     server.finish();

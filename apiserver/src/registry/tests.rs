@@ -945,3 +945,32 @@ async fn a_dry_run_eviction_or_binding_leaves_the_pod_alone() {
     f.reg.create_subresource_with(pods(), Some("default"), "web", "binding", binding, &dry).await.unwrap();
     assert_eq!(f.reg.get(pods(), Some("default"), "web").await.unwrap(), stored);
 }
+
+#[tokio::test]
+async fn pods_need_their_service_account_and_take_its_pull_secrets() {
+    let f = Fixture::new().await;
+    let sas = core("serviceaccounts");
+    // The default account may not exist yet (its controller makes it): such a pod goes through.
+    f.reg.create(pods(), Some("default"), pod("early")).await.unwrap();
+
+    let mut builder = pod("builder");
+    builder["spec"]["serviceAccountName"] = json!("ci");
+    let refused = f.reg.create(pods(), Some("default"), builder.clone()).await.unwrap_err();
+    assert_eq!(refused.code, 403);
+    assert_eq!(
+        refused.message,
+        "pods \"builder\" is forbidden: error looking up service account default/ci: serviceaccount \"ci\" not found"
+    );
+
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "ci"},
+                    "imagePullSecrets": [{"name": "regcred"}]});
+    f.reg.create(sas, Some("default"), sa).await.unwrap();
+    let created = f.reg.create(pods(), Some("default"), builder).await.unwrap();
+    assert_eq!(created["spec"]["imagePullSecrets"], json!([{"name": "regcred"}]));
+
+    let mut own = pod("own");
+    own["spec"]["serviceAccountName"] = json!("ci");
+    own["spec"]["imagePullSecrets"] = json!([{"name": "mine"}]);
+    let created = f.reg.create(pods(), Some("default"), own).await.unwrap();
+    assert_eq!(created["spec"]["imagePullSecrets"], json!([{"name": "mine"}]), "the pod's own win");
+}

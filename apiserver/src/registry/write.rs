@@ -122,7 +122,32 @@ pub fn create_in(tx: &mut Tx<'_>, key: &Key, mut object: Value, net: &ServiceNet
     if res.kind == "PersistentVolumeClaim" && res.group.is_empty() {
         default_storage_class(tx, &mut object)?;
     }
+    if res.kind == "Pod" && res.group.is_empty() {
+        admit_service_account(tx, key, &mut object)?;
+    }
     Ok(Outcome { object: tx.put(key, object)?, created: true })
+}
+
+/// The ServiceAccount admission plugin: a pod's service account must exist, and a pod without
+/// imagePullSecrets gets its service account's. The namespace's `default` account is made by a
+/// controller just after the namespace, so a pod that races it is let through (without the
+/// account's pull secrets) rather than refused.
+fn admit_service_account(tx: &mut Tx<'_>, key: &Key, pod: &mut Value) -> Result<(), ApiError> {
+    let account = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_string();
+    let Some(sa) = tx.get(&Key::new(core("serviceaccounts"), Some(&key.namespace), &account))? else {
+        if account == "default" {
+            return Ok(());
+        }
+        return Err(forbidden(format!(
+            "pods \"{}\" is forbidden: error looking up service account {}/{account}: serviceaccount \"{account}\" not found",
+            key.name, key.namespace
+        )));
+    };
+    let has_own = pod["spec"]["imagePullSecrets"].as_array().is_some_and(|s| !s.is_empty());
+    if let Some(secrets) = sa["imagePullSecrets"].as_array().filter(|s| !s.is_empty() && !has_own) {
+        pod["spec"]["imagePullSecrets"] = Value::Array(secrets.clone());
+    }
+    Ok(())
 }
 
 pub async fn create(

@@ -8,6 +8,9 @@
 #   docker-registry  a local OCI registry on 127.0.0.1 to pull the test images from
 #   kubectl          /usr/bin/kubectl (v1.32 ships with this project's machines)
 #   curl             the HTTPS client of the bad-input corpus (tests/api_bad_input.rs)
+#   iproute2, util-linux, bsdutils
+#                    ip/nsenter/unshare for the network tests' own namespaces, script(1) for
+#                    the terminal that `kubectl exec -it` / `attach -it` tests give kubectl
 #   python3-venv     a venv at target/pyvenv with the `kubernetes` package from PyPI, the second
 #                    independent client (tests/python_client.rs)
 set -euo pipefail
@@ -31,6 +34,9 @@ missing=()
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || missing+=(busybox-static)
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   apt_update

@@ -2,6 +2,7 @@
 //! `RuntimeDefault` filters its containers (and what `kubectl exec` runs in them) unless a
 //! container says `Unconfined`; a `Localhost` profile comes from `<data-dir>/kubelet/seccomp`, and
 //! a missing one leaves the container waiting in `CreateContainerError` with containerd's message.
+//! The rest of the securityContext (users, no_new_privs, runAsNonRoot) comes along.
 
 mod common;
 
@@ -40,14 +41,31 @@ metadata:
   name: local
 spec:
   terminationGracePeriodSeconds: 1
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    runAsGroup: 3000
   containers:
   - name: main
     image: {image}
     command: {LOOP}
     securityContext:
+      allowPrivilegeEscalation: false
       seccompProfile:
         type: Localhost
         localhostProfile: profiles/no-mkdir.json
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: as-root
+spec:
+  securityContext:
+    runAsNonRoot: true
+  containers:
+  - name: main
+    image: {image}
+    command: {LOOP}
 ---
 apiVersion: v1
 kind: Pod
@@ -82,7 +100,7 @@ fn seccomp_profiles_filter_containers_and_their_execs() {
     std::fs::write(
         profiles.join("no-mkdir.json"),
         r#"{"defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 95}]}"#,
     )
     .unwrap();
     server.apply(&manifest(&images.busybox()));
@@ -116,7 +134,21 @@ fn seccomp_profiles_filter_containers_and_their_execs() {
     let local = server.kubectl(&["exec", "local", "--", "sh", "-c", "grep Seccomp: /proc/1/status; mkdir /made"]);
     let (out, err) = (String::from_utf8_lossy(&local.stdout), String::from_utf8_lossy(&local.stderr));
     assert!(out.contains("Seccomp:\t2"), "{out}");
-    assert!(err.contains("Permission denied"), "the profile's own errno (EACCES): {err}");
+    assert!(err.contains("ot supported"), "the profile's own errno (EOPNOTSUPP), before any permission check: {err}");
+    // The rest of the securityContext reaches the container too (no_new_privs: the filter went
+    // in after the switch to uid 1000).
+    let ids = server.kubectl_ok(&["exec", "local", "--", "sh", "-c", "id -u; id -g; grep NoNewPrivs /proc/1/status"]);
+    assert_eq!(ids, "1000\n3000\nNoNewPrivs:\t1\n");
+
+    let waiting = server.wait_for("pod as-root to wait in CreateContainerConfigError", RUN_TIMEOUT, || {
+        let st = server.get_json("pod", "as-root")["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+        (st["reason"] == "CreateContainerConfigError").then_some(st)
+    });
+    let message = waiting["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("container has runAsNonRoot and image will run as root (pod: \"as-root_default("),
+        "{waiting}"
+    );
 
     let path = server.data_dir().join("kubelet/seccomp/profiles/missing.json");
     let waiting = server.wait_for("pod missing to wait in CreateContainerError", RUN_TIMEOUT, || {
@@ -131,6 +163,6 @@ fn seccomp_profiles_filter_containers_and_their_execs() {
     );
     assert_eq!(server.get_json("pod", "missing")["status"]["phase"], "Pending");
 
-    server.kubectl_ok(&["delete", "pod", "confined", "local", "missing", "--wait=true"]);
+    server.kubectl_ok(&["delete", "pod", "confined", "local", "as-root", "missing", "--wait=true"]);
     server.finish();
 }

@@ -3,6 +3,7 @@
 //! `supplementalGroups` and `fsGroup` become extra groups, `allowPrivilegeEscalation: false`
 //! becomes no_new_privs, and `seccompProfile` names a profile (a `Localhost` one under the
 //! kubelet's seccomp root, `<data-dir>/kubelet/seccomp`, like `/var/lib/kubelet/seccomp`).
+//! [`verify_run_as_non_root`] is the kubelet's `runAsNonRoot` check against the image's user.
 
 use std::path::{Component, Path};
 
@@ -39,6 +40,40 @@ pub fn container_security(pod: &Pod, c: &Container, seccomp_root: &Path) -> Resu
         capabilities_drop: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
         seccomp: seccomp_profile(seccomp, seccomp_root)?,
     })
+}
+
+/// The kubelet's `verifyRunAsNonRoot`: with `runAsNonRoot` (container's or pod's), the user the
+/// container runs as must be provably non-root; the image's `User` counts when `runAsUser` is
+/// unset (none at all is root).
+pub fn verify_run_as_non_root(pod: &Pod, c: &Container, image_user: Option<&str>) -> Result<(), String> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    if !sc.and_then(|s| s.run_as_non_root).or(pod_sc.and_then(|p| p.run_as_non_root)).unwrap_or(false) {
+        return Ok(());
+    }
+    let meta = &pod.metadata;
+    let who = format!(
+        "(pod: \"{}_{}({})\", container: {})",
+        meta.name.as_deref().unwrap_or_default(),
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.uid.as_deref().unwrap_or_default(),
+        c.name
+    );
+    if let Some(uid) = sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|p| p.run_as_user)) {
+        return match uid {
+            0 => Err(format!("container's runAsUser breaks non-root policy {who}")),
+            _ => Ok(()),
+        };
+    }
+    let user = image_user.unwrap_or_default().split(':').next().unwrap_or_default();
+    match user.parse::<i64>() {
+        Ok(0) => Err(format!("container has runAsNonRoot and image will run as root {who}")),
+        Ok(_) => Ok(()),
+        Err(_) if user.is_empty() => Err(format!("container has runAsNonRoot and image will run as root {who}")),
+        Err(_) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root {who}"
+        )),
+    }
 }
 
 /// The kubelet's `fieldSeccompProfile` without `seccompDefault`: unset and unknown types run
@@ -89,6 +124,33 @@ mod tests {
         assert!(sc.no_new_privs && sc.read_only_root_filesystem && !sc.privileged);
         assert_eq!((sc.capabilities_add, sc.capabilities_drop), (vec!["NET_ADMIN".into()], vec!["ALL".into()]));
         assert_eq!(sc.seccomp, RuntimeProfile::Unconfined);
+    }
+
+    #[test]
+    fn run_as_non_root_needs_a_provably_non_root_user() {
+        let (mut p, c) = pod(serde_json::json!({"runAsNonRoot": true}), serde_json::json!({}));
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.uid = Some("u1".into());
+        let who = "(pod: \"p_ns(u1)\", container: c)";
+        let check = |p: &Pod, c: &Container, user: Option<&str>| verify_run_as_non_root(p, c, user);
+        assert_eq!(
+            check(&p, &c, None).unwrap_err(),
+            format!("container has runAsNonRoot and image will run as root {who}")
+        );
+        assert!(check(&p, &c, Some("0:0")).is_err());
+        assert!(check(&p, &c, Some("1000:1000")).is_ok());
+        assert_eq!(
+            check(&p, &c, Some("app")).unwrap_err(),
+            format!(
+                "container has runAsNonRoot and image has non-numeric user (app), cannot verify user is non-root {who}"
+            )
+        );
+        let (p2, c2) = pod(serde_json::json!({"runAsNonRoot": true, "runAsUser": 0}), serde_json::json!({}));
+        assert!(check(&p2, &c2, Some("1000")).unwrap_err().starts_with("container's runAsUser breaks non-root policy"));
+        let (p3, c3) = pod(serde_json::json!({"runAsNonRoot": true}), serde_json::json!({"runAsUser": 1000}));
+        assert!(check(&p3, &c3, None).is_ok(), "the container's runAsUser settles it");
+        let (p4, c4) = pod(serde_json::json!({"runAsNonRoot": true}), serde_json::json!({"runAsNonRoot": false}));
+        assert!(check(&p4, &c4, None).is_ok(), "the container's runAsNonRoot wins");
     }
 
     #[test]

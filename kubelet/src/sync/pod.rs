@@ -458,7 +458,9 @@ impl PodWorker {
             Ok(mount) => mount,
             Err(e) => return self.config_failed(pod, c, "CreateContainerError", e.to_string()).await,
         };
-        let security = match crate::security::container_security(pod, c, &k.config.root.join("seccomp")) {
+        let security = crate::security::container_security(pod, c, &k.config.root.join("seccomp"))
+            .and_then(|sc| crate::security::verify_run_as_non_root(pod, c, image.config.user.as_deref()).map(|()| sc));
+        let security = match security {
             Ok(sc) => sc,
             Err(e) => return self.config_failed(pod, c, "CreateContainerConfigError", e).await,
         };

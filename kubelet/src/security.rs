@@ -22,10 +22,10 @@ pub fn container_security(pod: &Pod, c: &Container, seccomp_root: &Path) -> Resu
         .into_iter()
         .filter_map(|g| id(Some(g)))
         .collect();
-    if let Some(fs_group) = id(pod_sc.and_then(|p| p.fs_group)) {
-        if !groups.contains(&fs_group) {
-            groups.push(fs_group);
-        }
+    if let Some(fs_group) = id(pod_sc.and_then(|p| p.fs_group))
+        && !groups.contains(&fs_group)
+    {
+        groups.push(fs_group);
     }
     let caps = sc.and_then(|s| s.capabilities.as_ref());
     let seccomp = sc.and_then(|s| s.seccomp_profile.as_ref()).or(pod_sc.and_then(|p| p.seccomp_profile.as_ref()));

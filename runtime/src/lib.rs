@@ -9,7 +9,8 @@
 //!   `skiff` binary, single-threaded) which stays as the container's parent, writes its output to
 //!   a CRI-format log file and records the exit status on disk, so a restarted server can adopt it;
 //!   volumes are bind mounts ([`MountSpec`]); [`SecurityContext`] gives users, groups, Docker's
-//!   default capabilities, masked and read-only `/proc` paths, a read-only root, no_new_privs;
+//!   default capabilities, masked and read-only `/proc` paths, a read-only root, no_new_privs,
+//!   seccomp profiles ([`SeccompProfile`]: Docker's default or a Localhost JSON file);
 //! - exec: [`Runtime::exec`] runs a process in a running container through `skiff shim exec`
 //!   (its namespaces, cgroup, root, env, user; pipes or a pty of the container's devpts);
 //! - archives: [`Runtime::import_archive`] loads `docker save` and OCI layout tarballs.

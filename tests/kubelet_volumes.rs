@@ -282,3 +282,50 @@ fn a_claim_of_the_default_local_path_class_keeps_its_data_across_pods_and_goes_w
     drop(images);
     server.finish();
 }
+
+#[test]
+fn an_fs_group_owns_empty_dirs_and_secret_files_and_is_a_group_of_the_containers() {
+    let server = TestServer::start();
+    let images = TestImages::start();
+    server.kubectl_ok(&["create", "secret", "generic", "creds", "--from-literal=token=s3cret"]);
+    server.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: grouped
+spec:
+  securityContext:
+    runAsUser: 1000
+    fsGroup: 2000
+  containers:
+  - name: main
+    image: {}
+    command: {SLEEP}
+    volumeMounts:
+    - {{name: data, mountPath: /data}}
+    - {{name: scratch, mountPath: /scratch}}
+    - {{name: creds, mountPath: /creds}}
+  volumes:
+  - {{name: data, emptyDir: {{}}}}
+  - {{name: scratch, emptyDir: {{medium: Memory}}}}
+  - {{name: creds, secret: {{secretName: creds}}}}
+"#,
+        images.busybox()
+    ));
+    wait_running(&server, "grouped");
+    let groups = exec_ok(&server, "grouped", "main", "id -G");
+    assert!(groups.split_whitespace().any(|g| g == "2000"), "fsGroup is a supplementary group: {groups}");
+    // Directories: the group, group rwx and setgid (on top of emptyDir's 0777 / tmpfs' 1777).
+    let dirs = exec_ok(&server, "grouped", "main", "stat -c '%g %a' /data /scratch");
+    assert_eq!(dirs, "2000 2777\n2000 3777\n");
+    // A file the container makes inherits the group through the setgid directory.
+    let made = exec_ok(&server, "grouped", "main", "touch /data/new && stat -c '%u %g' /data/new");
+    assert_eq!(made, "1000 2000\n");
+    // Secret files: the group and group read, still not writable.
+    let secret = exec_ok(&server, "grouped", "main", "stat -L -c '%g %a' /creds/token && cat /creds/token");
+    assert_eq!(secret, "2000 644\ns3cret");
+
+    delete_all_pods(&server);
+    drop(images);
+    server.finish();
+}

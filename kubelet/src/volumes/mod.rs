@@ -11,12 +11,16 @@
 //!   each pod sync re-renders its own), comparing first so an unchanged volume is not touched.
 //! - `persistentVolumeClaim`: the bound PersistentVolume's host directory ([`pvc`]).
 //!
+//! With `securityContext.fsGroup`, emptyDir and the API-data volumes belong to that group
+//! ([`ownership`]).
+//!
 //! The runtime bind-mounts each `volumeMount` (`subPath` inside the volume, made as a directory
 //! if missing) into the container before its pivot_root.
 
 pub mod atomic_writer;
 pub mod host_path;
 pub mod mount;
+pub mod ownership;
 pub mod projected;
 pub mod pvc;
 
@@ -79,6 +83,23 @@ fn plugin_dir(volume: &Volume) -> Option<&'static str> {
     })
 }
 
+/// The pod's `fsGroup` on a volume's directory, when it has one.
+fn set_ownership(pod: &Pod, dir: &Path, read_only: bool) -> std::io::Result<()> {
+    let sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let Some(gid) = sc.and_then(|sc| sc.fs_group).and_then(|g| u32::try_from(g).ok()) else { return Ok(()) };
+    let policy = ownership::ChangePolicy::parse(sc.and_then(|sc| sc.fs_group_change_policy.as_deref()));
+    ownership::set_volume_ownership(dir, gid, read_only, policy)
+}
+
+/// Writes a configMap, secret, downwardAPI or projected volume; returns whether it changed.
+fn write_api_data(pod: &Pod, dir: &Path, payload: &Payload) -> std::io::Result<bool> {
+    let changed = atomic_writer::write(dir, payload)?;
+    if changed {
+        set_ownership(pod, dir, true)?;
+    }
+    Ok(changed)
+}
+
 fn mode(m: Option<i32>) -> i32 {
     m.unwrap_or(DEFAULT_MODE)
 }
@@ -130,6 +151,7 @@ impl VolumeManager {
                 .into());
         };
         let dir = self.volume_dir(uid, plugin, &v.name);
+        let own = |read_only: bool| set_ownership(pod, &dir, read_only).map_err(|e| e.to_string());
         if let Some(ed) = &v.empty_dir {
             if ed.medium.as_deref() == Some("Memory") {
                 let size = ed
@@ -137,12 +159,17 @@ impl VolumeManager {
                     .as_ref()
                     .and_then(|q| skiff_api::ParsedQuantity::parse(&q.0).ok())
                     .map(|q| q.value().max(0) as u64);
-                mount::ensure_tmpfs(&dir, 0o1777, size).map_err(|e| e.to_string())?;
+                if !mount::is_mount_point(&dir) {
+                    mount::ensure_tmpfs(&dir, 0o1777, size).map_err(|e| e.to_string())?;
+                    own(false)?;
+                }
             } else if !dir.is_dir() {
                 std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
                     .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+                // Once, when made: later files inherit the group through the setgid bit.
+                own(false)?;
             }
             return Ok(Mounted { path: dir, read_only: false });
         }
@@ -152,7 +179,7 @@ impl VolumeManager {
         }
         let payload = self.payload(pod, ns, v).await?;
         let _guard = self.writes.lock().await;
-        atomic_writer::write(&dir, &payload).map_err(|e| e.to_string())?;
+        write_api_data(pod, &dir, &payload).map_err(|e| e.to_string())?;
         Ok(Mounted { path: dir, read_only: true })
     }
 
@@ -255,7 +282,7 @@ impl VolumeManager {
                 if (v.secret.is_some() || v.projected.is_some()) && !mount::is_mount_point(&dir) {
                     continue;
                 }
-                match atomic_writer::write(&dir, &payload) {
+                match write_api_data(&pod, &dir, &payload) {
                     Ok(true) => tracing::debug!(pod = %uid, volume = %v.name, "volume updated"),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(pod = %uid, volume = %v.name, "updating volume: {e}"),

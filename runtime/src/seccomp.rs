@@ -371,7 +371,11 @@ impl Filters {
         let build = |chains: Chains, mismatch: SeccompAction, matched: SeccompAction| {
             let chains = chains.into_iter().map(|(nr, c)| (nr, c.unwrap_or_default())).collect();
             let filter = SeccompFilter::new(chains, mismatch, matched, arch)?;
-            BpfProgram::try_from(filter).map_err(SeccompError::from)
+            let mut program = BpfProgram::try_from(filter)?;
+            if arch == TargetArch::x86_64 {
+                refuse_x32(&mut program);
+            }
+            Ok::<_, SeccompError>(program)
         };
         let mut programs = Vec::new();
         for (act, chains) in others {
@@ -418,6 +422,27 @@ impl Filters {
         }
         Ok(())
     }
+}
+
+/// x32 system calls pass the x86_64 architecture check, their numbers marked with bit 30.
+/// seccompiler matches numbers exactly, so a profile that allows by default would let an x32 call
+/// of a denied syscall through: kill them, as libseccomp does when a profile leaves out
+/// SCMP_ARCH_X32. The check goes right after seccompiler's own architecture check (load, jump
+/// over the kill, kill), which no later jump crosses.
+fn refuse_x32(program: &mut BpfProgram) {
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    let stmt = |code: u32, k: u32| seccompiler::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let check = [
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0), // seccomp_data.nr
+        seccompiler::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: X32_SYSCALL_BIT,
+        },
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_KILL_PROCESS),
+    ];
+    program.splice(3..3, check);
 }
 
 /// Socket address families Docker's default profile lets `socket(2)` create: every family the
@@ -1099,6 +1124,19 @@ mod tests {
         add_chain(&mut chains, 1, &None);
         add_chain(&mut chains, 1, &Some(two));
         assert!(chains[&1].is_none(), "an unconditional rule wins over conditional ones");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn x32_calls_are_killed_right_after_the_architecture_check() {
+        let profile = resolve(&runtime_default(), &default_caps(), &host()).unwrap().unwrap();
+        for program in Filters::compile(&profile).unwrap().programs {
+            let arch_check = &program[..3];
+            assert_eq!((arch_check[0].k, arch_check[1].jt, arch_check[2].k), (4, 1, libc::SECCOMP_RET_KILL_PROCESS));
+            assert_eq!((program[4].k, program[4].jf), (0x4000_0000, 1));
+            assert_eq!(program[5].k, libc::SECCOMP_RET_KILL_PROCESS);
+            assert_eq!((program[6].code, program[6].k), (program[3].code, 0), "then seccompiler loads nr again");
+        }
     }
 
     #[test]

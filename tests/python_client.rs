@@ -32,7 +32,7 @@ fn python() -> PathBuf {
 /// Runs the script to its end (killing it, by PID, after a minute): one JSON object per check.
 fn run_script(server: &TestServer) -> HashMap<String, Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
-    let mut child = Command::new(python())
+    let child = Command::new(python())
         .arg(&script)
         .arg(server.kubeconfig())
         .env("HOME", server.dir().join("home"))

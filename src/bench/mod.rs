@@ -35,6 +35,7 @@ pub async fn runtime(opts: RuntimeBench) -> anyhow::Result<()> {
     scratch.links = vec![bridge.clone()];
     println!("skiff bench runtime: scratch {}, host {}", scratch.dir.display(), host_summary());
 
+    let ip_forward = read_ip_forward();
     let result = async {
         let image = image::build(&scratch.dir)?;
         if opts.iterations > 0 {
@@ -68,11 +69,20 @@ pub async fn runtime(opts: RuntimeBench) -> anyhow::Result<()> {
     .await;
     let left = tokio::task::block_in_place(|| scratch.sweep());
     if left.is_empty() {
-        println!("cleanup: nothing left behind (processes, mounts, cgroups, bridge and veths checked)");
+        println!("cleanup: nothing left behind (processes, mounts, cgroups, bridge, veths and nftables table checked)");
     } else {
         println!("cleanup: these were left behind and have been removed now:\n{left}");
     }
+    let now = read_ip_forward();
+    if now != ip_forward {
+        // Not put back here: another Skiff server on this host may be the one that needs it.
+        println!("note: net.ipv4.ip_forward was {ip_forward} when the bench started and is {now} now");
+    }
     result
+}
+
+fn read_ip_forward() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default().trim().to_string()
 }
 
 /// Ctrl-C or SIGTERM stop the bench after the step in progress; it then cleans up.

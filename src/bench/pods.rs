@@ -376,7 +376,10 @@ async fn wait_ready(server: &mut Server, cancel: &CancellationToken) -> anyhow::
                 let ready = node["status"]["conditions"]
                     .as_array()
                     .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
-                if ready {
+                // Pods name the default ServiceAccount, which admission wants to exist and
+                // which the controllers make a moment after the namespace.
+                let account = "/api/v1/namespaces/default/serviceaccounts/default";
+                if ready && matches!(api.call(&mut conn, "GET", account, None).await, Ok((200, _))) {
                     return Ok(api);
                 }
             }

@@ -77,6 +77,12 @@ impl Scratch {
             }
         }
         for link in &self.links {
+            // The server's masquerade table, named after its bridge; a clean stop removes it.
+            let table = skiff_runtime::network::nft::table_name(link);
+            if skiff_runtime::network::nft::table_exists(&table).unwrap_or(false) {
+                let _ = writeln!(found, "  nftables table ip {table}");
+                let _ = skiff_runtime::network::nft::delete_table(&table);
+            }
             let ports = bridge_ports(link);
             for port in &ports {
                 let _ = writeln!(found, "  veth {port} on {link}");

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::TestServer;
+use common::{TestServer, unschedulable_deployment};
 use serde_json::Value;
 
 fn stdout(out: &std::process::Output) -> String {
@@ -48,34 +48,12 @@ fn entry<'a>(object: &'a Value, manager: &str, operation: &str) -> Option<&'a Va
         .and_then(|entries| entries.iter().find(|e| e["manager"] == manager && e["operation"] == operation))
 }
 
-fn deployment(name: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      nodeSelector: {{skiff.test/none: "true"}}
-      containers:
-      - name: app
-        image: example.invalid/app:1
-"#
-    )
-}
-
 #[test]
 fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
     let server = TestServer::start();
 
     // Client-side apply creates as `kubectl-client-side-apply` (an Update), defaults included.
-    assert_eq!(apply(&server, &[], &deployment("web", 2)).trim(), "deployment.apps/web created");
+    assert_eq!(apply(&server, &[], &unschedulable_deployment("web", 2)).trim(), "deployment.apps/web created");
     let live = get(&server, "deployment", "web");
     let csa = entry(&live, "kubectl-client-side-apply", "Update").unwrap_or_else(|| panic!("no CSA entry: {live}"));
     assert_eq!(csa["apiVersion"], "apps/v1");
@@ -90,7 +68,8 @@ fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
     assert!(fields["f:spec"]["f:template"]["f:spec"]["f:containers"].get("k:{\"name\":\"app\"}").is_some(), "{csa}");
 
     // Another applier changing replicas: the conflict as Kubernetes words it, exit code 1.
-    let (code, err) = apply_fails(&server, &["--server-side", "--field-manager=ci"], &deployment("web", 3));
+    let (code, err) =
+        apply_fails(&server, &["--server-side", "--field-manager=ci"], &unschedulable_deployment("web", 3));
     assert_eq!(code, Some(1));
     assert!(
         err.starts_with(
@@ -102,7 +81,11 @@ fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
     assert_eq!(get(&server, "deployment", "web")["spec"]["replicas"], 2);
 
     // --force-conflicts takes replicas over.
-    let out = apply(&server, &["--server-side", "--field-manager=ci", "--force-conflicts"], &deployment("web", 3));
+    let out = apply(
+        &server,
+        &["--server-side", "--field-manager=ci", "--force-conflicts"],
+        &unschedulable_deployment("web", 3),
+    );
     assert_eq!(out.trim(), "deployment.apps/web serverside-applied");
     let live = get(&server, "deployment", "web");
     assert_eq!(live["spec"]["replicas"], 3);
@@ -121,7 +104,7 @@ fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
     assert_eq!(scaler["fieldsV1"], serde_json::json!({"f:spec": {"f:replicas": {}}}));
     let ci = entry(&live, "ci", "Apply").unwrap_or_else(|| panic!("no ci entry: {live}"));
     assert!(ci["fieldsV1"]["f:spec"].get("f:replicas").is_none(), "{live}");
-    let (_, err) = apply_fails(&server, &["--server-side", "--field-manager=ci"], &deployment("web", 5));
+    let (_, err) = apply_fails(&server, &["--server-side", "--field-manager=ci"], &unschedulable_deployment("web", 5));
     assert!(
         err.starts_with(
             "error: Apply failed with 1 conflict: conflict with \"kubectl\" with subresource \"scale\" using apps/v1: .spec.replicas"
@@ -201,38 +184,46 @@ fn server_dry_runs_check_and_answer_but_change_nothing() {
     assert!(not_found("configmap", "probe"));
 
     assert_eq!(
-        apply(&server, &["--dry-run=server"], &deployment("web", 2)).trim(),
+        apply(&server, &["--dry-run=server"], &unschedulable_deployment("web", 2)).trim(),
         "deployment.apps/web created (server dry run)"
     );
     assert!(not_found("deployment", "web"));
     // Validation runs as for a real write.
-    let (_, err) =
-        apply_fails(&server, &["--dry-run=server"], &deployment("web", 2).replace("replicas: 2", "replicas: -1"));
+    let (_, err) = apply_fails(
+        &server,
+        &["--dry-run=server"],
+        &unschedulable_deployment("web", 2).replace("replicas: 2", "replicas: -1"),
+    );
     assert!(err.contains("spec.replicas: Invalid value: -1"), "{err}");
 
-    apply(&server, &[], &deployment("web", 2));
+    apply(&server, &[], &unschedulable_deployment("web", 2));
     // The Deployment's controller writes its status meanwhile: its generation tells whether the
     // spec was written.
     let generation = |server: &TestServer| get(server, "deployment", "web")["metadata"]["generation"].clone();
     let before = generation(&server);
     assert_eq!(
-        apply(&server, &["--dry-run=server"], &deployment("web", 5)).trim(),
+        apply(&server, &["--dry-run=server"], &unschedulable_deployment("web", 5)).trim(),
         "deployment.apps/web configured (server dry run)"
     );
     assert_eq!(
-        apply(&server, &["--server-side", "--force-conflicts", "--dry-run=server"], &deployment("web", 6)).trim(),
+        apply(
+            &server,
+            &["--server-side", "--force-conflicts", "--dry-run=server"],
+            &unschedulable_deployment("web", 6)
+        )
+        .trim(),
         "deployment.apps/web serverside-applied (server dry run)"
     );
     // kubectl diff is a dry-run patch: it shows the change and exits 1, changing nothing.
     for extra in [None, Some("--server-side")] {
         let mut args = vec!["diff", "-f", "-"];
         args.extend(extra);
-        let out = server.kubectl_stdin(&args, &deployment("web", 7));
+        let out = server.kubectl_stdin(&args, &unschedulable_deployment("web", 7));
         assert_eq!(out.status.code(), Some(1), "kubectl {}: {}{}", args.join(" "), stdout(&out), stderr(&out));
         let diff = stdout(&out);
         assert!(diff.contains("-  replicas: 2") && diff.contains("+  replicas: 7"), "{diff}");
     }
-    let out = server.kubectl_stdin(&["diff", "-f", "-"], &deployment("web", 2));
+    let out = server.kubectl_stdin(&["diff", "-f", "-"], &unschedulable_deployment("web", 2));
     assert_eq!(out.status.code(), Some(0), "no difference: {}{}", stdout(&out), stderr(&out));
     let out = server.kubectl_ok(&["delete", "deployment", "web", "--dry-run=server"]);
     assert_eq!(out.trim(), "deployment.apps \"web\" deleted (server dry run)");

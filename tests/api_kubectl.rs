@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, unschedulable_deployment};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,30 +47,6 @@ fn json(server: &TestServer, args: &[&str]) -> Value {
     // kubectl hides managedFields unless asked.
     all.extend(["-o", "json", "--show-managed-fields"]);
     serde_json::from_str(&server.kubectl_ok(&all)).expect("kubectl -o json prints JSON")
-}
-
-/// A Deployment whose pods no node can take: they stay Pending, unbound, and go at once when
-/// deleted.
-fn unschedulable_deployment(name: &str, replicas: u32) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      nodeSelector: {{skiff.test/none: "true"}}
-      containers:
-      - name: app
-        image: example.invalid/app:1
-"#
-    )
 }
 
 #[test]

@@ -710,3 +710,27 @@ impl TestImages {
         format!("{}/does-not-exist:1.36", self.registry.addr())
     }
 }
+
+/// A Deployment whose pods no node can take: they stay Pending, unbound, and go at once when
+/// deleted.
+pub fn unschedulable_deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      nodeSelector: {{skiff.test/none: "true"}}
+      containers:
+      - name: app
+        image: example.invalid/app:1
+"#
+    )
+}

@@ -114,18 +114,9 @@ spec:
         images.busybox()
     ));
     wait_running(&server, "shell");
-    // A terminal for kubectl (util-linux `script`), so that `-it` keeps its terminal; what the
-    // shell reads is typed into that terminal.
-    let kubectl = format!(
-        "{} --kubeconfig {} --cache-dir {} attach -it shell",
-        common::KUBECTL,
-        server.kubeconfig().display(),
-        server.dir().join("kube-cache").display()
-    );
-    let mut script = std::process::Command::new("script")
-        .args(["-qec", &kubectl, "/dev/null"])
-        .env("HOME", server.dir().join("home"))
-        .env_remove("KUBECONFIG")
+    // kubectl on a terminal keeps `-it`; what the shell reads is typed into that terminal.
+    let mut script = server
+        .kubectl_on_terminal("sane", "attach -it shell")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -52,24 +52,13 @@ fn kubectl_exec_runs_in_the_container_pipes_stdin_and_reports_exit_codes() {
     assert!(stderr.contains("to-stderr\n"), "stderr is its own stream: {stderr}");
     assert!(stderr.contains("command terminated with exit code 3"), "{stderr}");
 
-    // A terminal for kubectl (util-linux `script`), so that `-it` asks for one in the container.
-    // The terminal's size is set first: kubectl sends it, and the command sees it from its start.
-    let kubectl = format!(
-        "stty cols 100 rows 40; {} --kubeconfig {} --cache-dir {} exec -it shell -- sh -c 'tty; stty size'",
-        common::KUBECTL,
-        server.kubeconfig().display(),
-        server.dir().join("kube-cache").display()
-    );
-    let tty = std::process::Command::new("script")
-        .args(["-qec", &kubectl, "/dev/null"])
-        .env("HOME", server.dir().join("home"))
-        .env_remove("KUBECONFIG")
-        .stdin(std::process::Stdio::null())
+    // A terminal for kubectl, so that `-it` asks for one in the container; its size is set
+    // first: kubectl sends it, and the command sees it from its start.
+    let tty = server
+        .kubectl_on_terminal("cols 100 rows 40", "exec -it shell -- sh -c 'tty; stty size'")
         .output()
         .expect("running script(1)");
     let printed = String::from_utf8_lossy(&tty.stdout);
-    // script(1) passes its own end of input on as an EOF character, which kubectl forwards: the
-    // container's terminal may echo it (`^@`) before the command's output.
     let lines: Vec<&str> = printed.lines().map(|l| l.trim().trim_start_matches("^@")).collect();
     let line = lines.iter().find(|l| l.starts_with("/dev/")).copied().unwrap_or_default();
     assert!(

@@ -274,19 +274,10 @@ fn kubectl_port_forward_over_both_transports_and_exec_over_spdy() {
     assert!(stderr.contains("to-stderr\n"), "stderr is its own stream: {stderr}");
     assert!(stderr.contains("command terminated with exit code 3"), "{stderr}");
 
-    // A terminal (util-linux `script` gives kubectl one): the resize stream instead of stderr.
-    let kubectl = format!(
-        "{} --kubeconfig {} --cache-dir {} exec -it web -- tty",
-        common::KUBECTL,
-        server.kubeconfig().display(),
-        server.dir().join("kube-cache").display()
-    );
-    let tty = std::process::Command::new("script")
-        .args(["-qec", &kubectl, "/dev/null"])
-        .env("HOME", server.dir().join("home"))
+    // kubectl on a terminal: the resize stream instead of stderr.
+    let tty = server
+        .kubectl_on_terminal("sane", "exec -it web -- tty")
         .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::null())
         .output()
         .expect("running script(1)");
     let printed = String::from_utf8_lossy(&tty.stdout);

@@ -221,6 +221,25 @@ impl TestServer {
         cmd
     }
 
+    /// kubectl on a terminal of its own (util-linux `script(1)` makes one), for `-it`: what
+    /// is written to the command's stdin is typed into that terminal. `args` is one shell word
+    /// string; `stty` settings (e.g. `cols 100 rows 40`) are applied to the terminal first.
+    /// script(1) types an EOF character when its own input ends, which kubectl forwards: the
+    /// container's terminal may echo it as `^@`.
+    pub fn kubectl_on_terminal(&self, stty: &str, args: &str) -> Command {
+        let kubectl = format!(
+            "stty {stty}; {KUBECTL} --kubeconfig {} --cache-dir {} {args}",
+            self.kubeconfig().display(),
+            self.dir.join("kube-cache").display()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &kubectl, "/dev/null"])
+            .env("HOME", self.dir.join("home"))
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// kubectl that must succeed: its stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);

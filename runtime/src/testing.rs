@@ -462,6 +462,29 @@ impl Drop for LocalRegistry {
 
 /// Pushes `image` as `<registry>/<name_tag>` (or `<name>@<digest>`) and returns that reference. The manifest is
 /// pushed byte for byte, so its digest is `image.manifest.digest`.
+/// Removes every container and sandbox of a test's runtime and its cgroup root. For a test
+/// fixture's `Drop`, which runs inside the test's tokio runtime and so cannot block on it: the
+/// work runs on a thread with a runtime of its own.
+pub fn remove_everything(rt: crate::Runtime, cgroup_root: &str) {
+    let cgroup_root = cgroup_root.to_string();
+    std::thread::spawn(move || {
+        let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+        tokio.block_on(async {
+            for c in rt.list_containers().unwrap_or_default() {
+                let _ = rt.remove_container(&c.id).await;
+            }
+            for s in rt.list_sandboxes().unwrap_or_default() {
+                let _ = rt.remove_sandbox(&s).await;
+            }
+        });
+        if let Ok(m) = crate::CgroupManager::detect(&cgroup_root) {
+            let _ = m.kill_and_remove(Path::new(&cgroup_root), Duration::from_secs(10));
+        }
+    })
+    .join()
+    .expect("the cleanup thread");
+}
+
 pub async fn push(registry: &LocalRegistry, name_tag: &str, image: &OciImage) -> std::io::Result<String> {
     let reference = format!("{}/{}", registry.addr(), name_tag);
     let r = Reference::parse(&reference).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

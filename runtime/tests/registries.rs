@@ -15,9 +15,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use skiff_runtime::testing::{LocalRegistry, OciImage, build_busybox_image, push};
-use skiff_runtime::{
-    CgroupManager, ContainerSpec, Image, Registries, RegistryAuth, Resources, Runtime, RuntimeConfig, SandboxSpec,
-};
+use skiff_runtime::{ContainerSpec, Image, Registries, RegistryAuth, Resources, Runtime, RuntimeConfig, SandboxSpec};
 
 fn busybox() -> &'static OciImage {
     static IMAGE: OnceLock<OciImage> = OnceLock::new();
@@ -86,26 +84,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        let rt = self.rt.take().unwrap();
-        let cgroup_root = self.cgroup_root.clone();
-        // Drop runs inside the test's tokio runtime, which cannot block: clean up on a thread
-        // with its own runtime.
-        std::thread::spawn(move || {
-            let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            tokio.block_on(async {
-                for c in rt.list_containers().unwrap_or_default() {
-                    let _ = rt.remove_container(&c.id).await;
-                }
-                for s in rt.list_sandboxes().unwrap_or_default() {
-                    let _ = rt.remove_sandbox(&s).await;
-                }
-            });
-            if let Ok(m) = CgroupManager::detect(&cgroup_root) {
-                let _ = m.kill_and_remove(Path::new(&cgroup_root), Duration::from_secs(10));
-            }
-        })
-        .join()
-        .unwrap();
+        skiff_runtime::testing::remove_everything(self.rt.take().unwrap(), &self.cgroup_root);
     }
 }
 

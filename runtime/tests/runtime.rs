@@ -93,26 +93,7 @@ fn config(root: &Path, cgroup_root: &str) -> RuntimeConfig {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let rt = self.rt.take().unwrap();
-        let cgroup_root = self.cgroup_root.clone();
-        // Drop runs inside the test's tokio runtime, which cannot block: clean up on a thread
-        // with its own runtime.
-        std::thread::spawn(move || {
-            let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            tokio.block_on(async {
-                for c in rt.list_containers().unwrap_or_default() {
-                    let _ = rt.remove_container(&c.id).await;
-                }
-                for s in rt.list_sandboxes().unwrap_or_default() {
-                    let _ = rt.remove_sandbox(&s).await;
-                }
-            });
-            if let Ok(m) = CgroupManager::detect(&cgroup_root) {
-                let _ = m.kill_and_remove(Path::new(&cgroup_root), Duration::from_secs(10));
-            }
-        })
-        .join()
-        .unwrap();
+        skiff_runtime::testing::remove_everything(self.rt.take().unwrap(), &self.cgroup_root);
         let _ = &self.registry;
     }
 }

@@ -4,14 +4,14 @@
 //! orders it. Each test has its own temp root, cgroup root and local registry; the `Fixture`
 //! guard removes everything on drop, also when a test fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use skiff_runtime::testing::{LocalRegistry, OciImage, build_busybox_image, push};
 use skiff_runtime::{
-    CgroupManager, ContainerSpec, ExecSpec, Image, Runtime, RuntimeConfig, SandboxSpec, SeccompProfile, SecurityContext,
+    ContainerSpec, ExecSpec, Image, Runtime, RuntimeConfig, SandboxSpec, SeccompProfile, SecurityContext,
 };
 
 fn busybox() -> &'static OciImage {
@@ -80,26 +80,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let rt = self.rt.take().unwrap();
-        let cgroup_root = self.cgroup_root.clone();
-        // Drop runs inside the test's tokio runtime, which cannot block: clean up on a thread
-        // with its own runtime.
-        std::thread::spawn(move || {
-            let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            tokio.block_on(async {
-                for c in rt.list_containers().unwrap_or_default() {
-                    let _ = rt.remove_container(&c.id).await;
-                }
-                for s in rt.list_sandboxes().unwrap_or_default() {
-                    let _ = rt.remove_sandbox(&s).await;
-                }
-            });
-            if let Ok(m) = CgroupManager::detect(&cgroup_root) {
-                let _ = m.kill_and_remove(Path::new(&cgroup_root), Duration::from_secs(10));
-            }
-        })
-        .join()
-        .unwrap();
+        skiff_runtime::testing::remove_everything(self.rt.take().unwrap(), &self.cgroup_root);
     }
 }
 

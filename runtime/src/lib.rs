@@ -43,6 +43,7 @@ mod exec;
 mod image;
 mod log;
 mod mount;
+pub mod mountinfo;
 pub mod network;
 mod rootfs;
 mod sandbox;

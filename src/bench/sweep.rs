@@ -149,43 +149,13 @@ pub fn cgroup_mounts() -> Vec<PathBuf> {
             let (before, after) = line.split_once(" - ")?;
             let fstype = after.split(' ').next()?;
             let point = before.split(' ').nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(unescape(point)))
+            (fstype == "cgroup" || fstype == "cgroup2")
+                .then(|| PathBuf::from(skiff_runtime::mountinfo::unescape(point)))
         })
         .collect()
 }
 
-/// Mount points at or under `dir`, in mount order.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let prefix = format!("{}/", dir.to_string_lossy());
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape)
-        .filter(|point| point.starts_with(&prefix) || *point == prefix.trim_end_matches('/'))
-        .map(PathBuf::from)
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Some(code) =
-                std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(code);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use skiff_runtime::mountinfo::mounts_under;
 
 pub fn bridge_ports(bridge: &str) -> Vec<String> {
     std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
@@ -233,12 +203,6 @@ fn remove_cgroup(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_octal_escapes_are_decoded() {
-        assert_eq!(unescape(r"/tmp/a\040b\134c"), r"/tmp/a b\c");
-        assert_eq!(unescape("/plain"), "/plain");
-    }
 
     #[test]
     fn a_scratch_dir_is_made_fresh_and_swept_with_its_contents() {

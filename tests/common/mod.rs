@@ -576,38 +576,7 @@ fn test_processes(dir: &Path, cgroup_root: &str) -> Vec<(i32, String)> {
     found
 }
 
-/// Mount points under `dir`, in mount order (unmount in reverse).
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let prefix = format!("{}/", dir.to_string_lossy());
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mountinfo)
-        .filter(|point| point.starts_with(&prefix) || *point == prefix.trim_end_matches('/'))
-        .map(PathBuf::from)
-        .collect()
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Some(code) =
-                std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|o| u8::from_str_radix(o, 8).ok())
-        {
-            out.push(code);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use skiff_runtime::mountinfo::mounts_under;
 
 /// Every directory named `name` in every mounted cgroup hierarchy (v1 and v2). The runtime may
 /// nest its root under the server's own cgroup, so this searches a few levels down.
@@ -621,7 +590,7 @@ pub fn cgroup_roots(name: &str) -> Vec<PathBuf> {
             continue;
         }
         let Some(point) = before.split(' ').nth(4) else { continue };
-        find_named(Path::new(&unescape_mountinfo(point)), name, 6, &mut found);
+        find_named(Path::new(&skiff_runtime::mountinfo::unescape(point)), name, 6, &mut found);
     }
     found
 }

@@ -10,33 +10,10 @@ fn cstr(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
-/// Mount points from `/proc/self/mountinfo` (field 5, octal escapes undone).
-fn mount_points() -> io::Result<Vec<PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| io::Error::new(e.kind(), format!("/proc/self/mountinfo: {e}")))?;
-    Ok(info.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(unescape(p))).collect())
-}
-
-fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Whether `path` is a mount point. Compared resolved: mountinfo shows paths without symlinks.
 pub fn is_mount_point(path: &Path) -> bool {
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    mount_points().is_ok_and(|points| points.iter().any(|p| *p == path))
+    skiff_runtime::mountinfo::mount_points().is_ok_and(|points| points.iter().any(|p| *p == path))
 }
 
 /// Mounts a tmpfs on `path` (made if missing) unless one is there already.
@@ -72,7 +49,8 @@ pub fn ensure_tmpfs(path: &Path, mode: u32, size_bytes: Option<u64>) -> io::Resu
 /// them are gone, but a straggling reader must not keep the pod directory alive).
 pub fn unmount_under(dir: &Path) -> io::Result<()> {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let mut points: Vec<PathBuf> = mount_points()?.into_iter().filter(|p| p.starts_with(&dir)).collect();
+    let mut points: Vec<PathBuf> =
+        skiff_runtime::mountinfo::mount_points()?.into_iter().filter(|p| p.starts_with(&dir)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     points.dedup();
     for p in points {
@@ -111,12 +89,5 @@ mod tests {
         std::os::unix::fs::symlink("/proc", dir.path().join("p")).unwrap();
         assert!(is_mount_point(&dir.path().join("p")));
         assert!(!is_mount_point(dir.path()));
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape(r"/tmp/a\040b"), "/tmp/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape(r"/x\"), r"/x\");
     }
 }

@@ -18,10 +18,12 @@
 //! [`logs::rotation`]. Volumes: see [`volumes`].
 //! `status.podIP` is the runtime's sandbox address when it runs a pod network. Restarts back
 //! off as Kubernetes' do (10 s doubling to 5 min, reset after 10 min of clean running).
+//! Node pressure conditions and taints, and evictions for local storage limits: [`eviction`].
 
 pub mod backoff;
 pub mod env;
 pub mod events;
+pub mod eviction;
 pub mod exec;
 pub mod generate;
 pub mod lifecycle;
@@ -121,8 +123,10 @@ impl Kubelet {
             tracing::error!("creating {}: {e}", self.config.root.join("pods").display());
         }
         let info = node::HostInfo::read(&self.config.root);
+        let observed = node::NodeConditions::healthy(since);
+        let (conditions_tx, conditions_rx) = tokio::sync::watch::channel(observed);
         let node = loop {
-            match node::register(&self.client, &self.config.node_name, &info, since).await {
+            match node::register(&self.client, &self.config.node_name, &info, &observed).await {
                 Ok(node) => break node,
                 Err(e) => {
                     tracing::warn!(node = %self.config.node_name, "registering node: {e}");
@@ -135,7 +139,8 @@ impl Kubelet {
         };
         let node_ref = skiff_api::ObjectReference::of(&node);
         self.recorder.normal(&node_ref, "Starting", "Starting kubelet.").await;
-        let heartbeat = tokio::spawn(node::heartbeat(self.client.clone(), node, info, since, shutdown.child_token()));
+        let heartbeat =
+            tokio::spawn(node::heartbeat(self.client.clone(), node, info, conditions_rx, shutdown.child_token()));
         self.recorder
             .normal(&node_ref, "NodeReady", &format!("Node {} status is now: NodeReady", self.config.node_name))
             .await;
@@ -150,6 +155,8 @@ impl Kubelet {
         let selector = format!("spec.nodeName={}", self.config.node_name);
         let (store, mut events, _informer) =
             Informer::<Pod>::new(self.client.clone(), None, ListOptions::fields(selector)).spawn();
+        let evictions = eviction::EvictionManager::new(eviction::default_thresholds(), conditions_tx);
+        let evictions = tokio::spawn(evictions.run(self.clone(), store.clone(), node_ref, shutdown.child_token()));
         let mut cleaned = false;
         loop {
             tokio::select! {
@@ -169,6 +176,7 @@ impl Kubelet {
         }
         self.workers.stop_all().await;
         let _ = heartbeat.await;
+        let _ = evictions.await;
         let _ = refresher.await;
         rotator.abort();
     }

@@ -127,22 +127,145 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str, heartbeat: 
            "lastHeartbeatTime": heartbeat, "lastTransitionTime": transition})
 }
 
-/// The node's conditions: no pressure, Ready. `transition` is when the kubelet came up.
-pub fn conditions(heartbeat: Timestamp, transition: Timestamp) -> Value {
-    let (h, t) = (heartbeat.to_string(), transition.to_string());
-    json!([
-        condition(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
-            &h,
-            &t
-        ),
-        condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &h, &t),
-        condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", &h, &t),
-        condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &h, &t),
-    ])
+/// One node condition as the kubelet observed it: whether it holds, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    pub status: bool,
+    pub since: Timestamp,
+}
+
+/// The node's conditions as observed: the three pressures the eviction manager computes, and
+/// Ready. A condition's `lastTransitionTime` moves only when its status flips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeConditions {
+    pub memory_pressure: Observed,
+    pub disk_pressure: Observed,
+    pub pid_pressure: Observed,
+    pub ready: Observed,
+}
+
+/// Which pressures hold now (the eviction manager's verdict after its transition period).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
+}
+
+impl NodeConditions {
+    /// No pressure and Ready, all since `since` (when the kubelet came up).
+    pub fn healthy(since: Timestamp) -> Self {
+        let no = Observed { status: false, since };
+        Self { memory_pressure: no, disk_pressure: no, pid_pressure: no, ready: Observed { status: true, since } }
+    }
+
+    /// Takes in the pressures observed at `now`; returns whether any condition flipped.
+    pub fn observe(&mut self, pressure: Pressure, now: Timestamp) -> bool {
+        let mut changed = false;
+        for (cond, status) in [
+            (&mut self.memory_pressure, pressure.memory),
+            (&mut self.disk_pressure, pressure.disk),
+            (&mut self.pid_pressure, pressure.pid),
+        ] {
+            if cond.status != status {
+                *cond = Observed { status, since: now };
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The pressures these conditions report.
+    pub fn pressure(&self) -> Pressure {
+        Pressure { memory: self.memory_pressure.status, disk: self.disk_pressure.status, pid: self.pid_pressure.status }
+    }
+}
+
+/// A pressure condition's type, reason and message, as the kubelet's setters word them.
+pub fn pressure_condition(kind: PressureKind, status: bool) -> (&'static str, &'static str, &'static str) {
+    match (kind, status) {
+        (PressureKind::Memory, false) => {
+            ("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available")
+        }
+        (PressureKind::Memory, true) => {
+            ("MemoryPressure", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available")
+        }
+        (PressureKind::Disk, false) => ("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        (PressureKind::Disk, true) => ("DiskPressure", "KubeletHasDiskPressure", "kubelet has disk pressure"),
+        (PressureKind::Pid, false) => {
+            ("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available")
+        }
+        (PressureKind::Pid, true) => {
+            ("PIDPressure", "KubeletHasInsufficientPID", "kubelet has insufficient PID available")
+        }
+    }
+}
+
+/// The three node pressures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PressureKind {
+    Memory,
+    Disk,
+    Pid,
+}
+
+impl PressureKind {
+    pub const ALL: [PressureKind; 3] = [PressureKind::Memory, PressureKind::Disk, PressureKind::Pid];
+
+    /// The NoSchedule taint the node carries while under this pressure.
+    pub fn taint_key(self) -> &'static str {
+        match self {
+            PressureKind::Memory => "node.kubernetes.io/memory-pressure",
+            PressureKind::Disk => "node.kubernetes.io/disk-pressure",
+            PressureKind::Pid => "node.kubernetes.io/pid-pressure",
+        }
+    }
+
+    /// The node event recorded when the condition turns to `status` (`NodeHasDiskPressure`, ...).
+    pub fn event_reason(self, status: bool) -> &'static str {
+        match (self, status) {
+            (PressureKind::Memory, false) => "NodeHasSufficientMemory",
+            (PressureKind::Memory, true) => "NodeHasInsufficientMemory",
+            (PressureKind::Disk, false) => "NodeHasNoDiskPressure",
+            (PressureKind::Disk, true) => "NodeHasDiskPressure",
+            (PressureKind::Pid, false) => "NodeHasSufficientPID",
+            (PressureKind::Pid, true) => "NodeHasInsufficientPID",
+        }
+    }
+
+    pub fn of(self, p: Pressure) -> bool {
+        match self {
+            PressureKind::Memory => p.memory,
+            PressureKind::Disk => p.disk,
+            PressureKind::Pid => p.pid,
+        }
+    }
+}
+
+/// The node's conditions as the API shows them, at heartbeat time `heartbeat`.
+pub fn conditions(heartbeat: Timestamp, observed: &NodeConditions) -> Value {
+    let h = heartbeat.to_string();
+    let mut out: Vec<Value> = [
+        (PressureKind::Memory, observed.memory_pressure),
+        (PressureKind::Disk, observed.disk_pressure),
+        (PressureKind::Pid, observed.pid_pressure),
+    ]
+    .into_iter()
+    .map(|(kind, o)| {
+        let (type_, reason, message) = pressure_condition(kind, o.status);
+        let status = if o.status { "True" } else { "False" };
+        condition(type_, status, reason, message, &h, &o.since.to_string())
+    })
+    .collect();
+    out.push(condition(
+        "Ready",
+        "True",
+        "KubeletReady",
+        "kubelet is posting ready status",
+        &h,
+        &observed.ready.since.to_string(),
+    ));
+    Value::Array(out)
 }
 
 pub fn labels(node_name: &str) -> Value {
@@ -157,7 +280,7 @@ pub fn labels(node_name: &str) -> Value {
 }
 
 /// The `status` of the Node.
-pub fn node_status(info: &HostInfo, node_name: &str, now: Timestamp, since: Timestamp) -> Value {
+pub fn node_status(info: &HostInfo, node_name: &str, now: Timestamp, observed: &NodeConditions) -> Value {
     let capacity = json!({
         "cpu": info.cpus.to_string(),
         "memory": format!("{}Ki", info.memory_ki),
@@ -178,7 +301,7 @@ pub fn node_status(info: &HostInfo, node_name: &str, now: Timestamp, since: Time
     json!({
         "capacity": capacity,
         "allocatable": allocatable,
-        "conditions": conditions(now, since),
+        "conditions": conditions(now, observed),
         "addresses": [
             {"type": "InternalIP", "address": info.internal_ip},
             {"type": "Hostname", "address": node_name},
@@ -208,10 +331,10 @@ pub async fn register(
     client: &Arc<dyn ApiClient>,
     node_name: &str,
     info: &HostInfo,
-    since: Timestamp,
+    observed: &NodeConditions,
 ) -> Result<Node, ApiError> {
     let nodes = ResourceKind::of::<Node>();
-    let status = node_status(info, node_name, now(), since);
+    let status = node_status(info, node_name, now(), observed);
     let object = json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -275,12 +398,13 @@ pub async fn renew_lease(client: &Arc<dyn ApiClient>, node: &Node) -> Result<(),
     Ok(())
 }
 
-/// Renews the lease every 10 s and the node's conditions every 40 s, until `shutdown`.
+/// Renews the lease every 10 s and the node's conditions every 40 s, and at once when the
+/// observed conditions change, until `shutdown`.
 pub async fn heartbeat(
     client: Arc<dyn ApiClient>,
     node: Node,
     info: HostInfo,
-    since: Timestamp,
+    mut observed: tokio::sync::watch::Receiver<NodeConditions>,
     shutdown: CancellationToken,
 ) {
     let name = node.metadata.name.clone().unwrap_or_default();
@@ -288,6 +412,7 @@ pub async fn heartbeat(
     let mut lease_tick = tokio::time::interval(LEASE_RENEW);
     let mut status_tick = tokio::time::interval(STATUS_REFRESH);
     status_tick.tick().await; // registration just wrote it
+    let mut watching = true;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -296,14 +421,20 @@ pub async fn heartbeat(
                     tracing::warn!(node = %name, "renewing lease: {e}");
                 }
             }
+            changed = observed.changed(), if watching => match changed {
+                Ok(()) => status_tick.reset_immediately(),
+                // The eviction manager stopped: keep the last conditions.
+                Err(_) => watching = false,
+            },
             _ = status_tick.tick() => {
-                let status = node_status(&info, &name, now(), since);
+                let current = *observed.borrow_and_update();
+                let status = node_status(&info, &name, now(), &current);
                 let result = client.patch(nodes, None, &name, Some("status"), PatchKind::Merge, json!({"status": status})).await;
                 if let Err(e) = result {
                     tracing::warn!(node = %name, "updating node status: {e}");
                     if e.is_not_found() {
                         // Deleted behind our back (kubectl delete node): register again.
-                        if let Err(e) = register(&client, &name, &info, since).await {
+                        if let Err(e) = register(&client, &name, &info, &current).await {
                             tracing::warn!(node = %name, "re-registering: {e}");
                         }
                     }
@@ -342,7 +473,7 @@ mod tests {
             system_uuid: String::new(),
         };
         let t = Timestamp::from_second(1_700_000_000).unwrap();
-        let s = node_status(&info, "box", t, t);
+        let s = node_status(&info, "box", t, &NodeConditions::healthy(t));
         assert_eq!(s["capacity"]["cpu"], "2");
         assert_eq!(s["capacity"]["memory"], "24567808Ki");
         assert_eq!(s["allocatable"]["memory"], "24465408Ki");

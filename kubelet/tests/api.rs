@@ -37,7 +37,7 @@ fn info() -> HostInfo {
 async fn node_registers_ready_and_re_registers_after_a_restart() {
     let (client, _dir) = registry().await;
     let since = generate::truncate(jiff::Timestamp::now());
-    let node = node::register(&client, "box", &info(), since).await.unwrap();
+    let node = node::register(&client, "box", &info(), &node::NodeConditions::healthy(since)).await.unwrap();
     let labels = node.metadata.labels.clone().unwrap();
     assert_eq!(labels["kubernetes.io/hostname"], "box");
     assert_eq!(labels["node-role.kubernetes.io/control-plane"], "true");
@@ -47,16 +47,51 @@ async fn node_registers_ready_and_re_registers_after_a_restart() {
     assert_eq!(status.node_info.unwrap().kubelet_version, "v1.33.0+skiff");
     assert_eq!(status.allocatable.unwrap()["pods"].0, "110");
 
-    let again = node::register(&client, "box", &info(), since).await.unwrap();
+    let mut disk = node::NodeConditions::healthy(since);
+    disk.observe(node::Pressure { disk: true, ..Default::default() }, since);
+    let again = node::register(&client, "box", &info(), &disk).await.unwrap();
+    let conditions = again.status.clone().unwrap().conditions.unwrap();
+    let pressure = conditions.iter().find(|c| c.type_ == "DiskPressure").unwrap();
+    assert_eq!((pressure.status.as_str(), pressure.reason.as_deref()), ("True", Some("KubeletHasDiskPressure")));
     assert_eq!(again.metadata.uid, node.metadata.uid, "the same Node is taken over");
     let nodes: Api<Node> = Api::all(client.clone());
     assert_eq!(nodes.list(&ListOptions::default()).await.unwrap().0.len(), 1);
 }
 
 #[tokio::test]
+async fn heartbeat_writes_changed_conditions_at_once() {
+    let (client, _dir) = registry().await;
+    let since = generate::truncate(jiff::Timestamp::now());
+    let healthy = node::NodeConditions::healthy(since);
+    let node = node::register(&client, "box", &info(), &healthy).await.unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(healthy);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let beat = tokio::spawn(node::heartbeat(client.clone(), node, info(), rx, shutdown.clone()));
+    let mut memory = healthy;
+    memory.observe(node::Pressure { memory: true, ..Default::default() }, since);
+    tx.send_replace(memory);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let conditions = nodes.get("box").await.unwrap().status.unwrap().conditions.unwrap();
+        let c = conditions.into_iter().find(|c| c.type_ == "MemoryPressure").unwrap();
+        if c.status == "True" {
+            assert_eq!(c.reason.as_deref(), Some("KubeletHasInsufficientMemory"));
+            assert_eq!(c.message.as_deref(), Some("kubelet has insufficient memory available"));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "MemoryPressure not written: {c:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    beat.await.unwrap();
+}
+
+#[tokio::test]
 async fn lease_is_created_in_kube_node_lease_and_renewed() {
     let (client, _dir) = registry().await;
-    let node = node::register(&client, "box", &info(), jiff::Timestamp::now()).await.unwrap();
+    let healthy = node::NodeConditions::healthy(jiff::Timestamp::now());
+    let node = node::register(&client, "box", &info(), &healthy).await.unwrap();
     node::renew_lease(&client, &node).await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let first = leases.get("box").await.unwrap();

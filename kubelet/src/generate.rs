@@ -135,25 +135,96 @@ pub fn will_restart(pod: &Pod, exit_code: i32) -> bool {
     }
 }
 
-/// The pod phase from its container states (Kubernetes `getPhase`, regular containers).
-pub fn phase(pod: &Pod, statuses: &[ContainerStatus]) -> &'static str {
+/// Whether an init container is a sidecar (KEP-753, `restartPolicy: Always`): it is started in
+/// init order but kept running beside the app containers, and restarted whenever it exits.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+fn running(cs: &ContainerStatus) -> bool {
+    cs.state.as_ref().is_some_and(|s| s.running.is_some())
+}
+
+fn terminated(cs: &ContainerStatus) -> Option<&ContainerStateTerminated> {
+    cs.state.as_ref().and_then(|s| s.terminated.as_ref())
+}
+
+fn last_terminated(cs: &ContainerStatus) -> Option<&ContainerStateTerminated> {
+    cs.last_state.as_ref().and_then(|s| s.terminated.as_ref())
+}
+
+/// Whether any app container has run (Kubernetes `HasAnyRegularContainerStarted`): the pod was
+/// initialized then, even if a sidecar restarts later.
+fn any_regular_started(statuses: &[ContainerStatus]) -> bool {
+    statuses.iter().any(|cs| running(cs) || terminated(cs).is_some())
+}
+
+/// Whether an init container lets the next one start: a sidecar once started, any other once
+/// completed successfully (Kubernetes `isInitContainerInitialized`).
+fn init_done(c: &Container, cs: &ContainerStatus) -> bool {
+    if is_sidecar(c) { cs.started == Some(true) } else { cs.ready }
+}
+
+/// The pod phase (Kubernetes `getPhase`). `init` and `statuses` are in spec order. A regular
+/// init container that has not completed holds the pod `Pending` (`Failed` once it failed under
+/// `restartPolicy: Never`); a sidecar counts like a running container while it runs, and not at
+/// all once it ended, so a pod whose sidecars were stopped ends by its app containers alone.
+/// `initialized` (an app container has run) keeps a restarting sidecar from making it Pending.
+pub fn phase(pod: &Pod, init: &[ContainerStatus], statuses: &[ContainerStatus], initialized: bool) -> &'static str {
+    let init_specs = pod.spec.as_ref().and_then(|s| s.init_containers.as_deref()).unwrap_or_default();
+    let (mut pending_init, mut pending_sidecars, mut failed_init) = (0, 0, 0);
+    let (mut waiting, mut running_, mut stopped, mut succeeded, mut unknown) = (0, 0, 0, 0, 0);
+    for (i, c) in init_specs.iter().enumerate() {
+        let Some(cs) = init.get(i) else {
+            if is_sidecar(c) {
+                pending_sidecars += 1;
+                unknown += 1;
+            } else {
+                pending_init += 1;
+            }
+            continue;
+        };
+        if is_sidecar(c) {
+            if running(cs) {
+                if cs.started != Some(true) {
+                    pending_sidecars += 1;
+                }
+                running_ += 1;
+            } else if terminated(cs).is_none() && last_terminated(cs).is_none() {
+                // Never started yet; an ended one does not count for the phase.
+                pending_sidecars += 1;
+                waiting += 1;
+            }
+        } else if running(cs) {
+            pending_init += 1;
+        } else if let Some(t) = terminated(cs) {
+            if t.exit_code != 0 {
+                failed_init += 1;
+            }
+        } else if let Some(t) = last_terminated(cs) {
+            if t.exit_code != 0 {
+                failed_init += 1;
+            }
+        } else {
+            pending_init += 1;
+        }
+    }
     let spec_count = pod.spec.as_ref().map_or(0, |s| s.containers.len());
-    let (mut waiting, mut running, mut stopped, mut succeeded, mut unknown) = (0, 0, 0, 0, 0);
     for i in 0..spec_count {
         let Some(cs) = statuses.get(i) else {
             unknown += 1;
             continue;
         };
         let state = cs.state.as_ref();
-        if state.and_then(|s| s.running.as_ref()).is_some() {
-            running += 1;
-        } else if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+        if running(cs) {
+            running_ += 1;
+        } else if let Some(t) = terminated(cs) {
             stopped += 1;
             if t.exit_code == 0 {
                 succeeded += 1;
             }
         } else if state.and_then(|s| s.waiting.as_ref()).is_some() {
-            if cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).is_some() {
+            if last_terminated(cs).is_some() {
                 // Restarting: it ran before.
                 stopped += 1;
             } else {
@@ -163,10 +234,14 @@ pub fn phase(pod: &Pod, statuses: &[ContainerStatus]) -> &'static str {
             unknown += 1;
         }
     }
+    if failed_init > 0 && restart_policy(pod) == "Never" {
+        return "Failed";
+    }
     match () {
+        _ if pending_init > 0 || (pending_sidecars > 0 && !initialized) => "Pending",
         _ if waiting > 0 => "Pending",
-        _ if running > 0 && unknown == 0 => "Running",
-        _ if running == 0 && stopped > 0 && unknown == 0 => {
+        _ if running_ > 0 && unknown == 0 => "Running",
+        _ if running_ == 0 && stopped > 0 && unknown == 0 => {
             // All stopped: decided by whether any of them will be started again.
             match restart_policy(pod) {
                 "Always" => "Running",
@@ -205,9 +280,11 @@ fn condition(
     }
 }
 
-/// One container's status. An init container is ready once it has completed successfully.
+/// One container's status. An init container is ready once it has completed successfully; a
+/// sidecar, as an app container, while it runs, has started and passes its readiness probe.
 fn container_status(c: &Container, st: Option<&ContainerRuntimeState>, init: bool) -> ContainerStatus {
     let st = st.cloned().unwrap_or_default();
+    let init = init && !is_sidecar(c);
     let (state, ready, started) = match &st.current {
         Current::Waiting { reason, message } => (
             ContainerState {
@@ -242,26 +319,6 @@ fn container_status(c: &Container, st: Option<&ContainerRuntimeState>, init: boo
         last_state: Some(st.last_terminated.as_ref().map(terminated_state).unwrap_or_default()),
         ..Default::default()
     }
-}
-
-/// The phase while init containers decide it: `Failed` when one failed and will not run again
-/// (`restartPolicy: Never`), `Pending` while any has not completed; `None` once all completed.
-fn init_phase(pod: &Pod, init: &[ContainerStatus]) -> Option<&'static str> {
-    let mut pending = false;
-    for cs in init {
-        let state = cs.state.as_ref();
-        let failed = match state.and_then(|s| s.terminated.as_ref()) {
-            Some(t) => t.exit_code != 0,
-            None => cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code != 0),
-        };
-        if failed && restart_policy(pod) == "Never" {
-            return Some("Failed");
-        }
-        if !state.and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code == 0) {
-            pending = true;
-        }
-    }
-    pending.then_some("Pending")
 }
 
 /// Whether an init container that ended with `exit_code` runs again: only after a failure,
@@ -307,26 +364,22 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
         init_specs.iter().map(|c| container_status(c, rt.containers.get(&c.name), true)).collect();
     let containers = init_specs.len() + spec_containers.len();
     limit_termination_messages(&mut init_statuses, containers);
-    let incomplete: Vec<&str> = init_statuses
-        .iter()
-        .filter(|s| !s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0))
-        .map(|s| s.name.as_str())
-        .collect();
-    let initialized = incomplete.is_empty();
-    let mut statuses: Vec<ContainerStatus> = spec_containers
-        .iter()
-        .map(|c| {
-            let mut status = container_status(c, rt.containers.get(&c.name), false);
-            // Not created yet because init containers still run: Kubernetes says PodInitializing.
-            if !initialized && status.container_id.is_none() {
-                status.state = Some(ContainerState {
-                    waiting: Some(ContainerStateWaiting { reason: Some("PodInitializing".into()), message: None }),
-                    ..Default::default()
-                });
-            }
-            status
-        })
-        .collect();
+    let mut statuses: Vec<ContainerStatus> =
+        spec_containers.iter().map(|c| container_status(c, rt.containers.get(&c.name), false)).collect();
+    let incomplete: Vec<&str> =
+        init_specs.iter().zip(&init_statuses).filter(|(c, s)| !init_done(c, s)).map(|(c, _)| c.name.as_str()).collect();
+    // Once an app container has run, a restarting sidecar does not un-initialize the pod.
+    let has_run = any_regular_started(&statuses);
+    let initialized = incomplete.is_empty() || has_run;
+    for status in &mut statuses {
+        // Not created yet because init containers still run: Kubernetes says PodInitializing.
+        if !initialized && status.container_id.is_none() {
+            status.state = Some(ContainerState {
+                waiting: Some(ContainerStateWaiting { reason: Some("PodInitializing".into()), message: None }),
+                ..Default::default()
+            });
+        }
+    }
     limit_termination_messages(&mut statuses, containers);
 
     let old_phase = old.phase.as_deref();
@@ -335,13 +388,13 @@ pub fn generate(pod: &Pod, rt: &PodRuntimeState, now: Timestamp) -> PodStatus {
         Some("Succeeded") => "Succeeded",
         Some("Failed") => "Failed",
         _ if rt.failure.is_some() => "Failed",
-        _ => match init_phase(pod, &init_statuses) {
-            Some(p) => p,
-            None => phase(pod, &statuses),
-        },
+        _ => phase(pod, &init_statuses, &statuses, has_run),
     };
 
-    let unready: Vec<&str> = statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    // Sidecars count for readiness as app containers do, and are named first, as Kubernetes does.
+    let sidecar_statuses = init_specs.iter().zip(&init_statuses).filter(|(c, _)| is_sidecar(c)).map(|(_, s)| s);
+    let unready: Vec<&str> =
+        sidecar_statuses.chain(statuses.iter()).filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
     let (ready, ready_reason, ready_message) = if phase == "Succeeded" {
         (false, Some("PodCompleted"), None)
     } else if unready.is_empty() {
@@ -638,6 +691,86 @@ mod tests {
         assert!(!will_restart_init(&pod_with_init("Always"), 0));
         assert!(will_restart_init(&pod_with_init("OnFailure"), 2));
         assert!(!will_restart_init(&pod_with_init("Never"), 2));
+    }
+
+    fn pod_with_sidecar(policy: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u"},
+            "spec": {"restartPolicy": policy,
+                     "initContainers": [{"name": "setup", "image": "busybox:1"},
+                                        {"name": "side", "image": "busybox:1", "restartPolicy": "Always"}],
+                     "containers": [{"name": "app", "image": "busybox:1"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_running_sidecar_counts_for_ready_like_an_app_container() {
+        let p = pod_with_sidecar("Always");
+        let status =
+            generate(&p, &state(true, vec![("setup", exited(0)), ("side", running()), ("app", running())]), ts(5));
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        let side = &status.init_container_statuses.as_ref().unwrap()[1];
+        assert_eq!((side.ready, side.started), (true, Some(true)));
+        assert!(side.state.as_ref().unwrap().running.is_some());
+        assert_eq!(cond(&status, "Initialized").status, "True");
+        assert_eq!(cond(&status, "Ready").status, "True");
+
+        let unready = ContainerRuntimeState { readiness: Some(false), ..running() };
+        let status =
+            generate(&p, &state(true, vec![("setup", exited(0)), ("side", unready), ("app", running())]), ts(5));
+        let side = &status.init_container_statuses.as_ref().unwrap()[1];
+        assert_eq!((side.ready, side.started), (false, Some(true)));
+        let ready = cond(&status, "ContainersReady");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.message.as_deref(), Some("containers with unready status: [side]"));
+    }
+
+    #[test]
+    fn a_sidecar_initializes_the_pod_once_started_not_once_exited() {
+        let p = pod_with_sidecar("Always");
+        let starting = ContainerRuntimeState { startup: Some(false), ..running() };
+        let status = generate(&p, &state(true, vec![("setup", exited(0)), ("side", starting)]), ts(5));
+        assert_eq!(status.phase.as_deref(), Some("Pending"));
+        let init = cond(&status, "Initialized");
+        assert_eq!(
+            (init.status.as_str(), init.message.as_deref()),
+            ("False", Some("containers with incomplete status: [side]"))
+        );
+        let app = &status.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(app.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("PodInitializing"));
+
+        let started = generate(&p, &state(true, vec![("setup", exited(0)), ("side", running())]), ts(5));
+        assert_eq!(cond(&started, "Initialized").status, "True");
+        assert_eq!(started.phase.as_deref(), Some("Pending"), "the app container is still being created");
+
+        // A sidecar restarting after the app container has run keeps the pod initialized and running.
+        let status = generate(
+            &p,
+            &state(true, vec![("setup", exited(0)), ("side", restarting(137)), ("app", running())]),
+            ts(5),
+        );
+        assert_eq!(cond(&status, "Initialized").status, "True");
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn a_never_pod_ends_by_its_app_containers_once_its_sidecar_is_stopped() {
+        let p = pod_with_sidecar("Never");
+        let running_side =
+            generate(&p, &state(true, vec![("setup", exited(0)), ("side", running()), ("app", exited(0))]), ts(5));
+        assert_eq!(running_side.phase.as_deref(), Some("Running"), "the sidecar still runs");
+        let cases = [(0, 143, "Succeeded"), (0, 0, "Succeeded"), (2, 143, "Failed")];
+        for (app, side, want) in cases {
+            let status = generate(
+                &p,
+                &state(false, vec![("setup", exited(0)), ("side", exited(side)), ("app", exited(app))]),
+                ts(5),
+            );
+            assert_eq!(status.phase.as_deref(), Some(want), "app {app} sidecar {side}");
+            assert_eq!(cond(&status, "Initialized").status, "True");
+        }
     }
 
     #[test]

@@ -97,6 +97,21 @@ pub fn validate_spec(spec: &Value, path: &str) -> Vec<Cause> {
                 causes.push(Cause::required(format!("{field}.image")));
             }
             causes.extend(validate_container(c, &field, &volumes));
+            // Only an init container may set its own restart policy, and only to make it a
+            // sidecar (KEP-753), as Kubernetes 1.33 validates it.
+            if let Some(policy) = c.get("restartPolicy").filter(|p| !p.is_null()) {
+                let policy = policy.as_str().unwrap_or_default();
+                if list == "initContainers" {
+                    if policy != "Always" {
+                        causes.push(Cause::not_supported(format!("{field}.restartPolicy"), policy, &["Always"]));
+                    }
+                } else {
+                    causes.push(Cause::forbidden(
+                        format!("{field}.restartPolicy"),
+                        "may not be set for non-init containers",
+                    ));
+                }
+            }
         }
     }
     causes
@@ -286,6 +301,24 @@ mod tests {
         assert_eq!(
             causes[0].message,
             "Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\""
+        );
+    }
+
+    #[test]
+    fn only_init_containers_may_restart_always_as_sidecars() {
+        let sidecar = pod(json!({"initContainers": [{"name": "side", "image": "x", "restartPolicy": "Always"}],
+                                 "containers": [{"name": "a", "image": "x"}]}));
+        assert!(validate(&sidecar).is_empty(), "{:?}", validate(&sidecar));
+        let p = pod(json!({"initContainers": [{"name": "side", "image": "x", "restartPolicy": "Never"}],
+                           "containers": [{"name": "a", "image": "x", "restartPolicy": "Always"}]}));
+        let causes = validate(&p);
+        let got: Vec<(&str, &str)> = causes.iter().map(|c| (c.field.as_str(), c.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("spec.initContainers[0].restartPolicy", "Unsupported value: \"Never\": supported values: \"Always\""),
+                ("spec.containers[0].restartPolicy", "Forbidden: may not be set for non-init containers"),
+            ]
         );
     }
 

@@ -95,6 +95,14 @@ fn terminated_from_status(t: &ContainerStateTerminated) -> Terminated {
     }
 }
 
+/// The spec of a container that runs beside the others, probed and restarted: an app container
+/// or a sidecar (an init container with `restartPolicy: Always`).
+pub(crate) fn long_running<'a>(pod: &'a Pod, name: &str) -> Option<&'a k8s_openapi::api::core::v1::Container> {
+    let spec = pod.spec.as_ref()?;
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| generate::is_sidecar(c));
+    spec.containers.iter().chain(sidecars).find(|c| c.name == name)
+}
+
 fn is_terminal(pod: &Pod) -> bool {
     matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
 }
@@ -201,14 +209,15 @@ impl PodWorker {
                     st.current = Current::Running { started_at: timestamp(started_at) };
                     k.logs.started(&log_path);
                     let started = status
-                        .container_statuses
+                        .init_container_statuses
                         .iter()
                         .flatten()
+                        .chain(status.container_statuses.iter().flatten())
                         .find(|cs| cs.name == info.name)
                         .and_then(|cs| cs.started)
                         .unwrap_or(false);
                     self.spawn_waiter(&info.name, &info.id, log_path);
-                    if let Some(c) = pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == info.name)) {
+                    if let Some(c) = long_running(pod, &info.name) {
                         let c = c.clone();
                         self.start_probes(pod, &c, &info.id, started).await;
                     }
@@ -391,9 +400,7 @@ impl PodWorker {
             }
             (ProbeKind::Startup, true) => {
                 self.rt.containers.entry(update.container.clone()).or_default().startup = Some(true);
-                if let Some(c) =
-                    pod.spec.as_ref().and_then(|s| s.containers.iter().find(|c| c.name == update.container))
-                {
+                if let Some(c) = long_running(&pod, &update.container) {
                     let c = c.clone();
                     let readiness = self.rt.containers.get(&c.name).and_then(|s| s.readiness);
                     self.start_probes(&pod, &c, &update.id, true).await;

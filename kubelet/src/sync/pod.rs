@@ -2,7 +2,10 @@
 //! sandbox; for each container in order: leave it running, restart it per `restartPolicy` (with
 //! back-off: the first restart at once, then 10 s doubling to 5 min, `CrashLoopBackOff` while
 //! waiting), or pull its image (with back-off, `ErrImagePull` → `ImagePullBackOff`), create and
-//! start it. Returns when the worker should look again if nothing else happens.
+//! start it. Init containers run one at a time; a sidecar (`restartPolicy: Always`, KEP-753)
+//! only has to have started before the next, keeps running and is restarted whenever it exits,
+//! and is stopped once the app containers of a Never/OnFailure pod have ended for good.
+//! Returns when the worker should look again if nothing else happens.
 
 use std::time::{Duration, Instant as StdInstant};
 
@@ -142,22 +145,74 @@ impl PodWorker {
             }
         }
         let sources = self.env_sources(pod).await;
-        // Init containers run one at a time, in order; each must complete before the next.
         let inits = pod.spec.as_ref().and_then(|s| s.init_containers.clone()).unwrap_or_default();
+        let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+        // Kubernetes `computePodActions`: once no app container runs or will run again, the
+        // sidecars are stopped (not restarted) and the pod ends by its app containers.
+        if self.apps_done(pod, &containers) {
+            return self.stop_sidecars(pod, &inits).await;
+        }
+        // After a restarting sidecar the app containers carry on: they have run already.
+        let has_run = containers.iter().any(|c| self.tracks.get(&c.name).is_some_and(|t| t.id.is_some()));
+        // Init containers run one at a time, in order; each must complete before the next, but a
+        // sidecar only has to have started (startup probe passed), and keeps running.
+        let mut wake = None;
         for c in &inits {
-            let wake = self.sync_container(pod, c, &sources, true).await;
-            let completed = matches!(
-                self.rt.containers.get(&c.name).map(|s| &s.current),
-                Some(Current::Terminated(t)) if t.exit_code == 0
-            );
-            if !completed {
+            wake = earliest(wake, self.sync_container(pod, c, &sources, true).await);
+            let current = self.rt.containers.get(&c.name);
+            let done = if generate::is_sidecar(c) {
+                has_run
+                    || current.is_some_and(|s| matches!(s.current, Current::Running { .. }) && s.startup != Some(false))
+            } else {
+                matches!(current.map(|s| &s.current), Some(Current::Terminated(t)) if t.exit_code == 0)
+            };
+            if !done {
                 return wake;
             }
         }
-        let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
-        let mut wake = None;
         for c in &containers {
             wake = earliest(wake, self.sync_container(pod, c, &sources, false).await);
+        }
+        wake
+    }
+
+    /// Whether every app container has ended for good (`restartPolicy` Never or OnFailure).
+    fn apps_done(&self, pod: &Pod, containers: &[Container]) -> bool {
+        !containers.is_empty()
+            && containers.iter().all(|c| {
+                matches!(self.rt.containers.get(&c.name).map(|s| &s.current),
+                    Some(Current::Terminated(t)) if !will_restart(pod, t.exit_code))
+            })
+    }
+
+    /// Stops the running sidecars, last one first, each within the pod's grace period, as
+    /// Kubernetes does once the app containers of a Job's pod have ended. Returns when to try
+    /// again if one could not be stopped.
+    async fn stop_sidecars(&mut self, pod: &Pod, inits: &[Container]) -> Option<Instant> {
+        let k = self.kubelet.clone();
+        let pod_ip = self.rt.pod_ip.clone().unwrap_or_default();
+        let grace = Duration::from_secs(pod_grace(pod));
+        let mut wake = None;
+        for c in inits.iter().rev() {
+            if !generate::is_sidecar(c) {
+                continue;
+            }
+            let running = matches!(self.rt.containers.get(&c.name).map(|s| &s.current), Some(Current::Running { .. }));
+            let Some(id) = self.tracks.get(&c.name).and_then(|t| t.id.clone()).filter(|_| running) else { continue };
+            if let Some(probes) = self.probes.remove(&c.name) {
+                probes.cancel();
+            }
+            match crate::lifecycle::kill_container(&k, pod, &c.name, &id, &pod_ip, None, grace).await {
+                Ok(status) => {
+                    let terminated = self.with_message(&c.name, terminated_from_exit(&status, &id));
+                    self.tracks.entry(c.name.clone()).or_default().exited_at = Some(Instant::now());
+                    self.rt.containers.entry(c.name.clone()).or_default().current = Current::Terminated(terminated);
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, "stopping sidecar: {e}");
+                    wake = Some(Instant::now() + CONFIG_RETRY);
+                }
+            }
         }
         wake
     }
@@ -170,7 +225,11 @@ impl PodWorker {
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
         let secrets: Api<Secret> = Api::namespaced(client, ns);
         let mut sources = EnvSources::default();
-        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        // Collected first: an iterator with closures held across the awaits below would make
+        // the future not `Send`.
+        let all: Vec<&Container> =
+            pod.spec.iter().flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter())).collect();
+        for c in all {
             let (cm_names, secret_names) = env::referenced_objects(c);
             for name in cm_names {
                 if let Ok(Some(cm)) = cms.get_opt(&name).await {
@@ -190,7 +249,17 @@ impl PodWorker {
         let k = self.kubelet.clone();
         let st = self.rt.containers.entry(c.name.clone()).or_default().clone();
         let track = self.tracks.entry(c.name.clone()).or_default();
-        let restarts = |code| if init { will_restart_init(pod, code) } else { will_restart(pod, code) };
+        // A sidecar is restarted whenever it exits, whatever the pod's policy.
+        let sidecar = init && generate::is_sidecar(c);
+        let restarts = |code| {
+            if sidecar {
+                true
+            } else if init {
+                will_restart_init(pod, code)
+            } else {
+                will_restart(pod, code)
+            }
+        };
         let changed = track.image.is_some() && track.image != c.image;
         if changed && matches!(st.current, Current::Running { .. }) {
             return match self.replace_changed(pod, c).await {
@@ -528,12 +597,7 @@ impl PodWorker {
                 return self.post_start_failed(pod, c, &id, &log_path, message).await;
             }
         }
-        let is_init = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.init_containers.as_ref())
-            .is_some_and(|i| i.iter().any(|i| i.name == c.name));
-        if !is_init {
+        if super::long_running(pod, &c.name).is_some() {
             self.start_probes(pod, c, &id, false).await;
         }
         let current = match k.runtime.container(&id).map(|i| i.state) {
@@ -598,8 +662,13 @@ impl PodWorker {
             .as_ref()
             .and_then(|s| s.init_containers.as_ref())
             .is_some_and(|i| i.iter().any(|i| i.name == c.name));
-        let restarts =
-            if init { will_restart_init(pod, terminated.exit_code) } else { will_restart(pod, terminated.exit_code) };
+        let restarts = if generate::is_sidecar(c) {
+            true
+        } else if init {
+            will_restart_init(pod, terminated.exit_code)
+        } else {
+            will_restart(pod, terminated.exit_code)
+        };
         let st = self.rt.containers.entry(c.name.clone()).or_default();
         if restarts {
             st.last_terminated = Some(terminated);

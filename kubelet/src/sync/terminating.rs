@@ -1,5 +1,5 @@
 //! `sync_terminating`: stop every container of the pod (SIGTERM, SIGKILL once the grace period
-//! has passed), then remove the containers, the sandbox and the pod's volumes. It works from the runtime's own
+//! has passed; app containers before sidecars), then remove the containers, the sandbox and the pod's volumes. It works from the runtime's own
 //! list of the pod's containers, so nothing a cancelled sync created is left behind.
 
 use std::time::Duration;
@@ -26,15 +26,47 @@ impl PodWorker {
             .filter(|c| matches!(c.state, ContainerState::Running { .. } | ContainerState::Created))
             .collect();
         let pod_ip = self.rt.pod_ip.clone().unwrap_or_default();
-        // Each in parallel, preStop hook first (lifecycle::kill_container), as Kubernetes does.
-        let stops = running.iter().map(|c| {
+        // KEP-753 termination order: the app containers first, each in parallel (preStop hook
+        // first, lifecycle::kill_container), then the sidecars one by one, last one first, so
+        // they serve the app containers to the end; all within one grace period.
+        let sidecars: Vec<String> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .filter(|c| crate::generate::is_sidecar(c))
+            .map(|c| c.name.clone())
+            .rev()
+            .collect();
+        let mut apps = Vec::new();
+        let mut sidecar_runs = Vec::new();
+        for c in running {
+            match sidecars.iter().position(|n| *n == c.name) {
+                Some(order) => sidecar_runs.push((order, c)),
+                None => apps.push(c),
+            }
+        }
+        sidecar_runs.sort_by_key(|(order, _)| *order);
+        let deadline = std::time::Instant::now() + grace;
+        let stops = apps.iter().map(|c| {
             let (k, pod_ip) = (k.clone(), pod_ip.as_str());
             async move {
                 let result = crate::lifecycle::kill_container(&k, pod, &c.name, &c.id, pod_ip, None, grace).await;
                 (c.name.clone(), c.id.clone(), result)
             }
         });
-        for (name, id, result) in futures::future::join_all(stops).await {
+        let mut results = futures::future::join_all(stops).await;
+        for (_, c) in sidecar_runs {
+            // What is left of the grace period, but never less than Kubernetes' minimum unless
+            // the pod is killed at once.
+            let left = if grace.is_zero() {
+                Duration::ZERO
+            } else {
+                deadline.saturating_duration_since(std::time::Instant::now()).max(crate::lifecycle::MINIMUM_GRACE)
+            };
+            let result = crate::lifecycle::kill_container(&k, pod, &c.name, &c.id, &pod_ip, None, left).await;
+            results.push((c.name.clone(), c.id.clone(), result));
+        }
+        for (name, id, result) in results {
             match result {
                 Ok(status) => {
                     let current = self.tracks.get(&name).and_then(|t| t.id.as_deref()) == Some(id.as_str());

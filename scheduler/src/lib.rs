@@ -42,15 +42,19 @@ pub async fn run(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
     let scheduler = Arc::new(Scheduler::new(client, pending, assigned, nodes));
     let queue = scheduler.queue.clone();
 
-    let worker = {
-        let scheduler = scheduler.clone();
-        tokio::spawn(async move {
-            while let Some(key) = scheduler.queue.next().await {
-                scheduler.handle(&key).await;
-                scheduler.queue.done(&key);
-            }
+    // Decisions are taken one at a time (under `deciding`); the bindings they lead to are
+    // written by several workers at once, so a burst of pods shares the store's commits.
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let scheduler = scheduler.clone();
+            tokio::spawn(async move {
+                while let Some(key) = scheduler.queue.next().await {
+                    scheduler.handle(&key).await;
+                    scheduler.queue.done(&key);
+                }
+            })
         })
-    };
+        .collect();
 
     loop {
         tokio::select! {
@@ -76,8 +80,13 @@ pub async fn run(client: Arc<dyn ApiClient>, shutdown: CancellationToken) {
         }
     }
     queue.shut_down();
-    let _ = worker.await;
+    for worker in workers {
+        let _ = worker.await;
+    }
 }
+
+/// How many pods are bound at the same time.
+const WORKERS: usize = 4;
 
 /// The scheduler's state: the informers' stores, the pods assumed bound, the queue.
 pub struct Scheduler {
@@ -85,9 +94,12 @@ pub struct Scheduler {
     pending: Store<Pod>,
     assigned: Store<Pod>,
     nodes: Store<Node>,
-    /// Pods bound by us and not yet seen in `assigned`, by UID.
+    /// Pods bound (or being bound) by us and not yet seen in `assigned`, by UID.
     assumed: Mutex<HashMap<String, Arc<Pod>>>,
-    recorder: Recorder,
+    /// Held from reading the stores to assuming the chosen node, so that two decisions never
+    /// count the same free resources.
+    deciding: tokio::sync::Mutex<()>,
+    recorder: Arc<Recorder>,
     pub queue: WorkQueue<ObjectKey>,
 }
 
@@ -98,20 +110,21 @@ fn pods_res() -> &'static ResourceKind {
 impl Scheduler {
     pub fn new(client: Arc<dyn ApiClient>, pending: Store<Pod>, assigned: Store<Pod>, nodes: Store<Node>) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-        let recorder = Recorder::new(
+        let recorder = Arc::new(Recorder::new(
             client.clone(),
             EventSource {
                 component: SCHEDULER_NAME.to_string(),
                 host: None,
                 reporting_instance: format!("{SCHEDULER_NAME}-{host}"),
             },
-        );
+        ));
         Self {
             client,
             pending,
             assigned,
             nodes,
             assumed: Mutex::new(HashMap::new()),
+            deciding: tokio::sync::Mutex::new(()),
             recorder,
             queue: WorkQueue::with_backoff(Duration::from_millis(100), Duration::from_secs(30)),
         }
@@ -146,6 +159,7 @@ impl Scheduler {
     /// One attempt to schedule the pod `key`. `None` when there was nothing to do (gone,
     /// already bound, another scheduler's, being deleted).
     pub async fn schedule_one(&self, key: &ObjectKey) -> Result<Option<Decision>, ApiError> {
+        let deciding = self.deciding.lock().await;
         let Some(pod) = self.pending.get(key) else { return Ok(None) };
         let spec = pod.spec.as_ref();
         let scheduler_name = spec.and_then(|s| s.scheduler_name.as_deref()).unwrap_or(SCHEDULER_NAME);
@@ -171,10 +185,31 @@ impl Scheduler {
         let bound_refs: Vec<&Pod> = bound.iter().map(|p| p.as_ref()).collect();
         let decision = fit::schedule(&pod, &node_refs, &bound_refs);
         match &decision {
-            Decision::Bind(node) => self.bind(&pod, node).await?,
-            Decision::Unschedulable(message) => self.unschedulable(&pod, message).await?,
+            Decision::Bind(node) => {
+                self.assume(&pod, node);
+                drop(deciding);
+                if let Err(e) = self.bind(&pod, node).await {
+                    self.forget_assumed(&pod);
+                    return Err(e);
+                }
+            }
+            Decision::Unschedulable(message) => {
+                drop(deciding);
+                self.unschedulable(&pod, message).await?
+            }
         }
         Ok(Some(decision))
+    }
+
+    /// Counts `pod` on `node` from now on, before its binding is written.
+    fn assume(&self, pod: &Pod, node: &str) {
+        let mut assumed = pod.clone();
+        if let Some(spec) = assumed.spec.as_mut() {
+            spec.node_name = Some(node.to_string());
+        }
+        if let Some(uid) = &pod.metadata.uid {
+            self.assumed.lock().unwrap_or_else(|e| e.into_inner()).insert(uid.clone(), Arc::new(assumed));
+        }
     }
 
     async fn bind(&self, pod: &Pod, node: &str) -> Result<(), ApiError> {
@@ -194,24 +229,16 @@ impl Scheduler {
             // Deleted meanwhile, or bound by someone else: nothing left to do for this pod.
             Err(e) if e.is_not_found() || e.code == 409 => {
                 tracing::debug!(pod = %format!("{namespace}/{name}"), "binding skipped: {e}");
+                self.forget_assumed(pod);
                 return Ok(());
             }
             Err(e) => return Err(e),
         }
-        let mut assumed = pod.clone();
-        if let Some(spec) = assumed.spec.as_mut() {
-            spec.node_name = Some(node.to_string());
-        }
-        if let Some(uid) = &pod.metadata.uid {
-            self.assumed.lock().unwrap_or_else(|e| e.into_inner()).insert(uid.clone(), Arc::new(assumed));
-        }
-        self.recorder
-            .normal(
-                &ObjectReference::of(pod),
-                "Scheduled",
-                &format!("Successfully assigned {namespace}/{name} to {node}"),
-            )
-            .await;
+        // Events are written in the background, as Kubernetes' event broadcaster does: the next
+        // binding does not wait for this one's event.
+        let (recorder, object) = (self.recorder.clone(), ObjectReference::of(pod));
+        let message = format!("Successfully assigned {namespace}/{name} to {node}");
+        tokio::spawn(async move { recorder.normal(&object, "Scheduled", &message).await });
         Ok(())
     }
 

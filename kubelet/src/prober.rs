@@ -176,8 +176,9 @@ pub fn http_url(http: &HTTPGetAction, ip: &str, ports: &[ContainerPort]) -> Resu
     Ok(format!("{scheme}://{host}:{port}{path}"))
 }
 
-/// One `GET` of an `httpGet` action (probe or lifecycle hook) over HTTP/1.1; returns the status
-/// code. `Err` carries the message Go's HTTP client would give.
+/// One `GET` of an `httpGet` action (probe or lifecycle hook) over HTTP/1.1, or over TLS for
+/// `scheme: HTTPS` (without verifying the certificate, as the kubelet's prober); returns the
+/// status code. `Err` carries the message Go's HTTP client would give.
 pub async fn http_get(
     http: &HTTPGetAction,
     ip: &str,
@@ -188,10 +189,7 @@ pub async fn http_get(
     let port = resolve_port(&http.port, ports)?;
     let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
     let url = http_url(http, ip, ports)?;
-    if http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
-        return Err(format!("Get \"{url}\": HTTPS is not supported yet"));
-    }
-    let mut stream = tokio::net::TcpStream::connect(format!("{host}:{port}"))
+    let stream = tokio::net::TcpStream::connect(format!("{host}:{port}"))
         .await
         .map_err(|e| format!("Get \"{url}\": dial tcp {host}:{port}: connect: {}", connect_error(&e)))?;
     let mut request = format!(
@@ -201,6 +199,24 @@ pub async fn http_get(
         request.push_str(&format!("{}: {}\r\n", h.name, h.value));
     }
     request.push_str("\r\n");
+    if http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("Get \"{url}\": invalid host {host:?}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(insecure_tls_config())
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("Get \"{url}\": {e}"))?;
+        exchange(tls, &request, &url).await
+    } else {
+        exchange(stream, &request, &url).await
+    }
+}
+
+/// Sends `request` and reads the status line of the answer.
+async fn exchange<S>(mut stream: S, request: &str, url: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -212,6 +228,62 @@ pub async fn http_get(
         head.extend_from_slice(&buf[..n]);
     }
     status_code(&String::from_utf8_lossy(&head)).ok_or_else(|| format!("Get \"{url}\": malformed HTTP response"))
+}
+
+/// A TLS client that accepts any server certificate (the kubelet's probes and hooks set
+/// InsecureSkipVerify): the handshake's signatures are still checked.
+fn insecure_tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default TLS versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            Arc::new(config)
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 fn connect_error(e: &std::io::Error) -> String {
@@ -344,6 +416,43 @@ mod tests {
         let p = probe(json!({"httpGet": {"path": "/healthz", "port": port}}));
         assert_eq!(probe_once(&p, "127.0.0.1", &[]).await, Ok(()));
         assert_eq!(probe_once(&p, "127.0.0.1", &[]).await, Err("HTTP probe failed with statuscode: 500".into()));
+    }
+
+    #[tokio::test]
+    async fn https_probes_do_not_verify_the_certificate_like_the_kubelets() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let mut buf = [0u8; 1024];
+                    let n = tls.read(&mut buf).await.unwrap_or(0);
+                    let up = String::from_utf8_lossy(&buf[..n]).starts_with("GET /up ");
+                    let status = if up { "204 No Content" } else { "503 Service Unavailable" };
+                    let _ = tls.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        let p = probe(json!({"httpGet": {"scheme": "HTTPS", "path": "/up", "port": port}}));
+        assert_eq!(probe_once(&p, "127.0.0.1", &[]).await, Ok(()), "a self-signed certificate is accepted");
+        let p = probe(json!({"httpGet": {"scheme": "HTTPS", "path": "/down", "port": port}}));
+        assert_eq!(probe_once(&p, "127.0.0.1", &[]).await, Err("HTTP probe failed with statuscode: 503".into()));
+        // Plain HTTP to a TLS port is an error of the exchange, not a hang.
+        let p = probe(json!({"httpGet": {"path": "/up", "port": port}, "timeoutSeconds": 2}));
+        assert!(probe_once(&p, "127.0.0.1", &[]).await.is_err());
     }
 
     #[tokio::test]

@@ -113,6 +113,29 @@ async fn two_pods_on_the_bridge_reach_each_other_and_the_node() {
 }
 
 /// Runs `f` on a thread of its own inside the network namespace pinned at `netns`.
+#[tokio::test]
+async fn a_veth_pair_left_half_made_by_a_crash_is_made_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = format!("skhalf{}", std::process::id() % 100_000);
+    let cidr = Ipv4Cidr::parse(&format!("10.245.{}.0/24", std::process::id() % 250)).unwrap();
+    let _guard = BridgeGuard(bridge.clone());
+    let net =
+        PodNetwork::new(NetworkConfig { bridge: bridge.clone(), cidr, state_dir: dir.path().join("network") }).unwrap();
+    let pod = Netns::new(dir.path().join("pod"));
+    // What a server killed right after creating the pair leaves: both ends in the host.
+    let host = host_veth_name("sandbox-half");
+    let peer = format!("{}p", &host[..14]);
+    ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]);
+    let attached = net.attach("sandbox-half", &pod.path).await;
+    let leftover = link_exists(&peer);
+    let eth0 = pod.busybox(&["ip", "-4", "addr", "show", "eth0"]);
+    net.detach("sandbox-half").await.unwrap();
+    let ip_a = attached.unwrap();
+    assert!(!leftover, "the peer moved into the pod");
+    assert!(String::from_utf8_lossy(&eth0.stdout).contains(&format!("{ip_a}/24")), "{eth0:?}");
+    assert!(!link_exists(&host) && !link_exists(&peer), "detach removes the pair");
+}
+
 fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
     let ns = std::fs::File::open(netns).unwrap();
     let thread = std::thread::spawn(move || {

@@ -117,6 +117,11 @@ pub fn host_veth_name(sandbox: &str) -> String {
     format!("veth{}", &hex::encode(digest)[..11])
 }
 
+/// The pod-side end of a sandbox's veth pair until it is renamed `eth0` in the pod.
+fn peer_name(host: &str) -> String {
+    format!("{}p", &host[..14])
+}
+
 impl PodNetwork {
     pub fn new(config: NetworkConfig) -> Result<Self> {
         let ipam = Ipam::new(config.cidr, &config.state_dir)?;
@@ -198,8 +203,13 @@ impl PodNetwork {
         let ip = self.ipam.allocate(sandbox)?;
         let handle = connect()?;
         let host = host_veth_name(sandbox);
-        if link_index(&handle, &host).await?.is_some() {
-            return Ok(ip);
+        if let Some(index) = link_index(&handle, &host).await? {
+            // Whole once its peer has left for the pod's namespace. A pair whose peer is still
+            // here was made just before the server died (kill -9 mid-attach): made again.
+            if link_index(&handle, &peer_name(&host)).await?.is_none() {
+                return Ok(ip);
+            }
+            handle.link().del(index).execute().await.map_err(net_err(format!("deleting half-made veth {host}")))?;
         }
         let result = self.plumb(&handle, &host, netns, ip).await;
         if result.is_err() {
@@ -213,7 +223,7 @@ impl PodNetwork {
     }
 
     async fn plumb(&self, handle: &Handle, host: &str, netns: &Path, ip: Ipv4Addr) -> Result<()> {
-        let peer = format!("{}p", &host[..14]);
+        let peer = peer_name(host);
         handle
             .link()
             .add(LinkVeth::new(host, &peer).build())

@@ -18,15 +18,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `kubectl apply -f - <args>` that must succeed: its stdout.
-fn apply(server: &TestServer, args: &[&str], manifest: &str) -> String {
-    let mut all = vec!["apply", "-f", "-"];
-    all.extend(args);
-    let out = server.kubectl_stdin(&all, manifest);
-    assert!(out.status.success(), "kubectl {} failed: {}{}", all.join(" "), stdout(&out), stderr(&out));
-    stdout(&out)
-}
-
 /// `kubectl apply -f - <args>` that must fail: its exit code and stderr.
 fn apply_fails(server: &TestServer, args: &[&str], manifest: &str) -> (Option<i32>, String) {
     let mut all = vec!["apply", "-f", "-"];
@@ -53,7 +44,7 @@ fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
     let server = TestServer::start();
 
     // Client-side apply creates as `kubectl-client-side-apply` (an Update), defaults included.
-    assert_eq!(apply(&server, &[], &unschedulable_deployment("web", 2)).trim(), "deployment.apps/web created");
+    assert_eq!(server.apply_with(&[], &unschedulable_deployment("web", 2)).trim(), "deployment.apps/web created");
     let live = get(&server, "deployment", "web");
     let csa = entry(&live, "kubectl-client-side-apply", "Update").unwrap_or_else(|| panic!("no CSA entry: {live}"));
     assert_eq!(csa["apiVersion"], "apps/v1");
@@ -81,11 +72,8 @@ fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
     assert_eq!(get(&server, "deployment", "web")["spec"]["replicas"], 2);
 
     // --force-conflicts takes replicas over.
-    let out = apply(
-        &server,
-        &["--server-side", "--field-manager=ci", "--force-conflicts"],
-        &unschedulable_deployment("web", 3),
-    );
+    let out = server
+        .apply_with(&["--server-side", "--field-manager=ci", "--force-conflicts"], &unschedulable_deployment("web", 3));
     assert_eq!(out.trim(), "deployment.apps/web serverside-applied");
     let live = get(&server, "deployment", "web");
     assert_eq!(live["spec"]["replicas"], 3);
@@ -122,9 +110,9 @@ fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
     // The upgrade from client-side apply: the default manager `kubectl` takes over what is
     // still as the last client-side apply left it, without a conflict.
     let config = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: a\n";
-    assert_eq!(apply(&server, &[], config).trim(), "configmap/settings created");
+    assert_eq!(server.apply_with(&[], config).trim(), "configmap/settings created");
     let changed = config.replace("mode: a", "mode: b");
-    assert_eq!(apply(&server, &["--server-side"], &changed).trim(), "configmap/settings serverside-applied");
+    assert_eq!(server.apply_with(&["--server-side"], &changed).trim(), "configmap/settings serverside-applied");
     let live = get(&server, "configmap", "settings");
     assert_eq!(live["data"]["mode"], "b", "{live}");
     assert_eq!(entry(&live, "kubectl", "Apply").unwrap()["fieldsV1"], serde_json::json!({"f:data": {"f:mode": {}}}));
@@ -152,7 +140,7 @@ fn every_write_records_its_manager_and_server_side_apply_conflicts_with_it() {
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: front\nspec:\n  selector: {{app: web}}\n  ports:\n  - port: 80\n    targetPort: {target}\n"
         )
     };
-    apply(&server, &["--server-side", "--field-manager=a"], &service(8080));
+    server.apply_with(&["--server-side", "--field-manager=a"], &service(8080));
     let (_, err) = apply_fails(&server, &["--server-side", "--field-manager=b"], &service(9090));
     assert!(
         err.starts_with(
@@ -184,7 +172,7 @@ fn server_dry_runs_check_and_answer_but_change_nothing() {
     assert!(not_found("configmap", "probe"));
 
     assert_eq!(
-        apply(&server, &["--dry-run=server"], &unschedulable_deployment("web", 2)).trim(),
+        server.apply_with(&["--dry-run=server"], &unschedulable_deployment("web", 2)).trim(),
         "deployment.apps/web created (server dry run)"
     );
     assert!(not_found("deployment", "web"));
@@ -196,22 +184,22 @@ fn server_dry_runs_check_and_answer_but_change_nothing() {
     );
     assert!(err.contains("spec.replicas: Invalid value: -1"), "{err}");
 
-    apply(&server, &[], &unschedulable_deployment("web", 2));
+    server.apply_with(&[], &unschedulable_deployment("web", 2));
     // The Deployment's controller writes its status meanwhile: its generation tells whether the
     // spec was written.
     let generation = |server: &TestServer| get(server, "deployment", "web")["metadata"]["generation"].clone();
     let before = generation(&server);
     assert_eq!(
-        apply(&server, &["--dry-run=server"], &unschedulable_deployment("web", 5)).trim(),
+        server.apply_with(&["--dry-run=server"], &unschedulable_deployment("web", 5)).trim(),
         "deployment.apps/web configured (server dry run)"
     );
     assert_eq!(
-        apply(
-            &server,
-            &["--server-side", "--force-conflicts", "--dry-run=server"],
-            &unschedulable_deployment("web", 6)
-        )
-        .trim(),
+        server
+            .apply_with(
+                &["--server-side", "--force-conflicts", "--dry-run=server"],
+                &unschedulable_deployment("web", 6)
+            )
+            .trim(),
         "deployment.apps/web serverside-applied (server dry run)"
     );
     // kubectl diff is a dry-run patch: it shows the change and exits 1, changing nothing.
@@ -234,13 +222,13 @@ fn server_dry_runs_check_and_answer_but_change_nothing() {
     // Nothing writes a ConfigMap behind the test's back: its resourceVersion stays.
     let config =
         |mode: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  mode: {mode}\n");
-    apply(&server, &[], &config("a"));
+    server.apply_with(&[], &config("a"));
     let before = rv("configmap", "settings");
     assert_eq!(
-        apply(&server, &["--dry-run=server"], &config("b")).trim(),
+        server.apply_with(&["--dry-run=server"], &config("b")).trim(),
         "configmap/settings configured (server dry run)"
     );
-    let out = apply(&server, &["--server-side", "--force-conflicts", "--dry-run=server"], &config("c"));
+    let out = server.apply_with(&["--server-side", "--force-conflicts", "--dry-run=server"], &config("c"));
     assert_eq!(out.trim(), "configmap/settings serverside-applied (server dry run)");
     let out = server.kubectl_ok(&["delete", "configmap", "settings", "--dry-run=server"]);
     assert_eq!(out.trim(), "configmap \"settings\" deleted (server dry run)");
@@ -261,7 +249,7 @@ fn chunked_lists_return_everything_as_one_snapshot() {
             "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p{i}\nspec:\n  nodeSelector: {{skiff.test/none: \"true\"}}\n  containers:\n  - name: app\n    image: example.invalid/app:1\n"
         ));
     }
-    apply(&server, &[], &manifest);
+    server.apply_with(&[], &manifest);
 
     let names = server.kubectl_ok(&["get", "pods", "--chunk-size=2", "-o", "name"]);
     assert_eq!(names.lines().collect::<Vec<_>>(), ["pod/p0", "pod/p1", "pod/p2", "pod/p3", "pod/p4"]);

@@ -27,14 +27,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn apply(server: &TestServer, args: &[&str], manifest: &str) -> String {
-    let mut all = vec!["apply", "-f", "-"];
-    all.extend(args);
-    let out = server.kubectl_stdin(&all, manifest);
-    assert!(out.status.success(), "kubectl {} failed: {}{}", all.join(" "), stdout(&out), stderr(&out));
-    stdout(&out)
-}
-
 /// kubectl that must fail: its stderr.
 fn kubectl_err(server: &TestServer, args: &[&str]) -> String {
     let out = server.kubectl(args);
@@ -70,10 +62,10 @@ data:
   a: "1"
   c: "3"
 "#;
-    assert_eq!(apply(&server, &[], first).trim(), "configmap/demo created");
+    assert_eq!(server.apply_with(&[], first).trim(), "configmap/demo created");
     // A field set live by someone else is not the manifest's: the three-way diff keeps it.
     server.kubectl_ok(&["annotate", "configmap", "demo", "owner=someone-else"]);
-    assert_eq!(apply(&server, &[], second).trim(), "configmap/demo configured");
+    assert_eq!(server.apply_with(&[], second).trim(), "configmap/demo configured");
     let live = json(&server, &["get", "configmap", "demo"]);
     assert_eq!(live["data"], serde_json::json!({"a": "1", "c": "3"}), "b was dropped from the manifest: {live}");
     assert_eq!(live["metadata"]["labels"], serde_json::json!({"app": "demo"}), "tier was dropped: {live}");
@@ -84,14 +76,14 @@ data:
             .is_some_and(|a| a.contains("\"c\":\"3\"")),
         "{live}"
     );
-    assert_eq!(apply(&server, &[], second).trim(), "configmap/demo unchanged");
+    assert_eq!(server.apply_with(&[], second).trim(), "configmap/demo unchanged");
 
     // Server-side apply: the first manager creates and owns data.owner and data.extra.
     let ssa = |owner: &str, extra: bool| {
         let extra = if extra { "\n  extra: \"x\"" } else { "" };
         format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  owner: {owner}{extra}\n")
     };
-    assert_eq!(apply(&server, &["--server-side"], &ssa("first", true)).trim(), "configmap/ssa serverside-applied");
+    assert_eq!(server.apply_with(&["--server-side"], &ssa("first", true)).trim(), "configmap/ssa serverside-applied");
     let live = json(&server, &["get", "configmap", "ssa"]);
     let managers: Vec<&str> =
         live["metadata"]["managedFields"].as_array().unwrap().iter().filter_map(|m| m["manager"].as_str()).collect();
@@ -113,10 +105,11 @@ data:
 
     // Applying the same value is co-ownership, not a conflict.
     let same = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  extra: \"x\"\n";
-    apply(&server, &["--server-side", "--field-manager=third"], same);
+    server.apply_with(&["--server-side", "--field-manager=third"], same);
 
     // --force-conflicts takes the field over.
-    let out = apply(&server, &["--server-side", "--field-manager=second", "--force-conflicts"], &ssa("second", false));
+    let out =
+        server.apply_with(&["--server-side", "--field-manager=second", "--force-conflicts"], &ssa("second", false));
     assert_eq!(out.trim(), "configmap/ssa serverside-applied");
     let live = json(&server, &["get", "configmap", "ssa"]);
     assert_eq!(live["data"]["owner"], "second");
@@ -133,10 +126,9 @@ data:
 
     // The first manager stops applying `extra`, but `third` still owns it: it stays. Once
     // `third` lets go too, it goes.
-    apply(&server, &["--server-side"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n");
+    server.apply_with(&["--server-side"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n");
     assert_eq!(json(&server, &["get", "configmap", "ssa"])["data"]["extra"], "x");
-    apply(
-        &server,
+    server.apply_with(
         &["--server-side", "--field-manager=third"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n",
     );
@@ -480,7 +472,7 @@ fn delete_cascades_in_the_background_the_foreground_or_orphans_and_waits() {
         (sets, pods)
     };
     for app in ["bg", "fg", "or"] {
-        apply(&server, &[], &unschedulable_deployment(app, 2));
+        server.apply_with(&[], &unschedulable_deployment(app, 2));
     }
     for app in ["bg", "fg", "or"] {
         server.wait_for(&format!("deployment {app}'s ReplicaSet and 2 pods"), TIMEOUT, || {
@@ -501,7 +493,7 @@ fn delete_cascades_in_the_background_the_foreground_or_orphans_and_waits() {
 
     // Foreground, held: a blocking dependent with a finalizer of its own keeps the owner, marked
     // for deletion under `foregroundDeletion`, until the dependent goes.
-    apply(&server, &[], &unschedulable_deployment("held", 0));
+    server.apply_with(&[], &unschedulable_deployment("held", 0));
     let held = json(&server, &["get", "deployment", "held"]);
     let uid = held["metadata"]["uid"].as_str().unwrap().to_string();
     let blocker = format!(
@@ -514,7 +506,7 @@ metadata:
   - {{apiVersion: apps/v1, kind: Deployment, name: held, uid: {uid}, blockOwnerDeletion: true}}
 "#
     );
-    apply(&server, &[], &blocker);
+    server.apply_with(&[], &blocker);
     server.kubectl_ok(&["delete", "deployment", "held", "--cascade=foreground", "--wait=false"]);
     let marked = json(&server, &["get", "deployment", "held"]);
     assert!(marked["metadata"]["deletionTimestamp"].is_string(), "{marked}");

@@ -304,10 +304,18 @@ impl TestServer {
 
     /// `kubectl apply -f -` of `manifest`, which must succeed: kubectl's stdout.
     pub fn apply(&self, manifest: &str) -> String {
-        let out = self.kubectl_stdin(&["apply", "-f", "-"], manifest);
+        self.apply_with(&[], manifest)
+    }
+
+    /// `kubectl apply -f - <args>` that must succeed: its stdout.
+    pub fn apply_with(&self, args: &[&str], manifest: &str) -> String {
+        let mut all = vec!["apply", "-f", "-"];
+        all.extend(args);
+        let out = self.kubectl_stdin(&all, manifest);
         assert!(
             out.status.success(),
-            "kubectl apply failed ({}): {}{}\nserver log tail:\n{}",
+            "kubectl {} failed ({}): {}{}\nserver log tail:\n{}",
+            all.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),

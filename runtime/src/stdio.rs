@@ -348,12 +348,19 @@ pub(crate) fn pump(
     exec_error
 }
 
-fn listen(dir: &ContainerDir) -> std::io::Result<std::os::unix::net::UnixListener> {
+/// The attach socket's path through a handle on the container's directory (socket paths are
+/// limited to 108 bytes; the directory's own path may be longer). Valid while the handle lives.
+fn socket_path(dir: &ContainerDir) -> std::io::Result<(std::fs::File, String)> {
     let handle = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open(dir.path())?;
     let path = format!("/proc/self/fd/{}/{ATTACH_SOCKET}", handle.as_raw_fd());
+    Ok((handle, path))
+}
+
+fn listen(dir: &ContainerDir) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let (_handle, path) = socket_path(dir)?;
     let _ = std::fs::remove_file(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path)?;
     listener.set_nonblocking(true)?;
@@ -499,12 +506,7 @@ impl AttachInput {
 
 pub(crate) async fn connect(dir: &ContainerDir) -> Result<(AttachOutput, AttachInput)> {
     let ctx = |e: std::io::Error| Error::Io { context: format!("attaching to {}", dir.path().display()), source: e };
-    let handle = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir.path())
-        .map_err(ctx)?;
-    let path = format!("/proc/self/fd/{}/{ATTACH_SOCKET}", handle.as_raw_fd());
+    let (handle, path) = socket_path(dir).map_err(ctx)?;
     let stream = tokio::net::UnixStream::connect(&path).await.map_err(ctx)?;
     drop(handle);
     let (r, w) = stream.into_split();

@@ -77,7 +77,7 @@ pub async fn exec(runtime: &Runtime, uid: &str, opts: &ExecOptions, mut io: Exec
     loop {
         tokio::select! {
             _ = &mut output => break,
-            size = next_size(&mut resize) => match size {
+            size = next(&mut resize) => match size {
                 Some(size) if size.width > 0 && size.height > 0 => {
                     let _ = process.resize(TerminalSize { width: size.width, height: size.height });
                 }
@@ -126,7 +126,7 @@ pub async fn attach(runtime: &Runtime, uid: &str, opts: &ExecOptions, io: ExecIo
                 }
                 Ok(None) | Err(_) => break,
             },
-            chunk = next_input(&mut stdin) => match chunk {
+            chunk = next(&mut stdin) => match chunk {
                 Some(data) => {
                     if input.stdin(&data).await.is_err() {
                         break;
@@ -137,7 +137,7 @@ pub async fn attach(runtime: &Runtime, uid: &str, opts: &ExecOptions, io: ExecIo
                     let _ = input.end_stdin().await;
                 }
             },
-            size = next_size(&mut resize) => match size {
+            size = next(&mut resize) => match size {
                 Some(size) if size.width > 0 && size.height > 0 => {
                     let _ = input.resize(TerminalSize { width: size.width, height: size.height }).await;
                 }
@@ -150,14 +150,8 @@ pub async fn attach(runtime: &Runtime, uid: &str, opts: &ExecOptions, io: ExecIo
     Ok(())
 }
 
-async fn next_input(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_size(rx: &mut Option<mpsc::Receiver<skiff_api::TerminalSize>>) -> Option<skiff_api::TerminalSize> {
+/// The next message of a channel the client may not have opened (then: never).
+async fn next<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -177,6 +177,11 @@ fn run_container_shim(dir: &ContainerDir) -> Result<(), String> {
     }
     let shim = ProcessId::of(std::process::id() as i32).ok_or("cannot read own /proc entry")?;
     crate::state::write_json(&dir.file(rootfs::SHIM_STATE), &ShimRecord { shim, init }).map_err(|e| e.to_string())?;
+    let listener = stdio::listen(dir)
+        .map_err(|e| {
+            let _ = writeln!(std::io::stderr(), "skiff shim: attach is unavailable: {e}");
+        })
+        .ok();
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "ready {}", child.as_raw());
     let _ = stdout.flush();
@@ -186,7 +191,7 @@ fn run_container_shim(dir: &ContainerDir) -> Result<(), String> {
         unsafe { libc::dup2(null.as_raw_fd(), 1) };
     }
 
-    let start_error = stdio::pump(dir, out_r, err_r, terminal, sync, &mut log, shim_stdio);
+    let start_error = stdio::pump(listener, out_r, err_r, terminal, sync, &mut log, shim_stdio);
     let status = waitpid(child, None);
     let finished_at = SystemTime::now();
     let (code, signal) = match status {

@@ -176,7 +176,7 @@ enum Slot {
 /// Copies the container's output into the log (and to attached sessions) until every output
 /// closes; feeds sessions' input to the container. Returns the exec error the init reported.
 pub(crate) fn pump(
-    dir: &ContainerDir,
+    listener: Option<std::os::unix::net::UnixListener>,
     out: OwnedFd,
     err: OwnedFd,
     terminal: Option<OwnedFd>,
@@ -199,11 +199,6 @@ pub(crate) fn pump(
     if let Some(s) = &sink {
         let _ = nix::fcntl::fcntl(&s.fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
     }
-    let listener = listen(dir)
-        .map_err(|e| {
-            let _ = writeln!(std::io::stderr(), "skiff shim: attach is unavailable: {e}");
-        })
-        .ok();
     let mut sync: Option<OwnedFd> = Some(sync.into());
     let mut sessions: Vec<Option<Session>> = Vec::new();
     let mut exec_error: Option<String> = None;
@@ -359,7 +354,9 @@ fn socket_path(dir: &ContainerDir) -> std::io::Result<(std::fs::File, String)> {
     Ok((handle, path))
 }
 
-fn listen(dir: &ContainerDir) -> std::io::Result<std::os::unix::net::UnixListener> {
+/// The attach socket; the shim makes it before it reports the container ready, so a session
+/// can connect as soon as the container runs.
+pub(crate) fn listen(dir: &ContainerDir) -> std::io::Result<std::os::unix::net::UnixListener> {
     let (_handle, path) = socket_path(dir)?;
     let _ = std::fs::remove_file(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path)?;

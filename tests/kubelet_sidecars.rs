@@ -113,6 +113,49 @@ fn a_sidecar_runs_beside_the_app_is_restarted_and_stops_after_it() {
 }
 
 #[test]
+fn a_sidecar_and_its_app_are_adopted_after_the_server_is_killed() {
+    let mut server = TestServer::start();
+    let images = TestImages::start();
+    let host = server.dir().join("sidecar-out");
+    server.apply(&sidecar_pod(&images.busybox(), &host));
+    let ids = |server: &TestServer| {
+        server.kubectl_ok(&[
+            "get",
+            "pod",
+            "web",
+            "-o",
+            "jsonpath={.status.initContainerStatuses[0].containerID} {.status.containerStatuses[0].containerID}",
+        ])
+    };
+    server.wait_for("web to show 2/2 Running", RUN_TIMEOUT, || {
+        let table = server.kubectl_ok(&["get", "pods"]);
+        table_row(&table, "web").filter(|c| c[1] == "2/2" && c[2] == "Running")
+    });
+    let before = ids(&server);
+
+    // A crash of the node's agent is no reason to restart anything: after the restart the same
+    // containers are adopted, the sidecar still ahead of the app, neither run again.
+    server.kill9();
+    server.restart();
+    server.wait_for("web to be Ready again after the restart", RUN_TIMEOUT, || {
+        let status = server.get_json("pod", "web")["status"].clone();
+        (condition(&status, "Ready") == "True").then_some(())
+    });
+    assert_eq!(ids(&server), before, "the same containers run");
+    let status = server.get_json("pod", "web")["status"].clone();
+    assert_eq!(status["initContainerStatuses"][0]["restartCount"], 0, "{status}");
+    assert_eq!(status["containerStatuses"][0]["restartCount"], 0, "{status}");
+    assert!(status["initContainerStatuses"][0]["state"]["running"].is_object(), "{status}");
+    assert!(std::fs::read_to_string(host.join("order")).is_err(), "no container got SIGTERM");
+
+    // The adopted pod still ends in order: app first, then its sidecar.
+    server.kubectl_ok(&["delete", "pod", "web", "--timeout", "60s"]);
+    let order = std::fs::read_to_string(host.join("order")).expect("the containers wrote their order");
+    assert_eq!(order, "app\nside\n");
+    server.finish();
+}
+
+#[test]
 fn a_job_completes_when_its_app_container_does_while_the_sidecar_would_run_forever() {
     let server = TestServer::start();
     let images = TestImages::start();

@@ -4,7 +4,8 @@
 //! 1. checks: root, the API port free, no other server on the data dir, a kernel the runtime
 //!    can use (`Runtime::new`);
 //! 2. the store (`<data-dir>/db/state.redb`) and its bootstrap objects;
-//! 3. TLS (`<data-dir>/tls`), the token (`<data-dir>/token`) and the admin kubeconfig;
+//! 3. TLS (`<data-dir>/tls`), the token (`<data-dir>/token`), the service account token key
+//!    (`<data-dir>/tls/service-account.key`) and the admin kubeconfig;
 //! 4. the HTTPS API, the scheduler, the controllers, then the kubelet (which serves logs through the API).
 //!
 //! SIGTERM or SIGINT cancels one token that every part watches. Containers outlive the server:
@@ -54,6 +55,13 @@ impl ServerConfig {
         self.cluster_cidr.first_subnet(24)
     }
 
+    /// The node's address on the pod bridge (the pod CIDR's gateway). The API listens there too,
+    /// and Endpoints `default/kubernetes` point there, so pods reach the API through Service
+    /// `kubernetes` (as k3s lists the node's address): a loopback endpoint is invalid in Kubernetes.
+    pub fn api_pod_address(&self) -> Ipv4Addr {
+        self.node_pod_cidr().nth(1).expect("a pod CIDR has a first address")
+    }
+
     /// What clients dial: a wildcard bind address is reached on loopback.
     fn server_url(&self) -> String {
         let ip = match self.listen.ip() {
@@ -73,6 +81,7 @@ impl ServerConfig {
         }
         sans.push(self.node_name.clone());
         sans.push(self.kubernetes_service_ip.to_string());
+        sans.push(self.api_pod_address().to_string());
         for name in ["kubernetes", "kubernetes.default", "kubernetes.default.svc"] {
             sans.push(name.to_string());
         }
@@ -123,6 +132,16 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .inspect_err(|e| warn!("pods cannot reach beyond this node: {e}"))
         .ok();
 
+    // Pods reach the API on the node's bridge address (see `api_pod_address`); a wildcard bind
+    // covers it already.
+    let pod_listener = match config.listen.ip() {
+        ip if ip.is_unspecified() || ip == IpAddr::V4(config.api_pod_address()) => None,
+        _ => listen_for_pods(&runtime, SocketAddr::new(config.api_pod_address().into(), config.listen.port()))
+            .await
+            .inspect_err(|e| warn!("pods cannot reach the API through Service kubernetes: {e:#}"))
+            .ok(),
+    };
+
     // 2. The store.
     let db_dir = config.data_dir.join("db");
     create_private_dir(&db_dir)?;
@@ -134,28 +153,47 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .bootstrap(&config.kubernetes_service_ip.to_string())
         .await
         .context("creating the default namespaces and Service kubernetes")?;
-    let api: Arc<dyn ApiClient> = registry;
+    if pod_listener.is_some() || config.listen.ip().is_unspecified() {
+        publish_api_endpoints(registry.as_ref(), config.api_pod_address(), config.listen.port())
+            .await
+            .context("writing Endpoints default/kubernetes")?;
+    }
 
     // 3. Credentials.
     let tls = skiff_apiserver::http::load_or_create_tls(&config.data_dir.join("tls"), &config.certificate_sans())
         .context("preparing TLS")?;
     let token = kubeconfig::load_or_create_token(&config.data_dir.join("token"))?;
+    let issuer = Arc::new(
+        skiff_apiserver::token::TokenIssuer::load_or_create(
+            &config.data_dir.join("tls").join("service-account.key"),
+            &format!("https://kubernetes.default.svc.{}", config.cluster_domain),
+        )
+        .context("preparing the service account token key")?,
+    );
+    registry.set_token_issuer(issuer.clone());
     let kubeconfig_text = kubeconfig::render(&config.server_url(), &tls.ca_pem, &token);
     kubeconfig::write_atomically(&config.kubeconfig_path, kubeconfig_text.as_bytes(), config.kubeconfig_mode)?;
     info!(path = %config.kubeconfig_path.display(), "wrote kubeconfig");
+    let api: Arc<dyn ApiClient> = registry;
 
     // 4. The long-running parts.
     let streams: Arc<OnceLock<Arc<dyn PodStreams>>> = Arc::new(OnceLock::new());
     let mut parts: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
 
-    let serve = skiff_apiserver::http::serve(
-        listener,
-        tls.server_config,
-        token,
-        api.clone(),
-        streams.clone(),
-        shutdown.clone(),
-    );
+    let auth = skiff_apiserver::http::Auth { admin_token: token, service_accounts: Some(issuer) };
+    if let Some(pod_listener) = pod_listener {
+        let serve = skiff_apiserver::http::serve(
+            pod_listener,
+            tls.server_config.clone(),
+            auth.clone(),
+            api.clone(),
+            streams.clone(),
+            shutdown.clone(),
+        );
+        parts.spawn(async move { ("api server (pod network)", serve.await.map_err(anyhow::Error::from)) });
+    }
+    let serve =
+        skiff_apiserver::http::serve(listener, tls.server_config, auth, api.clone(), streams.clone(), shutdown.clone());
     parts.spawn(async move { ("api server", serve.await.map_err(anyhow::Error::from)) });
     info!(url = %config.server_url(), "serving the Kubernetes API");
 
@@ -169,6 +207,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     parts.spawn(async move {
         controllers.await;
         ("controllers", Ok(()))
+    });
+
+    let root_ca = skiff_controllers::root_ca::RootCaPublisher::run(api.clone(), tls.ca_pem.clone(), shutdown.clone());
+    parts.spawn(async move {
+        root_ca.await;
+        ("root CA publisher", Ok(()))
     });
 
     let service_config = skiff_kubelet::service::ServiceConfig {
@@ -213,6 +257,46 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         warn!("removing the pod egress table: {e}");
     }
     result
+}
+
+/// Binds the API port on the node's bridge address (making the bridge first, as the pod
+/// network would).
+async fn listen_for_pods(
+    runtime: &skiff_runtime::Runtime,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    let network = runtime.network().ok_or_else(|| anyhow!("no pod network"))?;
+    network.ensure_bridge().await.context("preparing the pod bridge")?;
+    bind(addr)
+}
+
+/// Endpoints `default/kubernetes`: the API at `ip:port` (kube-apiserver's endpoint reconciler
+/// writes its own address there at start).
+async fn publish_api_endpoints(api: &dyn ApiClient, ip: Ipv4Addr, port: u16) -> anyhow::Result<()> {
+    let endpoints = skiff_api::ResourceKind::by_plural("", "v1", "endpoints").expect("endpoints are served");
+    let subsets = serde_json::json!([{
+        "addresses": [{"ip": ip.to_string()}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }]);
+    match api.get(endpoints, Some("default"), "kubernetes").await {
+        Ok(mut current) if current["subsets"] != subsets => {
+            current["subsets"] = subsets;
+            api.update(endpoints, Some("default"), "kubernetes", None, current).await?;
+        }
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => {
+            let object = serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": subsets,
+            });
+            api.create(endpoints, Some("default"), object).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// Imports the archives of `dir` not imported before (each archive's failure is logged and

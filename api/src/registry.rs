@@ -133,7 +133,17 @@ pub static RESOURCES: &[ResourceKind] = &[
     res("", "v1", "Endpoints", "endpoints", "endpoints", Namespaced, &["ep"], &[], &[]),
     res("", "v1", "ConfigMap", "configmaps", "configmap", Namespaced, &["cm"], &[], &[]),
     res("", "v1", "Secret", "secrets", "secret", Namespaced, &[], &[], &[]),
-    res("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", Namespaced, &["sa"], &[], &[]),
+    res(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        Namespaced,
+        &["sa"],
+        &[],
+        &[sub("token", "authentication.k8s.io", "v1", "TokenRequest", &["create"])],
+    ),
     res("", "v1", "Event", "events", "event", Namespaced, &["ev"], &[], &[]),
     res(
         "",

@@ -28,6 +28,7 @@ pub mod http;
 pub mod patch;
 mod registry;
 mod storage;
+pub mod token;
 mod validation;
 mod watch;
 

@@ -11,7 +11,9 @@
 //! - [`namespace`]: empties and finalizes terminating namespaces, keeps `default` ServiceAccounts;
 //! - [`endpoints`]: the service endpoint table (Endpoints and EndpointSlices);
 //! - [`gc`]: deletes objects whose owners are gone (background cascading deletion);
-//! - [`volume`]: the built-in local-path provisioner: PersistentVolumes for claims, bound, reclaimed.
+//! - [`volume`]: the built-in local-path provisioner: PersistentVolumes for claims, bound, reclaimed;
+//! - [`root_ca`]: ConfigMap `kube-root-ca.crt` (the API's CA) in every namespace; started on its
+//!   own, as it needs the CA.
 
 pub mod controller;
 pub mod cronjob;
@@ -24,6 +26,7 @@ pub mod job;
 pub mod namespace;
 mod pods;
 pub mod replicaset;
+pub mod root_ca;
 pub mod statefulset;
 pub mod volume;
 

@@ -76,11 +76,26 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After shutdown, how long open connections get to finish their requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Who may use the API: the admin bearer token, and (when an issuer is given) any valid service
+/// account token it signed. Skiff has no authorization: whoever authenticates may do anything.
+/// (No `Debug`: it holds the admin token.)
+#[derive(Clone)]
+pub struct Auth {
+    pub admin_token: String,
+    pub service_accounts: Option<Arc<crate::token::TokenIssuer>>,
+}
+
+impl From<String> for Auth {
+    fn from(admin_token: String) -> Auth {
+        Auth { admin_token, service_accounts: None }
+    }
+}
+
 /// What every request handler shares.
 pub(crate) struct State {
     pub api: Arc<dyn ApiClient>,
     pub streams: Arc<OnceLock<Arc<dyn PodStreams>>>,
-    token: String,
+    auth: Auth,
     /// Cancelled at shutdown: ends watch and log streams so connections can close.
     pub shutdown: CancellationToken,
 }
@@ -90,12 +105,12 @@ pub(crate) struct State {
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    token: String,
+    auth: impl Into<Auth>,
     api: Arc<dyn ApiClient>,
     streams: Arc<OnceLock<Arc<dyn PodStreams>>>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let state = Arc::new(State { api, streams, token, shutdown: shutdown.clone() });
+    let state = Arc::new(State { api, streams, auth: auth.into(), shutdown: shutdown.clone() });
     let acceptor = TlsAcceptor::from(tls);
     let mut connections = JoinSet::new();
     loop {
@@ -165,10 +180,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl State {
-    fn authorized(&self, req: &Request<Incoming>) -> bool {
+    /// The admin token (one comparison), else a service account token: a cached signature
+    /// check plus a store read of the objects it is bound to.
+    async fn authenticated(&self, req: &Request<Incoming>) -> bool {
         let Some(value) = req.headers().get(hyper::header::AUTHORIZATION) else { return false };
         let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else { return false };
-        constant_time_eq(token.trim_ascii(), self.token.as_bytes())
+        let token = token.trim_ascii();
+        if constant_time_eq(token, self.auth.admin_token.as_bytes()) {
+            return true;
+        }
+        let (Some(issuer), Ok(token)) = (&self.auth.service_accounts, std::str::from_utf8(token)) else {
+            return false;
+        };
+        match issuer.authenticate(self.api.as_ref(), token).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "service account token refused");
+                false
+            }
+        }
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -180,7 +210,7 @@ impl State {
             "/version" | "/version/" => return reply::json(StatusCode::OK, &version()),
             _ => {}
         }
-        if !self.authorized(&req) {
+        if !self.authenticated(&req).await {
             return reply::error(&ApiError::new(401, StatusReason::Unauthorized, "Unauthorized"));
         }
         let route = match route::parse(&path) {

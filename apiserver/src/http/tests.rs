@@ -696,7 +696,7 @@ async fn shutdown_ends_open_watches_and_serve_returns() {
     let serve = tokio::spawn(super::serve(
         listener,
         tls.server_config,
-        TOKEN.into(),
+        TOKEN.to_string(),
         api,
         Arc::new(OnceLock::new()),
         shutdown.clone(),

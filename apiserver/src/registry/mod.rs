@@ -7,7 +7,7 @@
 
 mod delete;
 mod events;
-mod object;
+pub(crate) mod object;
 mod read;
 mod services;
 mod subresource;
@@ -15,7 +15,7 @@ mod write;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Value, json};
 use skiff_api::{
@@ -37,6 +37,8 @@ const HISTORY: usize = 10_000;
 pub struct Registry {
     store: Store,
     services: Mutex<ServiceNetwork>,
+    /// Signs the tokens of `serviceaccounts/token`; set once at start.
+    tokens: OnceLock<Arc<crate::token::TokenIssuer>>,
 }
 
 pub(crate) fn core(plural: &str) -> &'static ResourceKind {
@@ -52,7 +54,7 @@ impl Registry {
     /// [`open`](Self::open), keeping `history` changes for watches and list pages.
     pub(crate) fn open_with_history(path: &Path, history: usize) -> Result<Arc<Registry>, Error> {
         let store = Store::open(path, Arc::new(Hub::new(history)), Some(events::expiry_chore()))?;
-        Ok(Arc::new(Registry { store, services: Mutex::new(ServiceNetwork::default()) }))
+        Ok(Arc::new(Registry { store, services: Mutex::new(ServiceNetwork::default()), tokens: OnceLock::new() }))
     }
 
     /// Sets the range Service cluster IPs are allocated from (default `10.43.0.0/16`).
@@ -60,6 +62,16 @@ impl Registry {
         let net = ServiceNetwork::parse(cidr).map_err(ApiError::bad_request)?;
         *self.services.lock().expect("service network lock poisoned") = net;
         Ok(())
+    }
+
+    /// Serves `serviceaccounts/token` with tokens signed by `issuer` (the same one the HTTP
+    /// layer authenticates them with). A second call is ignored.
+    pub fn set_token_issuer(&self, issuer: Arc<crate::token::TokenIssuer>) {
+        let _ = self.tokens.set(issuer);
+    }
+
+    pub(crate) fn token_issuer(&self) -> Option<&Arc<crate::token::TokenIssuer>> {
+        self.tokens.get()
     }
 
     pub(crate) fn service_network(&self) -> ServiceNetwork {

@@ -23,6 +23,9 @@ pub async fn create(
     let dry_run = dry_run
         || (subresource == "eviction"
             && body["deleteOptions"]["dryRun"].as_array().is_some_and(|d| d.iter().any(|v| v == "All")));
+    if (res.group, res.kind, subresource) == ("", "ServiceAccount", "token") {
+        return request_token(reg, &key, &body);
+    }
     let op: crate::storage::Op = match (res.group, res.kind, subresource) {
         ("", "Pod", "binding") => Box::new(move |tx| bind(tx, &key, &body)),
         ("", "Pod", "eviction") => {
@@ -40,6 +43,29 @@ pub async fn create(
         }
     };
     Ok(reg.store.run(op, dry_run).await?.object)
+}
+
+/// `serviceaccounts/token`: a TokenRequest answered with a signed token; nothing is stored.
+fn request_token(reg: &Registry, key: &Key, body: &Value) -> Result<Value, ApiError> {
+    let Some(issuer) = reg.token_issuer() else {
+        return Err(ApiError::new(
+            404,
+            StatusReason::NotFound,
+            "the server could not find the requested resource (serviceaccounts token)",
+        ));
+    };
+    struct Store<'a>(&'a Registry);
+    impl crate::token::Lookup for Store<'_> {
+        fn get(
+            &self,
+            res: &'static skiff_api::ResourceKind,
+            ns: Option<&str>,
+            name: &str,
+        ) -> Result<Option<Value>, ApiError> {
+            Ok(self.0.store.get(&Key::new(res, ns, name))?)
+        }
+    }
+    crate::token::request(issuer, &Store(reg), &key.namespace, &key.name, body, jiff::Timestamp::now())
 }
 
 /// `DeleteOptions` from its JSON form (an eviction carries one).

@@ -128,26 +128,90 @@ pub fn create_in(tx: &mut Tx<'_>, key: &Key, mut object: Value, net: &ServiceNet
     Ok(Outcome { object: tx.put(key, object)?, created: true })
 }
 
-/// The ServiceAccount admission plugin: a pod's service account must exist, and a pod without
-/// imagePullSecrets gets its service account's. The namespace's `default` account is made by a
-/// controller just after the namespace, so a pod that races it is let through (without the
-/// account's pull secrets) rather than refused.
+/// The ServiceAccount admission plugin: a pod's service account must exist, a pod without
+/// imagePullSecrets gets its service account's, and unless the pod or the account turn
+/// `automountServiceAccountToken` off, the API credentials are mounted into every container.
+/// The namespace's `default` account is made by a controller just after the namespace, so a pod
+/// that races it is let through (without the account's pull secrets) rather than refused; its
+/// token volume then waits (FailedMount) until the account exists.
 fn admit_service_account(tx: &mut Tx<'_>, key: &Key, pod: &mut Value) -> Result<(), ApiError> {
     let account = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_string();
-    let Some(sa) = tx.get(&Key::new(core("serviceaccounts"), Some(&key.namespace), &account))? else {
-        if account == "default" {
-            return Ok(());
-        }
+    let sa = tx.get(&Key::new(core("serviceaccounts"), Some(&key.namespace), &account))?;
+    if sa.is_none() && account != "default" {
         return Err(forbidden(format!(
             "pods \"{}\" is forbidden: error looking up service account {}/{account}: serviceaccount \"{account}\" not found",
             key.name, key.namespace
         )));
-    };
+    }
+    let sa = sa.unwrap_or(Value::Null);
     let has_own = pod["spec"]["imagePullSecrets"].as_array().is_some_and(|s| !s.is_empty());
     if let Some(secrets) = sa["imagePullSecrets"].as_array().filter(|s| !s.is_empty() && !has_own) {
         pod["spec"]["imagePullSecrets"] = Value::Array(secrets.clone());
     }
+    let automount = pod["spec"]["automountServiceAccountToken"]
+        .as_bool()
+        .or_else(|| sa["automountServiceAccountToken"].as_bool())
+        .unwrap_or(true);
+    if automount {
+        mount_service_account_token(pod);
+    }
     Ok(())
+}
+
+/// Where the API credentials appear in a container (`DefaultAPITokenMountPath`).
+pub const SERVICE_ACCOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The plugin's `mountServiceAccountToken`: a `kube-api-access-<5 random>` projected volume (a
+/// token bound to the pod, the cluster CA from ConfigMap `kube-root-ca.crt`, the namespace),
+/// mounted read-only at [`SERVICE_ACCOUNT_MOUNT_PATH`] in every init and app container that does
+/// not mount something there already. Ephemeral containers are left alone, as upstream does.
+fn mount_service_account_token(pod: &mut Value) {
+    let spec = &mut pod["spec"];
+    let taken: std::collections::HashSet<String> =
+        spec["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str().map(String::from)).collect();
+    let volume_name = loop {
+        let name = format!("kube-api-access-{}", name_suffix());
+        if !taken.contains(&name) {
+            break name;
+        }
+    };
+    let mount = json!({"name": volume_name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH});
+    let mut needed = false;
+    for list in ["initContainers", "containers"] {
+        for container in spec[list].as_array_mut().into_iter().flatten() {
+            let mounts = &mut container["volumeMounts"];
+            let present =
+                mounts.as_array().is_some_and(|m| m.iter().any(|m| m["mountPath"] == SERVICE_ACCOUNT_MOUNT_PATH));
+            if present {
+                continue;
+            }
+            match mounts.as_array_mut() {
+                Some(m) => m.push(mount.clone()),
+                None => *mounts = json!([mount.clone()]),
+            }
+            needed = true;
+        }
+    }
+    if !needed {
+        return;
+    }
+    let volume = json!({
+        "name": volume_name,
+        "projected": {
+            "defaultMode": 0o644,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": crate::token::WARN_ONLY_EXPIRATION_SECONDS, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [
+                    {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+                ]}},
+            ],
+        },
+    });
+    match spec["volumes"].as_array_mut() {
+        Some(v) => v.push(volume),
+        None => spec["volumes"] = json!([volume]),
+    }
 }
 
 pub async fn create(

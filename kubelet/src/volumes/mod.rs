@@ -4,7 +4,8 @@
 //! - `emptyDir`: a directory there (mode 0777), or with `medium: Memory` a tmpfs mounted there
 //!   (`sizeLimit` as its size); shared by the pod's containers, gone with the pod.
 //! - `hostPath`: the host path itself, after the `type` check ([`host_path`]).
-//! - `configMap`, `secret`, `downwardAPI`, `projected`: files written by the [`atomic_writer`];
+//! - `configMap`, `secret`, `downwardAPI`, `projected` (also service account tokens, from the
+//!   [`token`] manager): files written by the [`atomic_writer`];
 //!   secret and projected volumes on a tmpfs so secret data never reaches the disk. Always
 //!   mounted read-only, as Kubernetes does. A change of the objects reaches the files within
 //!   [`RESYNC`]: a refresher re-renders every such volume of the running pods that often (and
@@ -23,6 +24,7 @@ pub mod mount;
 pub mod ownership;
 pub mod projected;
 pub mod pvc;
+pub mod token;
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -65,6 +67,8 @@ pub struct VolumeManager {
     pods: Mutex<HashMap<String, Pod>>,
     /// The refresher and the pod workers never write one volume at the same time.
     writes: tokio::sync::Mutex<()>,
+    /// Service account tokens of `serviceAccountToken` projections, renewed when due.
+    tokens: token::TokenManager,
 }
 
 fn plugin_dir(volume: &Volume) -> Option<&'static str> {
@@ -106,7 +110,8 @@ fn mode(m: Option<i32>) -> i32 {
 
 impl VolumeManager {
     pub fn new(root: PathBuf, client: Arc<dyn ApiClient>) -> Self {
-        Self { root, client, pods: Mutex::new(HashMap::new()), writes: tokio::sync::Mutex::new(()) }
+        let tokens = token::TokenManager::new(client.clone());
+        Self { root, client, pods: Mutex::new(HashMap::new()), writes: tokio::sync::Mutex::new(()), tokens }
     }
 
     /// `<root>/pods/<uid>`: the pod's volumes live under it.
@@ -247,10 +252,9 @@ impl VolumeManager {
                 )?
             } else if let Some(s) = &source.downward_api {
                 projected::downward_api_payload(pod, s.items.as_deref().unwrap_or_default(), default_mode)?
-            } else if source.service_account_token.is_some() {
-                return Err(
-                    "serviceAccountToken projections are not supported: this cluster has no token issuer".into()
-                );
+            } else if let Some(s) = &source.service_account_token {
+                let token = self.tokens.token(pod, s).await?;
+                projected::token_payload(&s.path, token, default_mode)
             } else if source.cluster_trust_bundle.is_some() {
                 return Err("clusterTrustBundle projections are not supported".into());
             } else {
@@ -306,6 +310,7 @@ impl VolumeManager {
     /// Removes the pod's volumes (tmpfs unmounted first) once its containers are gone.
     pub async fn teardown(&self, uid: &str) -> std::io::Result<()> {
         self.pods.lock().expect("volume pods lock").remove(uid);
+        self.tokens.forget_pod(uid);
         let _guard = self.writes.lock().await;
         mount::remove_dir(&self.pod_dir(uid))
     }

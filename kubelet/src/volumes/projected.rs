@@ -1,4 +1,5 @@
-//! The payloads of the API-data volumes: configMap, secret, downwardAPI and projected, built as
+//! The payloads of the API-data volumes: configMap, secret, downwardAPI and projected (with
+//! service account tokens from [`super::token`]), built as
 //! Kubernetes' `MakePayload`s (items pick keys and paths, `mode` over `defaultMode`, `optional`
 //! tolerates a missing object or key), for the atomic writer to lay out.
 
@@ -92,6 +93,12 @@ pub fn secret_payload(
             format!("references non-existent secret key: {k}")
         }),
     }
+}
+
+/// A `serviceAccountToken` projection: the token at `path`, with the volume's default mode.
+pub fn token_payload(path: &str, token: String, default_mode: i32) -> Payload {
+    let mode = default_mode as u32 & 0o7777;
+    Payload::from([(path.to_string(), FileProjection { data: token.into_bytes(), mode })])
 }
 
 /// A label or annotation map as the downward API writes it: sorted `key="value"` lines.

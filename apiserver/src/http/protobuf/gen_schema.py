@@ -20,7 +20,7 @@ ROOTS = [
     "k8s.io.api.apps.v1.StatefulSet", "k8s.io.api.batch.v1.Job", "k8s.io.api.batch.v1.CronJob",
     "k8s.io.api.discovery.v1.EndpointSlice", "k8s.io.api.coordination.v1.Lease",
     "k8s.io.api.storage.v1.StorageClass", "k8s.io.api.policy.v1.Eviction", "k8s.io.api.autoscaling.v1.Scale",
-    "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions",
+    "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions", "k8s.io.api.authentication.v1.TokenRequest",
 ]
 # Decoded by hand (their JSON form is not their message form): no table needed.
 SPECIAL = {
@@ -29,6 +29,8 @@ SPECIAL = {
     "k8s.io.apimachinery.pkg.util.intstr.IntOrString", "k8s.io.apimachinery.pkg.api.resource.Quantity",
     "k8s.io.apimachinery.pkg.runtime.RawExtension",
 }
+# Proto field names that are not the JSON name (Go's `APIVersion`/`UID` in BoundObjectReference).
+JSON_NAMES = {"aPIVersion": "apiVersion", "uID": "uid"}
 SCALARS = {"string": "Str", "bytes": "Bytes", "bool": "Bool", "int32": "Int", "int64": "Int"}
 FIELD = re.compile(r"^\s*(optional|repeated)?\s*(map<\s*\w+\s*,\s*[\w.]+\s*>|[\w.]+)\s+(\w+)\s*=\s*(\d+)\s*;")
 
@@ -64,6 +66,7 @@ for path in sys.argv[3:]:
         m = FIELD.match(line)
         if m and current:
             label, typ, name, number = m.groups()
+            name = JSON_NAMES.get(name, name)
             messages[current]["fields"].append((int(number), name, label == "repeated", typ.replace(" ", "")))
             messages[current].setdefault("docs", {})[name] = describe(comment)
             messages[current].setdefault("types", {})[name] = typ.replace(" ", "")

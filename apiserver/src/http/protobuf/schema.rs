@@ -165,6 +165,26 @@ pub(super) static MESSAGES: &[Message] = &[
         Field { number: 1, name: "type", repeated: false, kind: Str },
         Field { number: 2, name: "rollingUpdate", repeated: false, kind: Msg("k8s.io.api.apps.v1.RollingUpdateStatefulSetStrategy") },
     ] },
+    Message { name: "k8s.io.api.authentication.v1.BoundObjectReference", fields: &[
+        Field { number: 1, name: "kind", repeated: false, kind: Str },
+        Field { number: 2, name: "apiVersion", repeated: false, kind: Str },
+        Field { number: 3, name: "name", repeated: false, kind: Str },
+        Field { number: 4, name: "uid", repeated: false, kind: Str },
+    ] },
+    Message { name: "k8s.io.api.authentication.v1.TokenRequest", fields: &[
+        Field { number: 1, name: "metadata", repeated: false, kind: Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
+        Field { number: 2, name: "spec", repeated: false, kind: Msg("k8s.io.api.authentication.v1.TokenRequestSpec") },
+        Field { number: 3, name: "status", repeated: false, kind: Msg("k8s.io.api.authentication.v1.TokenRequestStatus") },
+    ] },
+    Message { name: "k8s.io.api.authentication.v1.TokenRequestSpec", fields: &[
+        Field { number: 1, name: "audiences", repeated: true, kind: Str },
+        Field { number: 3, name: "boundObjectRef", repeated: false, kind: Msg("k8s.io.api.authentication.v1.BoundObjectReference") },
+        Field { number: 4, name: "expirationSeconds", repeated: false, kind: Int },
+    ] },
+    Message { name: "k8s.io.api.authentication.v1.TokenRequestStatus", fields: &[
+        Field { number: 1, name: "token", repeated: false, kind: Str },
+        Field { number: 2, name: "expirationTimestamp", repeated: false, kind: Msg("k8s.io.apimachinery.pkg.apis.meta.v1.Time") },
+    ] },
     Message { name: "k8s.io.api.autoscaling.v1.Scale", fields: &[
         Field { number: 1, name: "metadata", repeated: false, kind: Msg("k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta") },
         Field { number: 2, name: "spec", repeated: false, kind: Msg("k8s.io.api.autoscaling.v1.ScaleSpec") },

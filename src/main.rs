@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Shim { args } => skiff_runtime::shim_main(args),
         Command::Images(args) => report(cli::image::run_images(args)),
         Command::Image(args) => report(cli::image::run(args)),
+        Command::Pull(args) => report(cli::image::run_pull(args)),
         Command::Bench(args) => report(cli::bench::run(args)),
         Command::Server(args) => {
             init_logging();

@@ -1,7 +1,11 @@
 //! Images without a registry: `skiff image import` of a `docker save` tarball and of an OCI
 //! layout tarball into a running node, `skiff images`, pods that run from the imported image
 //! with imagePullPolicy Never, `skiff image rm` refused while a pod's container uses the image,
-//! `skiff image prune`, and archives in `<data-dir>/images/` imported at start, once.
+//! `skiff image prune`, and archives in `<data-dir>/images/` imported at start, once. And
+//! `skiff image pull` (`skiff pull`) from a registry on loopback beside the running server: its
+//! per-layer lines as Docker prints them without a terminal, up-to-date and missing images, and
+//! the credentials of `registries.yaml` or `--username/--password-stdin` for a registry that
+//! wants them.
 
 mod common;
 
@@ -10,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::TestServer;
-use skiff_runtime::testing::{Entry, OciImage, build_busybox_image, build_image};
+use skiff_runtime::testing::{Entry, LocalRegistry, OciImage, build_busybox_image, build_image, push};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -247,5 +251,168 @@ fn archives_in_the_images_folder_are_imported_at_start_and_only_once() {
     assert_eq!(imported(&log, "saved.tar"), 1, "imported again:\n{log}");
     assert_eq!(unchanged(&log), 2, "{log}");
     assert_eq!(image_rows(&server).len(), 2);
+    server.finish();
+}
+
+/// Pushes `image` to `registry` as `name_tag`; returns `127.0.0.1:PORT/name_tag`.
+fn push_to(registry: &LocalRegistry, name_tag: &str, image: &OciImage) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(push(registry, name_tag, image))
+        .expect("pushing a test image")
+}
+
+/// Docker's layer ID: the first 12 hex digits of the layer's blob digest.
+fn layer_id(digest: &str) -> &str {
+    &digest.trim_start_matches("sha256:")[..12]
+}
+
+#[test]
+fn a_pull_prints_each_layer_as_docker_does_and_lands_in_the_store_the_kubelet_uses() {
+    let server = TestServer::start();
+    let registry = LocalRegistry::start().expect("starting docker-registry on loopback");
+    let work = tempfile::Builder::new().prefix("skiff-test-pull-").tempdir_in("/tmp").unwrap();
+    let busybox = build_busybox_image(&work.path().join("busybox")).unwrap();
+    assert!(busybox.layers.len() >= 2, "a multi-layer image");
+    let reference = push_to(&registry, "busybox:1.36", &busybox);
+
+    // Standard output is a pipe here: plain lines at state changes, never a redraw.
+    let out = skiff_ok(&server, &["image", "pull", &reference]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1.36: Pulling from busybox", "{out}");
+    for layer in &busybox.layers {
+        let id = layer_id(&layer.digest);
+        let of_layer: Vec<&str> = lines.iter().filter_map(|l| l.strip_prefix(&format!("{id}: "))).collect();
+        assert_eq!(of_layer.first(), Some(&"Pulling fs layer"), "{out}");
+        assert_eq!(of_layer.last(), Some(&"Pull complete"), "{out}");
+        // The byte count is the layer's own size, once, when its download is whole.
+        let sizes: Vec<&&str> = of_layer.iter().filter(|l| l.starts_with("Download complete")).collect();
+        assert_eq!(sizes.len(), 1, "{out}");
+        let size = layer.data.len() as f64;
+        let shown = sizes[0].trim_start_matches("Download complete (").trim_end_matches(')');
+        let (number, unit) = shown.split_at(shown.find(|c: char| c.is_ascii_alphabetic()).unwrap());
+        let scale = match unit {
+            "B" => 1.0,
+            "kB" => 1e3,
+            "MB" => 1e6,
+            other => panic!("unit {other} in {out}"),
+        };
+        let shown_bytes: f64 = number.parse::<f64>().unwrap() * scale;
+        assert!((shown_bytes - size).abs() <= size * 0.001 + 0.5, "{shown} for {size} bytes: {out}");
+        assert!(of_layer.len() <= 6, "one line per state, no progress flood: {out}");
+    }
+    let tail = &lines[lines.len() - 3..];
+    assert_eq!(
+        tail,
+        [
+            format!("Digest: {}", busybox.manifest.digest).as_str(),
+            &format!("Status: Downloaded newer image for {reference}"),
+            &reference,
+        ],
+        "{out}"
+    );
+    let repository = reference.rsplit_once(':').unwrap().0.to_string();
+    assert!(
+        image_rows(&server).contains(&(repository.clone(), "1.36".into(), short_id(&busybox))),
+        "{}",
+        skiff_ok(&server, &["images"])
+    );
+
+    // Pulled beside the running server, into the store its kubelet uses.
+    server.apply(&pod("pulled", &reference, "cat /etc/skiff/layer2"));
+    wait_phase(&server, "pulled", "Succeeded");
+    assert_eq!(server.kubectl_ok(&["logs", "pulled"]), "layer 2\n");
+
+    // Again, with `skiff pull`: nothing to download, and Docker shows no layer lines then.
+    let out = skiff_ok(&server, &["pull", &reference]);
+    assert_eq!(
+        out,
+        format!(
+            "1.36: Pulling from busybox\nDigest: {}\nStatus: Image is up to date for {reference}\n{reference}\n",
+            busybox.manifest.digest
+        )
+    );
+    // The same image under a new tag: every layer is there already, the tag is new.
+    let again = push_to(&registry, "busybox:again", &busybox);
+    let out = skiff_ok(&server, &["pull", &again]);
+    for layer in &busybox.layers {
+        assert!(out.contains(&format!("{}: Already exists\n", layer_id(&layer.digest))), "{out}");
+    }
+    assert!(!out.contains("Pull complete"), "{out}");
+    assert!(out.contains(&format!("Status: Downloaded newer image for {again}\n")), "{out}");
+    // By digest, as `docker pull name@sha256:…`, with only the reference printed (-q).
+    let by_digest = format!("{repository}@{}", busybox.manifest.digest);
+    assert_eq!(skiff_ok(&server, &["image", "pull", "-q", &by_digest]), format!("{by_digest}\n"));
+
+    // A tag the registry lacks: the registry's words, a failure, and no image recorded.
+    let missing = format!("{repository}:nope");
+    let out = skiff(&server, &["image", "pull", &missing]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "pull of a missing tag succeeded: {out:?}");
+    assert!(stderr.contains("not found") && stderr.contains("manifest unknown"), "{stderr}");
+    assert!(!image_rows(&server).iter().any(|(_, tag, _)| tag == "nope"));
+    let tmp = server.data_dir().join("runtime/images/tmp");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "no download left behind");
+
+    server.kubectl_ok(&["delete", "pod", "pulled", "--wait=true", "--grace-period=1"]);
+    drop(registry);
+    server.finish();
+}
+
+#[test]
+fn a_pull_from_a_registry_with_basic_auth_uses_the_credentials_of_registries_yaml() {
+    let server = TestServer::start();
+    let registry = LocalRegistry::start_with_auth("pull-user", "pull-pass").expect("starting docker-registry");
+    let work = tempfile::Builder::new().prefix("skiff-test-pull-").tempdir_in("/tmp").unwrap();
+    let image = other_image(&work.path().join("other"));
+    let reference = push_to(&registry, "private/other:1", &image);
+
+    let out = skiff(&server, &["image", "pull", &reference]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an anonymous pull from a registry that wants auth succeeded");
+    assert!(stderr.contains("unauthorized") || stderr.contains("authentication required"), "{stderr}");
+    assert_eq!(image_rows(&server), [], "nothing recorded");
+
+    // The server's own file: the CLI reads it at each pull, no restart needed.
+    let registries = server.data_dir().join("registries.yaml");
+    std::fs::write(
+        &registries,
+        format!(
+            "configs:\n  \"{}\":\n    auth:\n      username: pull-user\n      password: pull-pass\n",
+            registry.addr()
+        ),
+    )
+    .unwrap();
+    let out = skiff_ok(&server, &["image", "pull", &reference]);
+    let layer = layer_id(&image.layers[0].digest);
+    assert!(out.contains(&format!("{layer}: Pull complete\n")), "{out}");
+    assert!(out.ends_with(&format!("Status: Downloaded newer image for {reference}\n{reference}\n")), "{out}");
+    assert_eq!(image_rows(&server).len(), 1);
+
+    // Without the file, credentials on the command line, the password on standard input.
+    std::fs::remove_file(&registries).unwrap();
+    let login = |password: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["pull", "--username", "pull-user", "--password-stdin", &reference, "--data-dir"])
+            .arg(server.data_dir())
+            .env_remove("SKIFF_DATA_DIR")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = login("pull-pass");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Status: Image is up to date for"), "{out:?}");
+    let out = login("wrong");
+    assert!(!out.status.success(), "a wrong password was accepted: {out:?}");
+
+    drop(registry);
     server.finish();
 }

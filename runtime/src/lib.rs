@@ -61,6 +61,7 @@ pub use image::manage::{
     IMAGE_GC_HIGH_PERCENT, IMAGE_GC_LOW_PERCENT, IMAGE_MINIMUM_GC_AGE, ImageManager, PreloadOutcome, Preloaded,
     Reclaimed, Removal, display_name as image_display_name, short_id as image_short_id,
 };
+pub use image::progress::{LayerInfo, PullEvent, PullProgress, Pulled, RecordedProgress};
 pub use image::reference::{Reference, ReferenceError};
 pub use image::registries::{Registries, RegistriesError};
 pub use log::{CriStream, format_cri_line, rfc3339_nano};
@@ -358,20 +359,8 @@ impl Runtime {
     /// Pulls `reference` (short names resolve to docker.io/library; registries on 127.0.0.0/8
     /// over plain HTTP) unless every blob is already present.
     pub async fn pull_image(&self, reference: &str, auth: Option<&RegistryAuth>) -> Result<Image> {
-        let r = Reference::parse(reference)
-            .map_err(|source| Error::InvalidReference { reference: reference.to_string(), source })?;
-        // A digest pins the content: a complete local copy is the image, no registry needed.
-        if r.digest.is_some()
-            && let Some(image) =
-                self.find_image(reference).filter(|i| i.layers.iter().all(|l| self.images.has_layer(l)))
-        {
-            return Ok(image);
-        }
-        // Held until the image is recorded, so an `image rm` or prune never sweeps its layers
-        // as unreferenced half way.
-        let store = self.images.clone();
-        let _lock = blocking(move || store.lock_shared()).await?;
-        image::pull::pull(&self.images, &self.registries, &r, auth).await
+        let pulled = image::pull::pull_reference(&self.images, &self.registries, reference, auth, None).await?;
+        Ok(pulled.image)
     }
 
     /// Imports a `docker save` tarball or an OCI image layout tarball (plain or gzip'd) into the

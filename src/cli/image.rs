@@ -1,5 +1,5 @@
-//! `skiff images` and `skiff image import|ls|rm|prune`: the node's image store without a
-//! registry, as `docker images`, `docker load`, `docker rmi` and `docker image prune -a` show it.
+//! `skiff images` and `skiff image pull|import|ls|rm|prune`: the node's image store, as
+//! `docker pull`, `docker images`, `docker load`, `docker rmi` and `docker image prune -a` show it.
 //!
 //! These commands open the runtime's image store under `--data-dir` directly, also while
 //! `skiff server` runs there: the store's file locks order them with the server's own pulls and
@@ -8,6 +8,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+mod pull;
 
 use anyhow::{Context, bail, ensure};
 use clap::{Args, Subcommand};
@@ -47,8 +49,36 @@ pub struct ImageArgs {
     pub command: ImageCommand,
 }
 
+/// `skiff pull`
+#[derive(Debug, Clone, Args)]
+pub struct PullCommandArgs {
+    #[command(flatten)]
+    pub data: DataDir,
+    #[command(flatten)]
+    pub pull: PullArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PullArgs {
+    /// The image: `busybox`, `busybox:1.36`, `registry.example:5000/app@sha256:…`.
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+    /// Print only the image's full reference, no progress.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// User name for the image's own registry (else `registries.yaml`'s credentials for it).
+    #[arg(long, short, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the password for --username from standard input.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum ImageCommand {
+    /// Pull an image from its registry (or the mirrors of `<data-dir>/registries.yaml`, with the
+    /// credentials it gives) into the node's image store, showing each layer's progress.
+    Pull(PullArgs),
     /// Import `docker save` tarballs or OCI image layout tarballs (plain or gzip'd; `-` reads
     /// one from standard input); their tags become image names that pods can use with
     /// imagePullPolicy IfNotPresent or Never.
@@ -85,10 +115,18 @@ pub fn run_images(args: ImagesArgs) -> anyhow::Result<()> {
     list(&open(&args.data.data_dir)?, &args.list, &mut std::io::stdout().lock())
 }
 
+pub fn run_pull(args: PullCommandArgs) -> anyhow::Result<()> {
+    pull::run(&args.data.data_dir, &open(&args.data.data_dir)?, args.pull)
+}
+
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
     let manager = open(&args.data.data_dir)?;
+    if let ImageCommand::Pull(pull_args) = args.command {
+        return pull::run(&args.data.data_dir, &manager, pull_args);
+    }
     let mut out = std::io::stdout().lock();
     match args.command {
+        ImageCommand::Pull(_) => unreachable!("handled above: it writes to the terminal itself"),
         ImageCommand::Import { files } => import(&manager, &files, &mut out),
         ImageCommand::Ls(list_args) => list(&manager, &list_args, &mut out),
         ImageCommand::Rm { force, images } => remove(&manager, &images, force, &mut out),
@@ -261,6 +299,11 @@ fn table(header: &[String; 4], rows: &[[String; 4]]) -> String {
 
 /// Docker's sizes: decimal units, three significant digits (`4.26MB`, `123kB`, `0B`).
 fn human_size(bytes: u64) -> String {
+    human_size_digits(bytes, 3)
+}
+
+/// Decimal units with `digits` significant digits (Docker's progress shows four: `2.152MB`).
+fn human_size_digits(bytes: u64, digits: usize) -> String {
     const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
     let mut size = bytes as f64;
     let mut unit = 0;
@@ -269,7 +312,7 @@ fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     let integer_digits = if size < 1.0 { 1 } else { size.log10().floor() as usize + 1 };
-    let decimals = 3usize.saturating_sub(integer_digits);
+    let decimals = digits.saturating_sub(integer_digits);
     let mut text = format!("{size:.decimals$}");
     if text.contains('.') {
         text = text.trim_end_matches('0').trim_end_matches('.').to_string();

@@ -23,8 +23,10 @@ pub enum Command {
     Version,
     /// List the node's images (`docker images`).
     Images(image::ImagesArgs),
-    /// Manage the node's images without a registry: import, ls, rm, prune.
+    /// Manage the node's images: pull, import, ls, rm, tag, prune.
     Image(image::ImageArgs),
+    /// Pull an image into the node's image store (`docker pull`; as `skiff image pull`).
+    Pull(image::PullCommandArgs),
     /// Measure Skiff against peers on this machine (`skiff bench runtime`).
     Bench(bench::BenchArgs),
     /// Internal: the runtime re-executes `skiff shim …` to start and watch each container.

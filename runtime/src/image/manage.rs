@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::gc::{self, ImageUser};
+use super::progress::{PullProgress, Pulled};
+use super::registries::Registries;
 use super::store::ImageStore;
-use crate::{Image, Result};
+use crate::{Image, RegistryAuth, Result};
 
 pub use super::gc::Removal;
 pub use super::preload::{PreloadOutcome, Preloaded};
@@ -88,6 +90,19 @@ impl ImageManager {
     /// Imports every archive in `dir` not imported before (see preload.rs). Blocking.
     pub fn import_dir(&self, dir: &Path) -> Result<Vec<Preloaded>> {
         super::preload::import_dir(self, dir)
+    }
+
+    /// `docker pull`: pulls `reference` from its registry (or the mirrors `registries` names, with
+    /// the credentials it has for each host; `auth` only for the reference's own registry),
+    /// telling `progress` each step. Beside a running server, as its own pulls do.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        registries: &Registries,
+        auth: Option<&RegistryAuth>,
+        progress: Option<Arc<dyn PullProgress>>,
+    ) -> Result<Pulled> {
+        super::pull::pull_reference(&self.store, registries, reference, auth, progress).await
     }
 
     /// `docker tag SOURCE TARGET`: `target` names the image `source` names (name, ID or prefix).

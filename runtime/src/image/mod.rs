@@ -4,6 +4,7 @@ pub mod archive;
 pub mod gc;
 pub mod manage;
 pub mod preload;
+pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registries;

@@ -17,10 +17,14 @@ use oci_client::manifest::{
 };
 use oci_client::secrets::RegistryAuth as OciAuth;
 
+use super::progress::{CountingWriter, LayerInfo, PullEvent, PullProgress, Pulled};
 use super::reference::Reference;
 use super::registries::{Endpoint, Registries};
 use super::store::ImageStore;
 use crate::{Error, Image, ImageConfig, RegistryAuth, Result};
+
+/// An optional observer of a pull's progress (`None` for the kubelet's pulls).
+pub type Progress = Option<Arc<dyn PullProgress>>;
 
 const ACCEPT: &[&str] =
     &[OCI_IMAGE_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
@@ -88,6 +92,36 @@ pub(crate) fn oci_auth(auth: Option<&RegistryAuth>) -> OciAuth {
     }
 }
 
+/// Pulls `reference` (short names resolve to docker.io/library) into the store unless it pins a
+/// digest whose image is there whole, holding the store's shared lock until the image is
+/// recorded, so an `image rm` or prune never sweeps its layers as unreferenced half way.
+pub async fn pull_reference(
+    store: &Arc<ImageStore>,
+    registries: &Registries,
+    reference: &str,
+    auth: Option<&RegistryAuth>,
+    progress: Progress,
+) -> Result<Pulled> {
+    let r = Reference::parse(reference)
+        .map_err(|source| Error::InvalidReference { reference: reference.to_string(), source })?;
+    let complete = |image: &Image| image.layers.iter().all(|l| store.has_layer(l));
+    let digest_of = |image: &Image| image.repo_digest.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+    // A digest pins the content: a complete local copy is the image, no registry needed.
+    if let Some(digest) = &r.digest
+        && let Some(image) =
+            store.find(&r.to_string()).or_else(|| store.find(&format!("{}@{digest}", r.name()))).filter(complete)
+    {
+        return Ok(Pulled { digest: digest.clone(), image, up_to_date: true });
+    }
+    let before = store.find(&r.to_string()).filter(complete);
+    let lock_store = store.clone();
+    let _lock = tokio::task::spawn_blocking(move || lock_store.lock_shared())
+        .await
+        .map_err(|e| Error::Pull { reference: r.to_string(), message: format!("locking the image store: {e}") })??;
+    let image = pull(store, registries, &r, auth, progress).await?;
+    Ok(Pulled { digest: digest_of(&image), up_to_date: before.as_ref() == Some(&image), image })
+}
+
 /// Pulls `r` from the first of its endpoints that has it whole. When every endpoint fails,
 /// the error is the registry's own (it decides not-found), naming the mirrors' failures.
 pub async fn pull(
@@ -95,6 +129,7 @@ pub async fn pull(
     registries: &Registries,
     r: &Reference,
     auth: Option<&RegistryAuth>,
+    progress: Progress,
 ) -> Result<Image> {
     let endpoints = registries.endpoints(&r.registry);
     let mut failures = Vec::new();
@@ -105,7 +140,7 @@ pub async fn pull(
             oci_ref.set_mirror_registry(endpoint.host.clone());
         }
         let auth = registries.auth_for(endpoint, &r.registry, auth);
-        match pull_from(store, &client, &oci_ref, r, auth.as_ref()).await {
+        match pull_from(store, &client, &oci_ref, r, auth.as_ref(), &progress).await {
             Ok(image) => return Ok(image),
             Err(e) if !endpoint.is_default => {
                 tracing::warn!(image = %r, mirror = %endpoint.url(), error = %e, "pull from mirror failed");
@@ -140,6 +175,7 @@ async fn pull_from(
     oci_ref: &oci_client::Reference,
     r: &Reference,
     auth: Option<&RegistryAuth>,
+    progress: &Progress,
 ) -> Result<Image> {
     let reference = r.to_string();
     let err = |e: OciDistributionError| map_error(&reference, e);
@@ -194,6 +230,22 @@ async fn pull_from(
         });
     }
 
+    if let Some(progress) = progress {
+        progress.event(PullEvent::Resolved {
+            digest: list_digest.clone().unwrap_or_else(|| manifest_digest.clone()),
+            layers: manifest
+                .layers
+                .iter()
+                .zip(&diff_ids)
+                .map(|(l, diff_id)| LayerInfo {
+                    digest: l.digest.clone(),
+                    size: l.size.max(0) as u64,
+                    present: store.has_layer(diff_id),
+                })
+                .collect(),
+        });
+    }
+
     // Each download owns its inputs: borrowing them from this frame makes the future non-Send
     // (rustc cannot prove the closure general over the borrows' lifetimes).
     let downloads: Vec<_> = manifest
@@ -202,9 +254,9 @@ async fn pull_from(
         .cloned()
         .zip(diff_ids.iter().cloned())
         .map(|(layer, diff_id)| {
-            let (store, client, oci_ref, reference) =
-                (store.clone(), client.clone(), oci_ref.clone(), reference.clone());
-            async move { fetch_layer(&store, &client, &oci_ref, &reference, &layer, &diff_id).await }
+            let (store, client, oci_ref, reference, progress) =
+                (store.clone(), client.clone(), oci_ref.clone(), reference.clone(), progress.clone());
+            async move { fetch_layer(&store, &client, &oci_ref, &reference, &layer, &diff_id, progress).await }
         })
         .collect();
     // Every download runs to its end before the first failure is reported: one dropped mid-way
@@ -232,20 +284,47 @@ async fn fetch_layer(
     reference: &str,
     layer: &OciDescriptor,
     diff_id: &str,
+    progress: Progress,
 ) -> Result<()> {
+    let digest = layer.digest.clone();
+    let report = |event: PullEvent| {
+        if let Some(p) = &progress {
+            p.event(event)
+        }
+    };
     if store.has_layer(diff_id) {
+        report(PullEvent::LayerExists { digest });
         return Ok(());
     }
     let tmp = TempBlob(store.temp_path("blob"));
     let file =
         tokio::fs::File::create(&tmp.0).await.map_err(crate::state::io_ctx(format!("creating {}", tmp.0.display())))?;
-    client.pull_blob(oci_ref, layer, file).await.map_err(|e| map_error(reference, e))?;
-    let (store, blob_digest, diff_id) = (store.clone(), layer.digest.clone(), diff_id.to_string());
+    let size = layer.size.max(0) as u64;
+    let downloaded = match &progress {
+        None => client.pull_blob(oci_ref, layer, file).await.map(|()| size),
+        Some(p) => {
+            let mut counted = CountingWriter::new(file, p.clone(), &digest, size);
+            client.pull_blob(oci_ref, layer, &mut counted).await.map(|()| counted.bytes())
+        }
+    };
+    let bytes = downloaded.map_err(|e| map_error(reference, e))?;
+    report(PullEvent::Downloaded { digest: digest.clone(), bytes });
+    let (store, blob_digest, diff_id) = (store.clone(), digest.clone(), diff_id.to_string());
     // The blocking task owns the download, so it is removed when the unpack ends, even if this
     // pull was dropped meanwhile.
-    tokio::task::spawn_blocking(move || store.commit_layer(&tmp.0, &blob_digest, &diff_id))
-        .await
-        .map_err(|e| Error::Pull { reference: reference.into(), message: format!("unpack task failed: {e}") })?
+    let unpack_progress = progress.clone();
+    tokio::task::spawn_blocking(move || {
+        let total = std::fs::metadata(&tmp.0).map(|m| m.len()).unwrap_or(size);
+        store.commit_layer_counted(&tmp.0, &blob_digest, &diff_id, |current| {
+            if let Some(p) = &unpack_progress {
+                p.event(PullEvent::Extracting { digest: blob_digest.clone(), current, total });
+            }
+        })
+    })
+    .await
+    .map_err(|e| Error::Pull { reference: reference.into(), message: format!("unpack task failed: {e}") })??;
+    report(PullEvent::LayerDone { digest });
+    Ok(())
 }
 
 /// A downloaded layer in the store's tmp dir, removed when dropped: after its unpack, on a

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
+use super::progress::CountingReader;
 use super::unpack::{self, UnpackError};
 use crate::state::{io_ctx, read_json, write_atomic, write_json};
 use crate::{Error, Image, Result};
@@ -230,6 +231,17 @@ impl ImageStore {
     /// Unpacks the downloaded layer blob at `blob` into `layers/<diff id>` unless present,
     /// verifying both the blob digest and the diff ID on the way. Blocking.
     pub fn commit_layer(&self, blob: &Path, blob_digest: &str, diff_id: &str) -> Result<()> {
+        self.commit_layer_counted(blob, blob_digest, diff_id, |_| {})
+    }
+
+    /// [`Self::commit_layer`], telling `on_read` how many blob bytes the unpack has read so far.
+    pub fn commit_layer_counted(
+        &self,
+        blob: &Path,
+        blob_digest: &str,
+        diff_id: &str,
+        on_read: impl FnMut(u64),
+    ) -> Result<()> {
         let dest = self.layer_dir(diff_id);
         if dest.is_dir() {
             return Ok(());
@@ -245,7 +257,7 @@ impl ImageStore {
                 context: format!("unpacking layer {blob_digest}"),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             };
-            let got = unpack::unpack_layer(file, &tmp).map_err(unpack_err)?;
+            let got = unpack::unpack_layer(CountingReader::new(file, on_read), &tmp).map_err(unpack_err)?;
             if got.blob_digest != blob_digest {
                 return Err(unpack_err(UnpackError::Digest { expected: blob_digest.into(), actual: got.blob_digest }));
             }

@@ -16,6 +16,7 @@
 mod client;
 mod events;
 mod informer;
+mod metrics;
 mod quantity;
 mod registry;
 mod selector;
@@ -33,6 +34,7 @@ pub use watch::{WatchEvent, WatchEventType};
 
 pub use events::{DEDUP_WINDOW, EventSource, EventType, ObjectReference, Recorder};
 pub use informer::{Informer, InformerEvent, InformerHandle, ObjectKey, Phase as InformerPhase, Store, Writer};
+pub use metrics::{ContainerUsage, NodeUsage, PodUsage, ResourceMetrics};
 pub use quantity::{ParsedQuantity, QuantityError, parse_bytes, parse_millis};
 pub use workqueue::WorkQueue;
 

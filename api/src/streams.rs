@@ -106,4 +106,10 @@ pub trait PodStreams: Send + Sync {
         let _ = (namespace, uid, port);
         Err(ApiError::bad_request(format!("port-forward to pod {name} is not supported by this node yet")))
     }
+
+    /// The usage the node measures for `metrics.k8s.io` (the kubelet's `/metrics/resource`),
+    /// `None` when it measures none.
+    fn resource_metrics(&self) -> Option<&dyn crate::ResourceMetrics> {
+        None
+    }
 }

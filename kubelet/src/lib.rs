@@ -28,6 +28,7 @@ pub mod exec;
 pub mod generate;
 pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 mod pod_workers;
 pub mod portforward;
@@ -74,6 +75,9 @@ pub struct Kubelet {
     // service plane wiring: the cluster DNS pods' resolv.conf points at (ClusterFirst).
     cluster_dns: std::sync::OnceLock<service::ServiceConfig>,
     volumes: Arc<volumes::VolumeManager>,
+    /// Resource usage for `kubectl top`, and how often it is measured.
+    metrics: Arc<metrics::MetricsSampler>,
+    metrics_resolution: std::sync::OnceLock<Duration>,
 }
 
 impl Kubelet {
@@ -87,6 +91,8 @@ impl Kubelet {
             host_ip: node::internal_ip(),
             cluster_dns: std::sync::OnceLock::new(),
             volumes: Arc::new(volumes::VolumeManager::new(config.root.clone(), client.clone())),
+            metrics: Arc::new(metrics::MetricsSampler::new(&config.node_name)),
+            metrics_resolution: std::sync::OnceLock::new(),
             config,
             client,
             runtime,
@@ -113,6 +119,12 @@ impl Kubelet {
     /// Kubernetes' defaults, 10Mi and 5.
     pub fn set_log_rotation(&self, policy: logs::rotation::LogRotation) {
         let _ = self.log_rotation.set(policy);
+    }
+
+    /// Sets how often resource usage is measured (set once, before `run`); without it
+    /// [`metrics::DEFAULT_RESOLUTION`].
+    pub fn set_metrics_resolution(&self, resolution: Duration) {
+        let _ = self.metrics_resolution.set(resolution);
     }
 
     /// Registers the node, then runs pods until `shutdown`. Containers keep running after
@@ -157,6 +169,9 @@ impl Kubelet {
             Informer::<Pod>::new(self.client.clone(), None, ListOptions::fields(selector)).spawn();
         let evictions = eviction::EvictionManager::new(eviction::default_thresholds(), conditions_tx);
         let evictions = tokio::spawn(evictions.run(self.clone(), store.clone(), node_ref, shutdown.child_token()));
+        let resolution = self.metrics_resolution.get().copied().unwrap_or(metrics::DEFAULT_RESOLUTION);
+        let sampler = self.metrics.clone().run(self.runtime.clone(), store.clone(), resolution, shutdown.child_token());
+        let sampler = tokio::spawn(sampler);
         let mut cleaned = false;
         loop {
             tokio::select! {
@@ -178,6 +193,7 @@ impl Kubelet {
         let _ = heartbeat.await;
         let _ = evictions.await;
         let _ = refresher.await;
+        let _ = sampler.await;
         rotator.abort();
     }
 
@@ -268,5 +284,9 @@ impl PodStreams for Kubelet {
         io: skiff_api::ExecIo,
     ) -> Result<(), ApiError> {
         exec::attach(&self.runtime, uid, opts, io).await
+    }
+
+    fn resource_metrics(&self) -> Option<&dyn skiff_api::ResourceMetrics> {
+        Some(self.metrics.as_ref())
     }
 }

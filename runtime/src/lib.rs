@@ -55,7 +55,7 @@ mod stdio;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use cgroups::{CgroupManager, Layout as cgroups_layout};
+pub use cgroups::{CgroupManager, Layout as cgroups_layout, Usage};
 pub use exec::{ExecProcess, ExecReader, ExecSpec, ExecWriter, TerminalSize};
 pub use image::manage::{
     IMAGE_GC_HIGH_PERCENT, IMAGE_GC_LOW_PERCENT, IMAGE_MINIMUM_GC_AGE, ImageManager, PreloadOutcome, Preloaded,
@@ -592,6 +592,19 @@ impl Runtime {
     pub fn container(&self, id: &str) -> Result<ContainerInfo> {
         check_id("container", id)?;
         container::info(&self.container_dir(id), id)
+    }
+
+    /// What a container's cgroup has used so far (cumulative CPU, memory working set), for the
+    /// kubelet's resource metrics.
+    pub fn container_usage(&self, sandbox_id: &str, id: &str) -> Result<Usage> {
+        check_id("sandbox", sandbox_id)?;
+        check_id("container", id)?;
+        self.cgroups.usage(&self.cgroups.container_path(sandbox_id, id)).map_err(cgroup_err)
+    }
+
+    /// The whole node's usage (root cgroup, or /proc where it has no counters).
+    pub fn node_usage(&self) -> Result<Usage> {
+        self.cgroups.root_usage().map_err(cgroup_err)
     }
 
     /// Everything the runtime has on disk, for adoption and cleanup after a restart.

@@ -54,7 +54,7 @@ fn negotiate(headers: &HeaderMap) -> Format {
 /// Groups in the order RESOURCES lists them, each with its versions in order.
 fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-    for r in RESOURCES {
+    for r in served() {
         match groups.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
             Some(_) => {}
@@ -64,8 +64,13 @@ fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     groups
 }
 
+/// The stored resources, then the `metrics.k8s.io` ones served beside them.
+fn served() -> impl Iterator<Item = &'static ResourceKind> {
+    RESOURCES.iter().chain(super::metrics::RESOURCES)
+}
+
 fn resources_of(group: &str, version: &str) -> impl Iterator<Item = &'static ResourceKind> {
-    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
+    served().filter(move |r| r.group == group && r.version == version)
 }
 
 fn scope(r: &ResourceKind) -> &'static str {

@@ -14,6 +14,7 @@
 mod discovery;
 mod exec;
 mod logs;
+mod metrics;
 mod openapi;
 mod portforward;
 mod protobuf;
@@ -230,6 +231,7 @@ impl State {
             Route::ResourceList { group, version } => discovery::resource_list(&group, &version),
             Route::OpenApiV3Index => Ok(openapi::index()),
             Route::OpenApiV3 { group_version } => openapi::document(&group_version),
+            Route::Metrics(target) => metrics::handle(&self, req.uri().query(), req.headers(), target).await,
         };
         result.unwrap_or_else(|e| reply::error(&e))
     }

@@ -13,6 +13,8 @@
 
 use skiff_api::{ApiError, ResourceKind, StatusReason};
 
+use super::metrics;
+
 /// One Kubernetes REST resource path, resolved against [`skiff_api::RESOURCES`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
@@ -40,6 +42,8 @@ pub(crate) enum Route {
         group_version: String,
     },
     Resource(Target),
+    /// `metrics.k8s.io/v1beta1` objects, which are not stored (see `metrics.rs`).
+    Metrics(super::metrics::Target),
 }
 
 /// The 404 Kubernetes answers for a path it does not serve.
@@ -55,6 +59,11 @@ pub(crate) fn parse(path: &str) -> Result<Route, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     match segments.as_slice() {
         ["api"] => Ok(Route::Api),
+        ["apis", metrics::GROUP] => Ok(Route::Group(metrics::GROUP.to_string())),
+        ["apis", metrics::GROUP, metrics::VERSION] => {
+            Ok(Route::ResourceList { group: metrics::GROUP.to_string(), version: metrics::VERSION.to_string() })
+        }
+        ["apis", metrics::GROUP, metrics::VERSION, rest @ ..] => metrics::parse(rest).map(Route::Metrics),
         ["apis"] => Ok(Route::Apis),
         ["openapi", "v3"] => Ok(Route::OpenApiV3Index),
         ["openapi", "v3", rest @ ..] if !rest.is_empty() => Ok(Route::OpenApiV3 { group_version: rest.join("/") }),

@@ -10,6 +10,7 @@
 //! Paths are absolute from each hierarchy's root, never relative to the caller's own cgroup (the
 //! shell's memory cgroup on these hosts is not `/`).
 
+pub mod usage;
 mod v1;
 mod v2;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::Resources;
+pub use usage::Usage;
 
 /// The v1 controllers Skiff places pods and containers in.
 const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "cpuset", "freezer"];
@@ -173,6 +175,60 @@ impl CgroupManager {
         std::fs::read_to_string(file).ok().and_then(|s| keyed_value(&s, key)).is_some_and(|n| n > 0)
     }
 
+    /// What `rel` (with its children) has used: cumulative CPU time and memory working set.
+    pub fn usage(&self, rel: &Path) -> Result<Usage, Error> {
+        let (cpu_ns, memory_working_set_bytes) = match &self.layout {
+            Layout::V1 { hierarchies } => {
+                let dir = |controller: &str| {
+                    hierarchies.iter().find(|h| h.has(controller)).map(|h| h.mount.join(rel)).ok_or(Error::NoHierarchy)
+                };
+                let cpu = dir("cpuacct")?.join("cpuacct.usage");
+                let memory = dir("memory")?;
+                let current = memory.join("memory.usage_in_bytes");
+                let stat = usage::read(&memory.join("memory.stat"))?;
+                (
+                    usage::v1_cpu_ns(&usage::read(&cpu)?).ok_or_else(|| usage::malformed(&cpu))?,
+                    usage::v1_working_set(&usage::read(&current)?, &stat).ok_or_else(|| usage::malformed(&current))?,
+                )
+            }
+            Layout::V2 { mount } => {
+                let dir = mount.join(rel);
+                let (cpu, current) = (dir.join("cpu.stat"), dir.join("memory.current"));
+                let stat = usage::read(&dir.join("memory.stat"))?;
+                (
+                    usage::v2_cpu_ns(&usage::read(&cpu)?).ok_or_else(|| usage::malformed(&cpu))?,
+                    usage::v2_working_set(&usage::read(&current)?, &stat).ok_or_else(|| usage::malformed(&current))?,
+                )
+            }
+        };
+        Ok(Usage { cpu_ns, memory_working_set_bytes })
+    }
+
+    /// The whole node's usage, from the root cgroup as the kubelet reads it; where the root has
+    /// no counters (the v2 root has no `memory.current`, old kernels no root `cpu.stat`), from
+    /// /proc/stat and /proc/meminfo.
+    pub fn root_usage(&self) -> Result<Usage, Error> {
+        if let Ok(usage) = self.usage(Path::new("")) {
+            return Ok(usage);
+        }
+        let (stat, meminfo) = (Path::new("/proc/stat"), Path::new("/proc/meminfo"));
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let cpu_ns = match &self.layout {
+            Layout::V2 { mount } => {
+                std::fs::read_to_string(mount.join("cpu.stat")).ok().and_then(|s| usage::v2_cpu_ns(&s))
+            }
+            Layout::V1 { .. } => None,
+        };
+        let cpu_ns = match cpu_ns {
+            Some(ns) => ns,
+            None => usage::proc_stat_cpu_ns(&usage::read(stat)?, ticks).ok_or_else(|| usage::malformed(stat))?,
+        };
+        let memory_working_set_bytes =
+            usage::meminfo_working_set(&usage::read(meminfo)?).ok_or_else(|| usage::malformed(meminfo))?;
+        Ok(Usage { cpu_ns, memory_working_set_bytes })
+    }
+
     /// Every process of `rel` and its descendants, by host pid.
     pub fn pids(&self, rel: &Path) -> Vec<i32> {
         let mut pids = Vec::new();
@@ -316,6 +372,42 @@ mod tests {
             ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu,cpuacct"]
         );
         assert_eq!(h[3].controllers, ["cpu", "cpuacct"]);
+    }
+
+    #[test]
+    fn usage_is_read_from_the_cpuacct_and_memory_hierarchies_of_a_v1_fixture() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cpuacct, memory) = (tmp.path().join("cpuacct"), tmp.path().join("memory"));
+        let h = |m: &Path, c: &str| Hierarchy { mount: m.to_path_buf(), controllers: vec![c.to_string()] };
+        let mgr =
+            CgroupManager::new(Layout::V1 { hierarchies: vec![h(&cpuacct, "cpuacct"), h(&memory, "memory")] }, "s");
+        let rel = mgr.container_path("p", "c");
+        for d in [&cpuacct, &memory] {
+            std::fs::create_dir_all(d.join(&rel)).unwrap();
+        }
+        std::fs::write(cpuacct.join(&rel).join("cpuacct.usage"), "1500000000\n").unwrap();
+        std::fs::write(memory.join(&rel).join("memory.usage_in_bytes"), "30000000\n").unwrap();
+        std::fs::write(memory.join(&rel).join("memory.stat"), "inactive_file 1\ntotal_inactive_file 4000000\n")
+            .unwrap();
+        let usage = mgr.usage(&rel).unwrap();
+        assert_eq!(usage, Usage { cpu_ns: 1_500_000_000, memory_working_set_bytes: 26_000_000 });
+
+        std::fs::remove_file(cpuacct.join(&rel).join("cpuacct.usage")).unwrap();
+        let err = mgr.usage(&rel).unwrap_err().to_string();
+        assert!(err.contains("cpuacct.usage"), "the error names its file: {err}");
+    }
+
+    #[test]
+    fn usage_is_read_from_cpu_stat_and_memory_current_of_a_v2_fixture() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mgr = CgroupManager::new(Layout::V2 { mount: tmp.path().to_path_buf() }, "s");
+        let dir = tmp.path().join(mgr.container_path("p", "c"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 250000\nuser_usec 200000\nsystem_usec 50000\n").unwrap();
+        std::fs::write(dir.join("memory.current"), "20971520\n").unwrap();
+        std::fs::write(dir.join("memory.stat"), "anon 16777216\nactive_file 0\ninactive_file 1048576\n").unwrap();
+        let usage = mgr.usage(&mgr.container_path("p", "c")).unwrap();
+        assert_eq!(usage, Usage { cpu_ns: 250_000_000, memory_working_set_bytes: 20_971_520 - 1_048_576 });
     }
 
     #[test]

@@ -57,16 +57,6 @@ pub struct WriteOptions {
     pub dry_run: bool,
 }
 
-impl WriteOptions {
-    /// The default implementations of the `*_with` verbs cannot honour a dry run.
-    fn refuse_dry_run(&self) -> Result<(), ApiError> {
-        if self.dry_run {
-            return Err(ApiError::bad_request("dryRun is not supported by this client"));
-        }
-        Ok(())
-    }
-}
-
 /// The patch formats of Kubernetes, by their content types.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PatchKind {
@@ -113,68 +103,27 @@ pub trait ApiClient: Send + Sync {
         opts: &ListOptions,
     ) -> Result<WatchStream, ApiError>;
 
-    async fn create(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        object: Value,
-    ) -> Result<Value, ApiError>;
-
-    /// POST to a subresource such as `pods/binding` or `pods/eviction`.
-    async fn create_subresource(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        subresource: &str,
-        body: Value,
-    ) -> Result<Value, ApiError>;
-
-    /// Replaces an object (or its `status` subresource), checking `metadata.resourceVersion`
-    /// when the object carries one.
-    async fn update(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        subresource: Option<&str>,
-        object: Value,
-    ) -> Result<Value, ApiError>;
-
-    async fn patch(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        subresource: Option<&str>,
-        kind: PatchKind,
-        patch: Value,
-    ) -> Result<Value, ApiError>;
-
-    /// Deletes an object, or marks it for deletion (graceful pods, finalizers): the reply is
-    /// the object as it stands after the call.
-    async fn delete(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        opts: &DeleteOptions,
-    ) -> Result<Value, ApiError>;
-
-    /// [`create`](Self::create) with [`WriteOptions`]. Implementations that track field
-    /// managers or support dry runs override the `*_with` verbs; the defaults ignore the field
-    /// manager and refuse a dry run.
     async fn create_with(
         &self,
         res: &'static ResourceKind,
         namespace: Option<&str>,
         object: Value,
         opts: &WriteOptions,
-    ) -> Result<Value, ApiError> {
-        opts.refuse_dry_run()?;
-        self.create(res, namespace, object).await
-    }
+    ) -> Result<Value, ApiError>;
 
+    /// POST to a subresource such as `pods/binding` or `pods/eviction`.
+    async fn create_subresource_with(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError>;
+
+    /// Replaces an object (or its `status` subresource), checking `metadata.resourceVersion`
+    /// when the object carries one.
     async fn update_with(
         &self,
         res: &'static ResourceKind,
@@ -183,13 +132,10 @@ pub trait ApiClient: Send + Sync {
         subresource: Option<&str>,
         object: Value,
         opts: &WriteOptions,
-    ) -> Result<Value, ApiError> {
-        opts.refuse_dry_run()?;
-        self.update(res, namespace, name, subresource, object).await
-    }
+    ) -> Result<Value, ApiError>;
 
-    /// A patch that also tells whether it created the object (server-side apply of a missing
-    /// object, answered with 201).
+    /// A patch, and whether it created the object (server-side apply of a missing object,
+    /// answered with 201).
     #[allow(clippy::too_many_arguments)]
     async fn patch_with(
         &self,
@@ -200,33 +146,10 @@ pub trait ApiClient: Send + Sync {
         kind: PatchKind,
         patch: Value,
         opts: &WriteOptions,
-    ) -> Result<(Value, bool), ApiError> {
-        opts.refuse_dry_run()?;
-        let existed = match kind {
-            PatchKind::Apply { .. } => match self.get(res, namespace, name).await {
-                Ok(_) => true,
-                Err(e) if e.is_not_found() => false,
-                Err(e) => return Err(e),
-            },
-            _ => true,
-        };
-        Ok((self.patch(res, namespace, name, subresource, kind, patch).await?, !existed))
-    }
+    ) -> Result<(Value, bool), ApiError>;
 
-    /// [`create_subresource`](Self::create_subresource) with [`WriteOptions`].
-    async fn create_subresource_with(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        subresource: &str,
-        body: Value,
-        opts: &WriteOptions,
-    ) -> Result<Value, ApiError> {
-        opts.refuse_dry_run()?;
-        self.create_subresource(res, namespace, name, subresource, body).await
-    }
-
+    /// Deletes an object, or marks it for deletion (graceful pods, finalizers): the reply is
+    /// the object as it stands after the call.
     async fn delete_with(
         &self,
         res: &'static ResourceKind,
@@ -234,9 +157,61 @@ pub trait ApiClient: Send + Sync {
         name: &str,
         opts: &DeleteOptions,
         write: &WriteOptions,
+    ) -> Result<Value, ApiError>;
+
+    // The verbs as in-process components use them: no field manager, never a dry run.
+
+    async fn create(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        object: Value,
     ) -> Result<Value, ApiError> {
-        write.refuse_dry_run()?;
-        self.delete(res, namespace, name, opts).await
+        self.create_with(res, namespace, object, &WriteOptions::default()).await
+    }
+
+    async fn create_subresource(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: &str,
+        body: Value,
+    ) -> Result<Value, ApiError> {
+        self.create_subresource_with(res, namespace, name, subresource, body, &WriteOptions::default()).await
+    }
+
+    async fn update(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        object: Value,
+    ) -> Result<Value, ApiError> {
+        self.update_with(res, namespace, name, subresource, object, &WriteOptions::default()).await
+    }
+
+    async fn patch(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        kind: PatchKind,
+        patch: Value,
+    ) -> Result<Value, ApiError> {
+        Ok(self.patch_with(res, namespace, name, subresource, kind, patch, &WriteOptions::default()).await?.0)
+    }
+
+    async fn delete(
+        &self,
+        res: &'static ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        self.delete_with(res, namespace, name, opts, &WriteOptions::default()).await
     }
 }
 

@@ -207,7 +207,7 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ApiError, DeleteOptions, ListOptions, ObjectList, WatchStream};
+    use crate::{ApiError, DeleteOptions, ListOptions, ObjectList, WatchStream, WriteOptions};
 
     /// Records creates and patches of events.
     #[derive(Default)]
@@ -236,31 +236,39 @@ mod tests {
         ) -> Result<WatchStream, ApiError> {
             unreachable!()
         }
-        async fn create(&self, _: &'static ResourceKind, _: Option<&str>, object: Value) -> Result<Value, ApiError> {
+        async fn create_with(
+            &self,
+            _: &'static ResourceKind,
+            _: Option<&str>,
+            object: Value,
+            _opts: &WriteOptions,
+        ) -> Result<Value, ApiError> {
             self.calls.lock().unwrap().push(("create".into(), object.clone()));
             Ok(object)
         }
-        async fn create_subresource(
+        async fn create_subresource_with(
             &self,
             _: &'static ResourceKind,
             _: Option<&str>,
             _: &str,
             _: &str,
             _: Value,
+            _opts: &WriteOptions,
         ) -> Result<Value, ApiError> {
             unreachable!()
         }
-        async fn update(
+        async fn update_with(
             &self,
             _: &'static ResourceKind,
             _: Option<&str>,
             _: &str,
             _: Option<&str>,
             _: Value,
+            _opts: &WriteOptions,
         ) -> Result<Value, ApiError> {
             unreachable!()
         }
-        async fn patch(
+        async fn patch_with(
             &self,
             _: &'static ResourceKind,
             _: Option<&str>,
@@ -268,16 +276,18 @@ mod tests {
             _: Option<&str>,
             _: PatchKind,
             patch: Value,
-        ) -> Result<Value, ApiError> {
+            _opts: &WriteOptions,
+        ) -> Result<(Value, bool), ApiError> {
             self.calls.lock().unwrap().push((format!("patch {name}"), patch.clone()));
-            Ok(patch)
+            Ok((patch, false))
         }
-        async fn delete(
+        async fn delete_with(
             &self,
             _: &'static ResourceKind,
             _: Option<&str>,
             _: &str,
             _: &DeleteOptions,
+            _write: &WriteOptions,
         ) -> Result<Value, ApiError> {
             unreachable!()
         }

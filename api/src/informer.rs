@@ -327,7 +327,7 @@ impl Drop for InformerHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DeleteOptions, ObjectList, PatchKind, WatchEvent, WatchStream};
+    use crate::{DeleteOptions, ObjectList, PatchKind, WatchEvent, WatchStream, WriteOptions};
     use k8s_openapi::api::core::v1::ConfigMap;
     use serde_json::json;
     use std::collections::VecDeque;
@@ -369,30 +369,38 @@ mod tests {
                 None => Ok(futures::stream::pending().boxed()),
             }
         }
-        async fn create(&self, _: &'static ResourceKind, _: Option<&str>, _: Value) -> Result<Value, ApiError> {
+        async fn create_with(
+            &self,
+            _: &'static ResourceKind,
+            _: Option<&str>,
+            _: Value,
+            _opts: &WriteOptions,
+        ) -> Result<Value, ApiError> {
             unreachable!()
         }
-        async fn create_subresource(
+        async fn create_subresource_with(
             &self,
             _: &'static ResourceKind,
             _: Option<&str>,
             _: &str,
             _: &str,
             _: Value,
+            _opts: &WriteOptions,
         ) -> Result<Value, ApiError> {
             unreachable!()
         }
-        async fn update(
+        async fn update_with(
             &self,
             _: &'static ResourceKind,
             _: Option<&str>,
             _: &str,
             _: Option<&str>,
             _: Value,
+            _opts: &WriteOptions,
         ) -> Result<Value, ApiError> {
             unreachable!()
         }
-        async fn patch(
+        async fn patch_with(
             &self,
             _: &'static ResourceKind,
             _: Option<&str>,
@@ -400,15 +408,17 @@ mod tests {
             _: Option<&str>,
             _: PatchKind,
             _: Value,
-        ) -> Result<Value, ApiError> {
+            _opts: &WriteOptions,
+        ) -> Result<(Value, bool), ApiError> {
             unreachable!()
         }
-        async fn delete(
+        async fn delete_with(
             &self,
             _: &'static ResourceKind,
             _: Option<&str>,
             _: &str,
             _: &DeleteOptions,
+            _write: &WriteOptions,
         ) -> Result<Value, ApiError> {
             unreachable!()
         }

@@ -599,35 +599,38 @@ mod tests {
         ) -> Result<skiff_api::WatchStream, skiff_api::ApiError> {
             unreachable!()
         }
-        async fn create(
+        async fn create_with(
             &self,
             _: &'static skiff_api::ResourceKind,
             _: Option<&str>,
             o: serde_json::Value,
+            _: &skiff_api::WriteOptions,
         ) -> Result<serde_json::Value, skiff_api::ApiError> {
             Ok(o)
         }
-        async fn create_subresource(
+        async fn create_subresource_with(
             &self,
             _: &'static skiff_api::ResourceKind,
             _: Option<&str>,
             _: &str,
             _: &str,
             _: serde_json::Value,
+            _: &skiff_api::WriteOptions,
         ) -> Result<serde_json::Value, skiff_api::ApiError> {
             unreachable!()
         }
-        async fn update(
+        async fn update_with(
             &self,
             _: &'static skiff_api::ResourceKind,
             _: Option<&str>,
             _: &str,
             _: Option<&str>,
             _: serde_json::Value,
+            _: &skiff_api::WriteOptions,
         ) -> Result<serde_json::Value, skiff_api::ApiError> {
             unreachable!()
         }
-        async fn patch(
+        async fn patch_with(
             &self,
             _: &'static skiff_api::ResourceKind,
             _: Option<&str>,
@@ -635,15 +638,17 @@ mod tests {
             _: Option<&str>,
             _: skiff_api::PatchKind,
             p: serde_json::Value,
-        ) -> Result<serde_json::Value, skiff_api::ApiError> {
-            Ok(p)
+            _: &skiff_api::WriteOptions,
+        ) -> Result<(serde_json::Value, bool), skiff_api::ApiError> {
+            Ok((p, false))
         }
-        async fn delete(
+        async fn delete_with(
             &self,
             _: &'static skiff_api::ResourceKind,
             _: Option<&str>,
             _: &str,
             _: &skiff_api::DeleteOptions,
+            _: &skiff_api::WriteOptions,
         ) -> Result<serde_json::Value, skiff_api::ApiError> {
             unreachable!()
         }

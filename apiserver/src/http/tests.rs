@@ -9,7 +9,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use skiff_api::{
     ApiClient, ApiError, ByteStream, DeleteOptions, FieldSelector, LabelSelector, ListOptions, LogOptions, ObjectList,
-    PatchKind, PodStreams, ResourceKind, WatchEvent, WatchEventType, WatchStream,
+    PatchKind, PodStreams, ResourceKind, WatchEvent, WatchEventType, WatchStream, WriteOptions,
 };
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +106,13 @@ impl ApiClient for MemoryApi {
         Ok(initial.chain(changes).boxed())
     }
 
-    async fn create(&self, res: &'static ResourceKind, ns: Option<&str>, mut object: Value) -> Result<Value, ApiError> {
+    async fn create_with(
+        &self,
+        res: &'static ResourceKind,
+        ns: Option<&str>,
+        mut object: Value,
+        _opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
         if self.get(res, ns, &name).await.is_ok() {
             return Err(ApiError::already_exists(res, &name));
@@ -116,30 +122,32 @@ impl ApiClient for MemoryApi {
         Ok(self.store(res, ns, object, WatchEventType::Added))
     }
 
-    async fn create_subresource(
+    async fn create_subresource_with(
         &self,
         res: &'static ResourceKind,
         _ns: Option<&str>,
         _name: &str,
         sub: &str,
         _body: Value,
+        _opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         Err(ApiError::bad_request(format!("{}/{sub} is not in the test double", res.plural)))
     }
 
-    async fn update(
+    async fn update_with(
         &self,
         res: &'static ResourceKind,
         ns: Option<&str>,
         name: &str,
         _sub: Option<&str>,
         object: Value,
+        _opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         self.get(res, ns, name).await?;
         Ok(self.store(res, ns, object, WatchEventType::Modified))
     }
 
-    async fn patch(
+    async fn patch_with(
         &self,
         res: &'static ResourceKind,
         ns: Option<&str>,
@@ -147,24 +155,26 @@ impl ApiClient for MemoryApi {
         _sub: Option<&str>,
         kind: PatchKind,
         patch: Value,
-    ) -> Result<Value, ApiError> {
+        _opts: &WriteOptions,
+    ) -> Result<(Value, bool), ApiError> {
         let mut object = match (self.get(res, ns, name).await, &kind) {
             (Ok(object), _) => object,
             (Err(e), PatchKind::Apply { .. }) if e.is_not_found() => {
-                return self.create(res, ns, patch).await;
+                return Ok((self.create(res, ns, patch).await?, true));
             }
             (Err(e), _) => return Err(e),
         };
         json_patch::merge(&mut object, &patch);
-        Ok(self.store(res, ns, object, WatchEventType::Modified))
+        Ok((self.store(res, ns, object, WatchEventType::Modified), false))
     }
 
-    async fn delete(
+    async fn delete_with(
         &self,
         res: &'static ResourceKind,
         ns: Option<&str>,
         name: &str,
         _opts: &DeleteOptions,
+        _write: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let object = self
             .objects

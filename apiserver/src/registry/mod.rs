@@ -171,59 +171,6 @@ impl ApiClient for Registry {
         read::watch(self, res, namespace, opts)
     }
 
-    async fn create(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        object: Value,
-    ) -> Result<Value, ApiError> {
-        self.create_with(res, namespace, object, &WriteOptions::default()).await
-    }
-
-    async fn create_subresource(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        subresource: &str,
-        body: Value,
-    ) -> Result<Value, ApiError> {
-        self.create_subresource_with(res, namespace, name, subresource, body, &WriteOptions::default()).await
-    }
-
-    async fn update(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        subresource: Option<&str>,
-        object: Value,
-    ) -> Result<Value, ApiError> {
-        self.update_with(res, namespace, name, subresource, object, &WriteOptions::default()).await
-    }
-
-    async fn patch(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        subresource: Option<&str>,
-        kind: PatchKind,
-        patch: Value,
-    ) -> Result<Value, ApiError> {
-        Ok(self.patch_with(res, namespace, name, subresource, kind, patch, &WriteOptions::default()).await?.0)
-    }
-
-    async fn delete(
-        &self,
-        res: &'static ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-        opts: &DeleteOptions,
-    ) -> Result<Value, ApiError> {
-        self.delete_with(res, namespace, name, opts, &WriteOptions::default()).await
-    }
-
     async fn create_with(
         &self,
         res: &'static ResourceKind,

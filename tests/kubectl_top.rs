@@ -106,6 +106,12 @@ fn kubectl_top_shows_pod_container_and_node_usage_from_cgroups() {
     );
     assert!(object["window"].as_str().is_some_and(|w| w.ends_with('s')), "{object}");
 
+    // kubectl get prints metrics-server's Table.
+    let printed = server.kubectl_ok(&["get", "pods.metrics.k8s.io", "spinner"]);
+    let header: Vec<&str> = printed.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "CPU", "MEMORY", "WINDOW"], "{printed}");
+    assert!(table_row(&printed, "spinner").is_some_and(|r| r[1].ends_with('m') || r[1].ends_with('n')), "{printed}");
+
     // The node: usage and its share of allocatable.
     let node = server.wait_for("usage of the node", METRICS_TIMEOUT, || {
         let out = server.kubectl(&["top", "node"]);

@@ -24,6 +24,7 @@ use super::State;
 use super::query::Query;
 use super::reply::{self, Body};
 use super::route::not_found;
+use super::table::{Include, TableRequest};
 
 pub(crate) const GROUP: &str = "metrics.k8s.io";
 pub(crate) const VERSION: &str = "v1beta1";
@@ -146,7 +147,72 @@ pub(crate) async fn handle(
             list("NodeMetricsList", node_metrics(&nodes, metrics.node().as_ref(), now))
         }
     };
+    if let Some(request) = TableRequest::from_request(headers, query.get("includeObject"))? {
+        return Ok(reply::json_for(StatusCode::OK, &table(request, body), headers));
+    }
     Ok(reply::json_for(StatusCode::OK, &body, headers))
+}
+
+/// metrics-server's Table: the name, the summed usage (`cpu`, `memory`) and the window.
+fn table(request: TableRequest, body: Value) -> Value {
+    let items = match body.get("items") {
+        Some(Value::Array(items)) => items.clone(),
+        _ => vec![body],
+    };
+    let rows = items
+        .into_iter()
+        .map(|mut item| {
+            let usage: Vec<&Value> = match item["containers"].as_array() {
+                Some(containers) => containers.iter().map(|c| &c["usage"]).collect(),
+                None => vec![&item["usage"]],
+            };
+            let total = |resource: &str, parse: fn(&str) -> Option<u128>| -> u128 {
+                usage.iter().filter_map(|u| u[resource].as_str().and_then(parse)).sum()
+            };
+            let (nanocores, bytes) = (total("cpu", parse_nanocores), total("memory", parse_bytes));
+            let cells = json!([
+                item["metadata"]["name"],
+                cpu(u64::try_from(nanocores).unwrap_or(u64::MAX)),
+                memory(u64::try_from(bytes).unwrap_or(u64::MAX)),
+                item["window"],
+            ]);
+            let mut row = json!({"cells": cells});
+            match request.include {
+                Include::None => {}
+                Include::Metadata => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": request.api_version,
+                        "metadata": item["metadata"].take(),
+                    });
+                }
+                Include::Object => row["object"] = item,
+            }
+            row
+        })
+        .collect::<Vec<_>>();
+    let column = |name: &str, format: &str, description: &str| json!({"name": name, "type": "string", "format": format, "description": description, "priority": 0});
+    json!({
+        "kind": "Table",
+        "apiVersion": request.api_version,
+        "metadata": {},
+        "columnDefinitions": [
+            column("Name", "name", "Name of the resource"),
+            column("cpu", "quantity", ""),
+            column("memory", "quantity", ""),
+            column("Window", "duration", ""),
+        ],
+        "rows": rows,
+    })
+}
+
+/// The quantities this module writes, read back for the Table's sums.
+fn parse_nanocores(q: &str) -> Option<u128> {
+    skiff_api::ParsedQuantity::parse(q).ok()?.scaled_ceil(9).and_then(|n| u128::try_from(n).ok())
+}
+
+fn parse_bytes(q: &str) -> Option<u128> {
+    skiff_api::ParsedQuantity::parse(q).ok()?.scaled_ceil(0).and_then(|n| u128::try_from(n).ok())
 }
 
 fn key(object: &Value) -> (&str, &str) {
@@ -411,6 +477,25 @@ mod tests {
         assert_eq!(status["message"], "podmetrics.metrics.k8s.io \"default/web\" not found");
         assert_eq!(status["reason"], "NotFound");
         assert_eq!(status["details"], json!({"name": "default/web", "group": "metrics.k8s.io", "kind": "podmetrics"}));
+    }
+
+    #[test]
+    fn the_table_sums_a_pods_containers_as_metrics_server_prints_it() {
+        let mut two = usage("a", "web", "u1");
+        two.containers.push(skiff_api::ContainerUsage {
+            name: "side".into(),
+            cpu_nanocores: 3_000_000,
+            memory_bytes: 1 << 20,
+        });
+        let now = SystemTime::UNIX_EPOCH;
+        let body = list("PodMetricsList", pod_metrics(&[pod("a", "web", "u1")], &[two], now));
+        let request = TableRequest { api_version: "meta.k8s.io/v1", include: Include::Metadata };
+        let t = table(request, body);
+        let columns: Vec<&str> =
+            t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(columns, ["Name", "cpu", "memory", "Window"]);
+        assert_eq!(t["rows"][0]["cells"], json!(["web", "203m", "17Mi", "10.02s"]));
+        assert_eq!(t["rows"][0]["object"]["metadata"]["namespace"], "a");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! - `kubectl get pods` with 1,000 pods stored (real kubectl, process start included; its
 //!   time against an empty namespace is printed beside it), and the list as the server answers it
 //!   (Table and JSON), measured by the client here;
-//! - the server's resident memory (VmRSS) idle, after the load, and with 1,000 pods stored.
+//! - the server's resident memory (VmRSS) idle, after the load, and with 1,000 pods stored;
+//! - the server's CPU time (user + system, from /proc/PID/stat) per operation of each run: a
+//!   figure that other work on the machine hardly moves, unlike the latencies.
 //!
 //! The pods are bound to a node that does not exist (`spec.nodeName: bench-no-such-node`): the
 //! scheduler leaves bound pods alone and the kubelet runs only its own node's pods, so no
@@ -224,6 +226,19 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The CPU time the server process has used so far (user + system, all threads).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').expect("/proc/PID/stat has (comm)") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / per_second)
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -261,12 +276,14 @@ fn main() {
 
     let mut rows = Vec::new();
     for (clients, cycles) in [(50, 20), (200, 5)] {
+        let cpu = cpu_time(pid);
         let (lat, wall) = rt.block_on(load(&target, &format!("c{clients}"), clients, cycles, None));
-        rows.push((format!("{clients} clients, closed loop"), lat, wall));
+        rows.push((format!("{clients} clients, closed loop"), lat, wall, cpu_time(pid) - cpu));
     }
     // 200 requests per second in total: 20 clients, one operation each every 100 ms, for 6 s.
+    let cpu = cpu_time(pid);
     let (lat, wall) = rt.block_on(load(&target, "paced", 20, 20, Some(Duration::from_millis(100))));
-    rows.push(("200 req/s, paced".to_string(), lat, wall));
+    rows.push(("200 req/s, paced".to_string(), lat, wall, cpu_time(pid) - cpu));
     let rss_loaded = rss_kib(pid);
 
     // 1,000 pods stored.
@@ -288,28 +305,40 @@ fn main() {
     let (kubectl_times, lines) = kubectl_get_pods(&server, NAMESPACE, 10);
     assert_eq!(lines, STORED_PODS + 1, "kubectl get pods printed a header and one line per pod");
     let (empty_times, _) = kubectl_get_pods(&server, "bench-empty", 10);
-    let (page_times, table_times, json_times) = rt.block_on(async {
+    let (page_times, table_times, json_times, list_cpu) = rt.block_on(async {
         let mut client = target.connect().await;
         let (mut page, mut table, mut json_list) = (Vec::new(), Vec::new(), Vec::new());
+        // Server CPU per request of each kind of list, summed over the runs.
+        let mut cpu = [Duration::ZERO; 3];
+        let mut mark = cpu_time(pid);
+        // The server CPU used since the last lap.
+        let mut lap = || {
+            let now = cpu_time(pid);
+            now - std::mem::replace(&mut mark, now)
+        };
         for _ in 0..20 {
+            lap();
             // kubectl asks in pages of 500.
             let (code, body, took) = client.call("GET", &format!("{PODS}?limit=500"), TABLE, None).await;
             assert_eq!(code, 200);
             let v: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!((v["kind"].as_str(), v["rows"].as_array().map(Vec::len)), (Some("Table"), Some(500)));
             page.push(took);
+            cpu[0] += lap();
             let (code, body, took) = client.call("GET", PODS, TABLE, None).await;
             assert_eq!(code, 200);
             let v: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["rows"].as_array().unwrap().len(), STORED_PODS);
             table.push(took);
+            cpu[1] += lap();
             let (code, body, took) = client.call("GET", PODS, "application/json", None).await;
             assert_eq!(code, 200);
             let v: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["items"].as_array().unwrap().len(), STORED_PODS);
             json_list.push(took);
+            cpu[2] += lap();
         }
-        (page, table, json_list)
+        (page, table, json_list, cpu.map(|c| c / 20))
     });
     let rss_stored = rss_kib(pid);
 
@@ -323,12 +352,12 @@ fn main() {
     println!("pods bound to {GHOST_NODE} (no such node: nothing runs them); deletes with gracePeriodSeconds 0");
     println!();
     println!(
-        "{:<26} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "mutations", "ops", "create50", "create99", "update50", "update99", "delete50", "delete99", "ops/s"
+        "{:<26} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9}",
+        "mutations", "ops", "create50", "create99", "update50", "update99", "delete50", "delete99", "ops/s", "cpu/op"
     );
-    for (name, lat, wall) in &rows {
+    for (name, lat, wall, cpu) in &rows {
         println!(
-            "{:<26} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10.0}",
+            "{:<26} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10.0} {:>9}",
             name,
             lat.count(),
             ms(percentile(&lat.create, 50.0)),
@@ -337,20 +366,31 @@ fn main() {
             ms(percentile(&lat.update, 99.0)),
             ms(percentile(&lat.delete, 50.0)),
             ms(percentile(&lat.delete, 99.0)),
-            lat.count() as f64 / wall.as_secs_f64()
+            lat.count() as f64 / wall.as_secs_f64(),
+            ms(*cpu / lat.count() as u32)
         );
     }
-    println!("(latencies in ms; ops/s counts creates, updates and deletes together)");
+    println!(
+        "(latencies in ms; ops/s counts creates, updates and deletes together; cpu/op is the server's \
+         CPU time, user + system, per operation, in ms)"
+    );
     println!();
-    println!("{:<58} {:>9} {:>9}", format!("reads with {STORED_PODS} pods stored"), "p50 ms", "max ms");
-    let row = |name: &str, t: &[Duration]| {
-        println!("{:<58} {:>9} {:>9}", name, ms(percentile(t, 50.0)), ms(*t.iter().max().unwrap()));
+    println!(
+        "{:<58} {:>9} {:>9} {:>11}",
+        format!("reads with {STORED_PODS} pods stored"),
+        "p50 ms",
+        "max ms",
+        "cpu/req ms"
+    );
+    let row = |name: &str, t: &[Duration], cpu: Option<Duration>| {
+        let cpu = cpu.map(ms).unwrap_or_default();
+        println!("{:<58} {:>9} {:>9} {:>11}", name, ms(percentile(t, 50.0)), ms(*t.iter().max().unwrap()), cpu);
     };
-    row("kubectl get pods (real kubectl, process included), 10 runs", &kubectl_times);
-    row("kubectl get pods in an empty namespace (kubectl's own cost)", &empty_times);
-    row("GET pods as a Table, limit=500 (kubectl's page), 20 runs", &page_times);
-    row("GET pods as a Table, all 1,000, 20 runs", &table_times);
-    row("GET pods as JSON (a PodList), 20 runs", &json_times);
+    row("kubectl get pods (real kubectl, process included), 10 runs", &kubectl_times, None);
+    row("kubectl get pods in an empty namespace (kubectl's own cost)", &empty_times, None);
+    row("GET pods as a Table, limit=500 (kubectl's page), 20 runs", &page_times, Some(list_cpu[0]));
+    row("GET pods as a Table, all 1,000, 20 runs", &table_times, Some(list_cpu[1]));
+    row("GET pods as JSON (a PodList), 20 runs", &json_times, Some(list_cpu[2]));
     println!();
     println!("server memory (VmRSS of pid {pid})");
     println!("  idle after start-up and warm-up   {}", mib(rss_idle));

@@ -4,7 +4,7 @@
 //! ended with a 410 `Expired` error, so writers never wait on readers.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -28,13 +28,34 @@ pub struct Event {
     pub namespace: String,
     pub kind: WatchEventType,
     pub object: Value,
-    /// The object before the change (none for a create).
-    pub prev: Option<Value>,
+    /// The object before the change (none for a create), as stored: decoded only when someone
+    /// needs it (a watcher with selectors, a list page read at an older revision), and then once.
+    prev: Option<Prev>,
+}
+
+#[derive(Debug)]
+struct Prev {
+    bytes: Vec<u8>,
+    decoded: OnceLock<Option<Value>>,
 }
 
 impl Event {
-    pub fn new(rv: u64, key: &Key, kind: WatchEventType, object: Value, prev: Option<Value>) -> Self {
+    /// `prev` is the object before the change, as the store held it (JSON).
+    pub fn new(rv: u64, key: &Key, kind: WatchEventType, object: Value, prev: Option<Vec<u8>>) -> Self {
+        let prev = prev.map(|bytes| Prev { bytes, decoded: OnceLock::new() });
         Self { rv, res: key.res, namespace: key.namespace.clone(), kind, object, prev }
+    }
+
+    /// Whether the object existed before this change.
+    pub fn had_prev(&self) -> bool {
+        self.prev.is_some()
+    }
+
+    /// The object before the change. A stored object that is not JSON (never written by Skiff)
+    /// counts as absent.
+    pub fn prev(&self) -> Option<&Value> {
+        let prev = self.prev.as_ref()?;
+        prev.decoded.get_or_init(|| serde_json::from_slice(&prev.bytes).ok()).as_ref()
     }
 }
 
@@ -156,6 +177,11 @@ impl Filter {
         self.labels.matches_object(object) && self.fields.matches_object(object)
     }
 
+    /// Whether every object of the resource matches (no selectors).
+    fn matches_all(&self) -> bool {
+        self.labels == LabelSelector::default() && self.fields == FieldSelector::default()
+    }
+
     /// The event this watcher sees for `event`, if any. An object that stops matching the
     /// selectors is reported DELETED, one that starts matching ADDED, as Kubernetes does.
     fn translate(&self, event: &Event) -> Option<WatchEvent> {
@@ -165,8 +191,11 @@ impl Filter {
         if self.namespace.as_ref().is_some_and(|ns| self.res.namespaced() && *ns != event.namespace) {
             return None;
         }
-        let now = self.matches(&event.object);
-        let before = event.prev.as_ref().is_some_and(|p| self.matches(p));
+        let (now, before) = if self.matches_all() {
+            (true, event.had_prev())
+        } else {
+            (self.matches(&event.object), event.prev().is_some_and(|p| self.matches(p)))
+        };
         let kind = match event.kind {
             WatchEventType::Deleted if now || before => WatchEventType::Deleted,
             WatchEventType::Added if now => WatchEventType::Added,
@@ -291,6 +320,7 @@ mod tests {
     }
 
     fn event(rv: u64, kind: WatchEventType, object: Value, prev: Option<Value>) -> Event {
+        let prev = prev.map(|p| serde_json::to_vec(&p).unwrap());
         Event::new(rv, &Key::new(pods(), Some("default"), "x"), kind, object, prev)
     }
 

@@ -171,7 +171,7 @@ fn object_reply(
         && let Some(request) = TableRequest::from_request(headers, query.get("includeObject"))?
     {
         let metadata = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
-        let t = table::table(res, request, std::slice::from_ref(&object), metadata, true, jiff::Timestamp::now());
+        let t = table::table(res, request, vec![object], metadata, true, jiff::Timestamp::now());
         return Ok(reply::json_for(code, &t, headers));
     }
     Ok(reply::json_for(code, &object, headers))
@@ -191,11 +191,16 @@ async fn list(
     }
     let items: Vec<Value> = list.items.into_iter().map(|i| with_type_meta(res, i)).collect();
     if let Some(request) = TableRequest::from_request(headers, query.get("includeObject"))? {
-        let t = table::table(res, request, &items, metadata, true, jiff::Timestamp::now());
+        let t = table::table(res, request, items, metadata, true, jiff::Timestamp::now());
         return Ok(reply::json_for(StatusCode::OK, &t, headers));
     }
-    let body = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": metadata, "items": items});
-    Ok(reply::json_for(StatusCode::OK, &body, headers))
+    // Built by hand rather than with `json!`, which would copy every item.
+    let mut body = serde_json::Map::new();
+    body.insert("kind".into(), Value::String(format!("{}List", res.kind)));
+    body.insert("apiVersion".into(), Value::String(res.api_version()));
+    body.insert("metadata".into(), metadata);
+    body.insert("items".into(), Value::Array(items));
+    Ok(reply::json_for(StatusCode::OK, &Value::Object(body), headers))
 }
 
 async fn watch(
@@ -232,14 +237,14 @@ async fn watch(
                 (WatchEventType::Added | WatchEventType::Modified | WatchEventType::Deleted, Some(request)) => {
                     let object = with_type_meta(res, event.object);
                     let metadata = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
-                    let t = table::table(res, request, &[object], metadata, first, jiff::Timestamp::now());
+                    let t = table::table(res, request, vec![object], metadata, first, jiff::Timestamp::now());
                     first = false;
                     t
                 }
                 (WatchEventType::Error, _) => event.object,
                 _ => with_type_meta(res, event.object),
             };
-            let mut line = serde_json::to_vec(&json!({"type": event.kind.as_str(), "object": object}))
+            let mut line = serde_json::to_vec(&WatchLine { kind: event.kind.as_str(), object: &object })
                 .expect("serde_json::Value always serialises");
             line.push(b'\n');
             Ok(Bytes::from(line))
@@ -247,6 +252,14 @@ async fn watch(
         .take_until(stop)
         .boxed();
     Ok(reply::stream(reply::JSON, lines))
+}
+
+/// One line of a watch stream (`json!` would copy the object).
+#[derive(serde::Serialize)]
+struct WatchLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    object: &'a Value,
 }
 
 /// Reads the whole body, refusing more than [`MAX_BODY`] bytes. Returns the media type

@@ -54,9 +54,15 @@ pub fn field_set(res: &ResourceKind, config: &Value) -> BTreeSet<Path> {
 
 /// Every field of an object (status included), as FieldsV1 paths.
 fn object_fields(res: &ResourceKind, object: &Value) -> BTreeSet<Path> {
+    differing_fields(res, object, None)
+}
+
+/// The fields of `object` (as [`object_fields`]) that are not the same in `other`.
+fn differing_fields(res: &ResourceKind, object: &Value, other: Option<&Value>) -> BTreeSet<Path> {
     let mut out = BTreeSet::new();
     if let Some(map) = object.as_object() {
-        collect(res, map, &mut Vec::new(), &mut Vec::new(), &mut out, true);
+        let other = other.and_then(Value::as_object);
+        collect(res, map, other, &mut Vec::new(), &mut Vec::new(), &mut out, true);
     }
     out
 }
@@ -71,9 +77,13 @@ fn atomic_struct(res: &ResourceKind, names: &[String]) -> bool {
     }
 }
 
+/// Collects the field paths of `map` into `out`. With `other` (the same map in another version
+/// of the object), fields whose value is the same in both are left out, with all they hold: the
+/// two versions' paths under them are the same, with the same values.
 fn collect(
     res: &ResourceKind,
     map: &Map<String, Value>,
+    other: Option<&Map<String, Value>>,
     names: &mut Vec<String>,
     prefix: &mut Path,
     out: &mut BTreeSet<Path>,
@@ -84,17 +94,27 @@ fn collect(
         if top && matches!(k.as_str(), "apiVersion" | "kind") {
             continue;
         }
+        let other_value = other.and_then(|o| o.get(k));
+        if other_value == Some(v) {
+            continue;
+        }
+        let other_map = other_value.and_then(Value::as_object);
         if top && k == "metadata" {
-            let mut meta = v.as_object().cloned().unwrap_or_default();
-            for f in SYSTEM_METADATA {
-                meta.remove(f);
-            }
+            let without_system = |m: Option<&Map<String, Value>>| {
+                let mut meta = m.cloned().unwrap_or_default();
+                for f in SYSTEM_METADATA {
+                    meta.remove(f);
+                }
+                meta
+            };
+            let meta = without_system(v.as_object());
             if meta.is_empty() {
                 continue;
             }
+            let other_meta = other_map.map(|m| without_system(Some(m)));
             names.push(k.clone());
             prefix.push(format!("f:{k}"));
-            collect(res, &meta, names, prefix, out, false);
+            collect(res, &meta, other_meta.as_ref(), names, prefix, out, false);
             prefix.pop();
             names.pop();
             continue;
@@ -103,7 +123,7 @@ fn collect(
         prefix.push(format!("f:{k}"));
         match v {
             Value::Object(m) if !m.is_empty() && !atomic_struct(res, names) => {
-                collect(res, m, names, prefix, out, false)
+                collect(res, m, other_map, names, prefix, out, false)
             }
             Value::Array(items) => match list_strategy(res, names) {
                 ListStrategy::MergeByKey(key) => {
@@ -114,7 +134,7 @@ fn collect(
                         element.push(".".into());
                         out.insert(element);
                         if let Some(m) = item.as_object() {
-                            collect(res, m, names, prefix, out, false);
+                            collect(res, m, None, names, prefix, out, false);
                         }
                         prefix.pop();
                     }
@@ -387,8 +407,9 @@ const ALWAYS_PRESENT: [&str; 8] = [
 /// them: changed leaves, new list elements and set members, and each map, list or struct that
 /// did not exist before (as its `.`).
 fn changed_fields(res: &ResourceKind, old: &Value, new: &Value) -> BTreeSet<Path> {
-    let before = object_fields(res, old);
-    let after = object_fields(res, new);
+    // What both have alike changed nothing: only the rest is compared, path by path.
+    let before = differing_fields(res, old, Some(new));
+    let after = differing_fields(res, new, Some(old));
     let mut changed = BTreeSet::new();
     for path in after {
         let is_new = !before.contains(&path);

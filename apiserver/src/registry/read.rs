@@ -141,7 +141,7 @@ fn objects_at(
         if !key.starts_with(prefix) || key.as_str() <= start || !rewound.insert(key.clone()) {
             continue;
         }
-        view.insert(key, change.prev.clone());
+        view.insert(key, change.prev().cloned());
     }
     Ok(view.into_iter().filter_map(|(k, o)| o.map(|o| (k, o))).collect())
 }

@@ -113,7 +113,7 @@ pub fn create_in(tx: &mut Tx<'_>, key: &Key, mut object: Value, net: &ServiceNet
             Some(_) => {}
         }
     }
-    if tx.get(key)?.is_some() {
+    if tx.contains(key)? {
         return Err(ApiError::already_exists(res, &key.name));
     }
     if res.kind == "Service" && res.group.is_empty() {
@@ -237,7 +237,19 @@ pub async fn update(
     let net = reg.service_network();
     let sub = subresource.map(String::from);
     let manager = opts.field_manager.clone();
+    let planned = match sub.as_deref() {
+        Some("scale") => None,
+        sub => plan_ahead(reg, &key, |old| {
+            let tracking = Tracking::Update { manager: manager.as_deref(), subresource: sub };
+            plan_update(&key, old, body.clone(), sub, tracking, None)
+        }),
+    };
     let op: crate::storage::Op = Box::new(move |tx| {
+        if let Some(planned) = planned
+            && tx.holds(&key, &planned.from)?
+        {
+            return execute(tx, &key, planned.plan?);
+        }
         let old = tx.get(&key)?.ok_or_else(|| ApiError::not_found(key.res, &key.name))?;
         match sub.as_deref() {
             Some("scale") => subresource::update_scale(tx, &key, old, body, manager.as_deref(), &net),
@@ -261,9 +273,25 @@ pub async fn patch(
     let net = reg.service_network();
     let sub = subresource.map(String::from);
     let manager = opts.field_manager.clone();
+    let planned = match sub.as_deref() {
+        Some("scale") => None,
+        sub => plan_ahead(reg, &key, |old| {
+            let patched = patch::apply(key.res, &kind, &old, &patch_body)?;
+            let tracking = match kind {
+                PatchKind::Apply { .. } => Tracking::Applied,
+                _ => Tracking::Update { manager: manager.as_deref(), subresource: sub },
+            };
+            plan_update(&key, old, patched, sub, tracking, None)
+        }),
+    };
     reg.store
         .run(
             Box::new(move |tx| {
+                if let Some(planned) = planned
+                    && tx.holds(&key, &planned.from)?
+                {
+                    return execute(tx, &key, planned.plan?);
+                }
                 let res = key.res;
                 let old = tx.get(&key)?;
                 let old = match (old, &kind, sub.as_deref()) {
@@ -310,11 +338,69 @@ pub fn update_in(
     tx: &mut Tx<'_>,
     key: &Key,
     old: Value,
-    mut new: Value,
+    new: Value,
     sub: Option<&str>,
     tracking: Tracking<'_>,
     net: &ServiceNetwork,
 ) -> Result<Outcome, ApiError> {
+    let plan = plan_update(key, old, new, sub, tracking, Some((&mut *tx, net)))?;
+    execute(tx, key, plan)
+}
+
+/// What an update does to the store.
+#[derive(Debug)]
+pub enum Plan {
+    /// Store the object.
+    Write(Value),
+    /// The object was deleting and nothing holds it any more: remove it (watchers see this last
+    /// state).
+    Remove(Value),
+    /// The update changes nothing: the stored object stays, at its revision.
+    Unchanged(Value),
+}
+
+fn execute(tx: &mut Tx<'_>, key: &Key, plan: Plan) -> Result<Outcome, ApiError> {
+    Ok(Outcome::of(match plan {
+        Plan::Write(object) => tx.put(key, object)?,
+        Plan::Remove(object) => tx.delete(key, object)?,
+        Plan::Unchanged(old) => old,
+    }))
+}
+
+/// An update worked out before its transaction, from the stored object as read then.
+struct Planned {
+    /// That stored object, byte for byte.
+    from: Vec<u8>,
+    plan: Result<Plan, ApiError>,
+}
+
+/// Works out an update (or patch) ahead of its transaction, on the caller's thread: the costly
+/// part of a write (the patch, the typed round trip, defaults, managedFields, validation) then
+/// runs beside other writes and their commits instead of inside the one writer thread. The
+/// writer only checks that the stored object is still, byte for byte, the one the plan was made
+/// from, and carries it out; when another write came between, it works the update out again
+/// from what it finds, so the outcome is always that of an update made inside the transaction.
+/// Services are left to the writer: their update allocates cluster IPs and node ports, which
+/// reads the store.
+fn plan_ahead(reg: &Registry, key: &Key, plan: impl FnOnce(Value) -> Result<Plan, ApiError>) -> Option<Planned> {
+    if key.res.kind == "Service" && key.res.group.is_empty() {
+        return None;
+    }
+    let from = reg.store.get_raw(key).ok()??;
+    let old = crate::storage::Store::decode(key, &from).ok()?;
+    Some(Planned { plan: plan(old), from })
+}
+
+/// Kubernetes' update rules for `new` over the stored `old`. `tx` (with the service network) is
+/// needed for Services only, whose update allocates from the store.
+fn plan_update(
+    key: &Key,
+    old: Value,
+    mut new: Value,
+    sub: Option<&str>,
+    tracking: Tracking<'_>,
+    tx: Option<(&mut Tx<'_>, &ServiceNetwork)>,
+) -> Result<Plan, ApiError> {
     let res = key.res;
     check_type(res, &mut new)?;
     if let Some(n) = name(&new)
@@ -376,7 +462,7 @@ pub fn update_in(
         }
     };
     // System fields belong to the server.
-    let old_meta = old["metadata"].clone();
+    let old_meta = &old["metadata"];
     let meta = meta_mut(&mut object);
     for field in [
         "uid",
@@ -403,6 +489,7 @@ pub fn update_in(
     let mut object = normalize(res, object)?;
     defaulting::apply(res, &mut object);
     if res.kind == "Service" && res.group.is_empty() {
+        let (tx, net) = tx.ok_or_else(|| ApiError::internal("a Service update was planned outside its transaction"))?;
         services::allocate(tx, key, &mut object, Some(&old), net)?;
     }
     if tracks_generation(res) && object.get("spec") != old.get("spec") {
@@ -414,12 +501,12 @@ pub fn update_in(
     causes.extend(validation::validate_update(res, &object, &old));
     invalid_if_any(res, &key.name, causes)?;
     if is_deleting(&object) && ready_to_remove(res, &object) {
-        return Ok(Outcome::of(tx.delete(key, object)?));
+        return Ok(Plan::Remove(object));
     }
     if object == old {
-        return Ok(Outcome::of(old));
+        return Ok(Plan::Unchanged(old));
     }
-    Ok(Outcome::of(tx.put(key, object)?))
+    Ok(Plan::Write(object))
 }
 
 /// A deleting object goes once nothing holds it: no finalizers, no namespace finalizers, and

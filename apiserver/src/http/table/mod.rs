@@ -63,11 +63,12 @@ impl TableRequest {
 }
 
 /// One Table of `items` (objects of `res`). `columns` is false for the events of a watch after
-/// the first, as kubectl prints headers only when the columns change.
+/// the first, as kubectl prints headers only when the columns change. The items are taken by
+/// value: each row's object is made of its item's parts, not of a copy.
 pub(crate) fn table(
     res: &ResourceKind,
     request: TableRequest,
-    items: &[Value],
+    items: Vec<Value>,
     metadata: Value,
     columns: bool,
     now: Timestamp,
@@ -82,9 +83,9 @@ pub(crate) fn table(
         Vec::new()
     };
     let rows = items
-        .iter()
-        .map(|item| {
-            let printed = printer(item, now);
+        .into_iter()
+        .map(|mut item| {
+            let printed = printer(&item, now);
             let mut row = Map::new();
             row.insert("cells".into(), Value::Array(printed.cells));
             if let Some(conditions) = printed.conditions {
@@ -93,25 +94,26 @@ pub(crate) fn table(
             match request.include {
                 Include::None => {}
                 Include::Metadata => {
-                    row.insert(
-                        "object".into(),
-                        json!({"kind": "PartialObjectMetadata", "apiVersion": request.api_version, "metadata": item["metadata"]}),
-                    );
+                    let mut object = Map::new();
+                    object.insert("kind".into(), Value::from("PartialObjectMetadata"));
+                    object.insert("apiVersion".into(), Value::from(request.api_version));
+                    object.insert("metadata".into(), item.get_mut("metadata").map(Value::take).unwrap_or_default());
+                    row.insert("object".into(), Value::Object(object));
                 }
                 Include::Object => {
-                    row.insert("object".into(), item.clone());
+                    row.insert("object".into(), item);
                 }
             }
             Value::Object(row)
         })
         .collect::<Vec<_>>();
-    json!({
-        "kind": "Table",
-        "apiVersion": request.api_version,
-        "metadata": metadata,
-        "columnDefinitions": column_defs,
-        "rows": rows,
-    })
+    let mut table = Map::new();
+    table.insert("kind".into(), Value::from("Table"));
+    table.insert("apiVersion".into(), Value::from(request.api_version));
+    table.insert("metadata".into(), metadata);
+    table.insert("columnDefinitions".into(), Value::Array(column_defs));
+    table.insert("rows".into(), Value::Array(rows));
+    Value::Object(table)
 }
 
 #[cfg(test)]
@@ -149,7 +151,7 @@ mod tests {
             "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}, "creationTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"containers": [{"name": "app"}]}, "status": {"phase": "Pending"}});
         let now = "2026-01-01T00:00:05Z".parse().unwrap();
-        let t = table(pods, request, &[pod], json!({"resourceVersion": "7"}), true, now);
+        let t = table(pods, request, vec![pod], json!({"resourceVersion": "7"}), true, now);
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["metadata"]["resourceVersion"], "7");
         let names: Vec<&str> =
@@ -166,7 +168,7 @@ mod tests {
         );
         assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
         assert_eq!(row["object"]["metadata"]["labels"]["app"], "web");
-        let later = table(pods, request, &[], json!({}), false, now);
+        let later = table(pods, request, Vec::new(), json!({}), false, now);
         assert_eq!(later["columnDefinitions"], json!([]));
     }
 
@@ -186,7 +188,7 @@ mod tests {
         };
         let request = TableRequest { api_version: "meta.k8s.io/v1", include: Include::None };
         let widget = json!({"metadata": {"name": "w1", "creationTimestamp": "2026-01-01T00:00:00Z"}});
-        let t = table(&widgets, request, &[widget], json!({}), true, "2026-01-01T00:03:00Z".parse().unwrap());
+        let t = table(&widgets, request, vec![widget], json!({}), true, "2026-01-01T00:03:00Z".parse().unwrap());
         assert_eq!(t["rows"][0]["cells"], json!(["w1", "3m"]));
         assert!(t["rows"][0].get("object").is_none());
     }

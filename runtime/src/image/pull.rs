@@ -452,4 +452,68 @@ mod tests {
         assert!(map_error("r", OciDistributionError::RegistryError { envelope, url: "u".into() }).is_image_not_found());
         assert!(!map_error("r", OciDistributionError::UnauthorizedError { url: "u".into() }).is_image_not_found());
     }
+
+    /// A real pull from `docker-registry` on loopback (needs Debian's `docker-registry`).
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn the_bytes_reported_add_up_to_each_layers_size_and_a_second_pull_finds_every_layer() {
+        use crate::testing::{LocalRegistry, build_busybox_image, push};
+        use crate::{ImageManager, RecordedProgress};
+
+        let registry = LocalRegistry::start().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let image = build_busybox_image(&work.path().join("image")).unwrap();
+        let reference = push(&registry, "busybox:1.36", &image).await.unwrap();
+        let manager = ImageManager::open(&work.path().join("runtime")).unwrap();
+        let registries = Registries::default();
+
+        let recorded = Arc::new(RecordedProgress::default());
+        let pulled = manager.pull(&reference, &registries, None, Some(recorded.clone())).await.unwrap();
+        assert!(!pulled.up_to_date);
+        assert_eq!(pulled.digest, image.manifest.digest);
+        let events = recorded.0.lock().unwrap().clone();
+        let Some(PullEvent::Resolved { digest, layers }) = events.first() else { panic!("{events:?}") };
+        assert_eq!(digest, &image.manifest.digest);
+        let sizes: Vec<_> = image.layers.iter().map(|l| (l.digest.clone(), l.data.len() as u64, false)).collect();
+        assert_eq!(layers.iter().map(|l| (l.digest.clone(), l.size, l.present)).collect::<Vec<_>>(), sizes);
+        for (digest, size, _) in &sizes {
+            let of_layer: Vec<&PullEvent> = events.iter().filter(|e| layer_of(e) == Some(digest)).collect();
+            let mut last = 0;
+            for e in &of_layer {
+                if let PullEvent::Downloading { current, total, .. } = e {
+                    assert!(*current > last && total == size, "{of_layer:?}");
+                    last = *current;
+                }
+            }
+            assert_eq!(last, *size, "the bytes counted as they came in add up to the layer: {of_layer:?}");
+            assert!(of_layer.contains(&&PullEvent::Downloaded { digest: digest.clone(), bytes: *size }));
+            let extracted = of_layer.iter().rev().find_map(|e| match e {
+                PullEvent::Extracting { current, total, .. } => Some((*current, *total)),
+                _ => None,
+            });
+            assert_eq!(extracted, Some((*size, *size)), "the unpack read the whole blob");
+            assert_eq!(of_layer.last(), Some(&&PullEvent::LayerDone { digest: digest.clone() }));
+        }
+
+        let again = Arc::new(RecordedProgress::default());
+        let pulled = manager.pull(&reference, &registries, None, Some(again.clone())).await.unwrap();
+        assert!(pulled.up_to_date);
+        let events = again.0.lock().unwrap().clone();
+        assert!(matches!(&events[0], PullEvent::Resolved { layers, .. } if layers.iter().all(|l| l.present)));
+        let exists = events.iter().filter(|e| matches!(e, PullEvent::LayerExists { .. })).count();
+        assert_eq!((exists, events.len()), (sizes.len(), 1 + sizes.len()), "nothing downloaded: {events:?}");
+    }
+
+    #[cfg(feature = "testing")]
+    fn layer_of(event: &PullEvent) -> Option<&String> {
+        match event {
+            PullEvent::Resolved { .. } => None,
+            PullEvent::LayerExists { digest }
+            | PullEvent::Downloading { digest, .. }
+            | PullEvent::Verifying { digest }
+            | PullEvent::Downloaded { digest, .. }
+            | PullEvent::Extracting { digest, .. }
+            | PullEvent::LayerDone { digest } => Some(digest),
+        }
+    }
 }

@@ -203,6 +203,27 @@ async fn limits_are_written_to_the_container_cgroup_and_oom_is_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_containers_cpu_time_and_working_set_are_read_from_its_cgroup() {
+    let f = Fixture::new().await;
+    f.sandbox("pod-use", "use-pod").await;
+    // 8 MiB held in a shell variable, then a busy loop.
+    let argv = ["sh", "-c", "x=$(head -c 8388608 /dev/zero | tr '\\0' a); echo filled; while :; do :; done"];
+    let spec = f.spec("busy", &argv);
+    let id = f.rt().create_container("pod-use", &spec).await.unwrap();
+    f.rt().start_container(&id).await.unwrap();
+    wait_for_log(&spec.log_path, "filled").await;
+    let first = f.rt().container_usage("pod-use", &id).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = f.rt().container_usage("pod-use", &id).unwrap();
+    assert!(second.cpu_ns > first.cpu_ns, "the busy loop's CPU time grows: {first:?} then {second:?}");
+    assert!(second.memory_working_set_bytes > 8 << 20, "the variable is in the working set: {second:?}");
+    let node = f.rt().node_usage().unwrap();
+    assert!(node.cpu_ns > second.cpu_ns && node.memory_working_set_bytes > second.memory_working_set_bytes, "{node:?}");
+    assert!(f.rt().container_usage("pod-use", "no-such-container").is_err());
+    f.rt().stop_container(&id, Duration::ZERO).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whiteouts_of_the_upper_layer_hide_lower_files() {
     let f = Fixture::new().await;
     f.sandbox("pod-wh", "wh-pod").await;

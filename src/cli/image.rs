@@ -116,14 +116,14 @@ pub fn run_images(args: ImagesArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_pull(args: PullCommandArgs) -> anyhow::Result<()> {
-    pull::run(&args.data.data_dir, &open(&args.data.data_dir)?, args.pull)
+    pull::run(&args.data.data_dir, args.pull)
 }
 
 pub fn run(args: ImageArgs) -> anyhow::Result<()> {
-    let manager = open(&args.data.data_dir)?;
     if let ImageCommand::Pull(pull_args) = args.command {
-        return pull::run(&args.data.data_dir, &manager, pull_args);
+        return pull::run(&args.data.data_dir, pull_args);
     }
+    let manager = open(&args.data.data_dir)?;
     let mut out = std::io::stdout().lock();
     match args.command {
         ImageCommand::Pull(_) => unreachable!("handled above: it writes to the terminal itself"),
@@ -362,6 +362,30 @@ mod tests {
             }
         }
         assert!(Cli::try_parse_from(["skiff", "image", "import"]).is_err(), "import needs a file");
+    }
+
+    #[test]
+    fn pull_is_an_image_subcommand_and_a_verb_of_its_own() {
+        match Cli::try_parse_from(["skiff", "pull", "-q", "busybox:1.36", "-d", "/d"]).unwrap().command {
+            Command::Pull(args) => {
+                assert_eq!(
+                    (args.data.data_dir, args.pull.image, args.pull.quiet),
+                    ("/d".into(), "busybox:1.36".into(), true)
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let argv = ["skiff", "image", "pull", "--username", "u", "--password-stdin", "busybox"];
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Image(ImageArgs { command: ImageCommand::Pull(args), .. }) => {
+                assert_eq!((args.username.as_deref(), args.password_stdin), (Some("u"), true));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(
+            Cli::try_parse_from(["skiff", "pull", "--username", "u", "busybox"]).is_err(),
+            "a user name needs --password-stdin"
+        );
     }
 
     #[test]

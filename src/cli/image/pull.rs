@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, ensure};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use skiff_runtime::{ImageManager, PullEvent, PullProgress, Pulled, Reference, Registries, RegistryAuth};
+use skiff_runtime::{PullEvent, PullProgress, Pulled, Reference, Registries, RegistryAuth};
 
 use super::{PullArgs, human_size_digits};
 
-pub fn run(data_dir: &Path, manager: &ImageManager, args: PullArgs) -> anyhow::Result<()> {
+pub fn run(data_dir: &Path, args: PullArgs) -> anyhow::Result<()> {
     let reference =
         Reference::parse(&args.image).with_context(|| format!("invalid reference format: {:?}", args.image))?;
+    let manager = super::open(data_dir)?;
     // The server reads the same file at start; the CLI reads it at each pull, so an edit takes
     // effect here at once.
     let registries = Registries::load(&data_dir.join("registries.yaml"))?;

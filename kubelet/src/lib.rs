@@ -19,6 +19,7 @@
 //! `status.podIP` is the runtime's sandbox address when it runs a pod network. Restarts back
 //! off as Kubernetes' do (10 s doubling to 5 min, reset after 10 min of clean running).
 //! Node pressure conditions and taints, and evictions for local storage limits: [`eviction`].
+//! Container and node usage for `kubectl top` (the API server's `metrics.k8s.io`): [`metrics`].
 
 pub mod backoff;
 pub mod env;

@@ -178,7 +178,8 @@ fn mount_service_account_token(pod: &mut Value) {
     let mount = json!({"name": volume_name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH});
     let mut needed = false;
     for list in ["initContainers", "containers"] {
-        for container in spec[list].as_array_mut().into_iter().flatten() {
+        // `get_mut`, not `[]`: indexing a missing key mutably would add it as null.
+        for container in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
             let mounts = &mut container["volumeMounts"];
             let present =
                 mounts.as_array().is_some_and(|m| m.iter().any(|m| m["mountPath"] == SERVICE_ACCOUNT_MOUNT_PATH));
@@ -546,4 +547,43 @@ fn default_storage_class(tx: &Tx<'_>, claim: &mut Value) -> Result<(), ApiError>
         claim["spec"]["storageClassName"] = json!(name);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod service_account_admission_tests {
+    use super::*;
+
+    #[test]
+    fn init_and_app_containers_get_the_api_credentials_unless_they_mount_something_there() {
+        let mut pod = json!({"spec": {
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "initContainers": [{"name": "init"}],
+            "containers": [
+                {"name": "app", "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                {"name": "own", "volumeMounts": [{"name": "data", "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}]},
+            ],
+        }});
+        mount_service_account_token(&mut pod);
+        let volumes = pod["spec"]["volumes"].as_array().unwrap();
+        assert_eq!(volumes.len(), 2);
+        let name = volumes[1]["name"].as_str().unwrap();
+        assert_eq!(name.strip_prefix("kube-api-access-").map(str::len), Some(5), "{name}");
+        assert_eq!(volumes[1]["projected"]["defaultMode"], 420);
+        assert_eq!(volumes[1]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"], 3607);
+        assert_eq!(volumes[1]["projected"]["sources"][1]["configMap"]["name"], "kube-root-ca.crt");
+        let mount = json!({"name": name, "readOnly": true, "mountPath": SERVICE_ACCOUNT_MOUNT_PATH});
+        assert_eq!(pod["spec"]["initContainers"][0]["volumeMounts"], json!([mount]));
+        assert_eq!(pod["spec"]["containers"][0]["volumeMounts"][1], mount);
+        assert_eq!(pod["spec"]["containers"][1]["volumeMounts"].as_array().unwrap().len(), 1, "its own mount stays");
+    }
+
+    #[test]
+    fn no_volume_is_added_when_every_container_mounts_the_path_itself() {
+        let mut pod = json!({"spec": {"containers": [
+            {"name": "own", "volumeMounts": [{"name": "x", "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}]},
+        ]}});
+        let before = pod.clone();
+        mount_service_account_token(&mut pod);
+        assert_eq!(pod, before);
+    }
 }

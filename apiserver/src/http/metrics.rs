@@ -332,7 +332,7 @@ fn memory(bytes: u64) -> String {
         return decimal(u128::from(bytes), 0);
     }
     let (mut value, mut suffix) = (bytes, 0);
-    while value % 1024 == 0 && suffix < 6 {
+    while value.is_multiple_of(1024) && suffix < 6 {
         value /= 1024;
         suffix += 1;
     }
@@ -344,7 +344,7 @@ fn decimal(mut value: u128, mut exponent: i32) -> String {
     if value == 0 {
         return "0".into();
     }
-    while value % 1000 == 0 && exponent < 18 {
+    while value.is_multiple_of(1000) && exponent < 18 {
         value /= 1000;
         exponent += 3;
     }

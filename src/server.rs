@@ -271,7 +271,7 @@ async fn listen_for_pods(
 }
 
 /// Endpoints `default/kubernetes`: the API at `ip:port` (kube-apiserver's endpoint reconciler
-/// writes its own address there at start).
+/// writes its own address there at start), and the Service's `targetPort` to match.
 async fn publish_api_endpoints(api: &dyn ApiClient, ip: Ipv4Addr, port: u16) -> anyhow::Result<()> {
     let endpoints = skiff_api::ResourceKind::by_plural("", "v1", "endpoints").expect("endpoints are served");
     let subsets = serde_json::json!([{
@@ -295,6 +295,16 @@ async fn publish_api_endpoints(api: &dyn ApiClient, ip: Ipv4Addr, port: u16) -> 
             api.create(endpoints, Some("default"), object).await?;
         }
         Err(e) => return Err(e.into()),
+    }
+    // The Service's targetPort is the API's port, as kube-apiserver keeps it (bootstrap assumes 6443).
+    let services = skiff_api::ResourceKind::by_plural("", "v1", "services").expect("services are served");
+    let mut service = api.get(services, Some("default"), "kubernetes").await?;
+    if let Some(https) =
+        service["spec"]["ports"].as_array_mut().and_then(|p| p.iter_mut().find(|p| p["name"] == "https"))
+        && https["targetPort"] != port
+    {
+        https["targetPort"] = port.into();
+        api.update(services, Some("default"), "kubernetes", None, service).await?;
     }
     Ok(())
 }

@@ -274,6 +274,9 @@ spec:
     let cluster_ip = server.kubectl_ok(&["get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
     let endpoints = server.get_json("endpoints", "kubernetes");
     assert_eq!(endpoints["subsets"][0]["ports"][0]["name"], "https", "{endpoints}");
+    assert_eq!(endpoints["subsets"][0]["ports"][0]["port"], server.port(), "{endpoints}");
+    let service = server.get_json("service", "kubernetes");
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], server.port());
     let pid = server.wait_for("the client container's process", RUN_TIMEOUT, || pid_with_marker(&marker));
     let ca = server.dir().join("pod-ca.crt");
     std::fs::write(&ca, &ca_pem).unwrap();

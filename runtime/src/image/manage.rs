@@ -105,6 +105,12 @@ impl ImageManager {
         super::pull::pull_reference(&self.store, registries, reference, auth, progress).await
     }
 
+    /// Bytes of blobs this store's pulls fetched from registries since it was opened (the
+    /// store is shared with the runtime's pulls when it came from [`crate::Runtime::images`]).
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.store.downloaded_bytes()
+    }
+
     /// `docker tag SOURCE TARGET`: `target` names the image `source` names (name, ID or prefix).
     pub fn tag(&self, source: &str, target: &str) -> Result<Image> {
         let _lock = self.store.lock_shared()?;

@@ -1,6 +1,7 @@
 //! Images: references, the content-addressed store, pulls, archive imports.
 
 pub mod archive;
+pub mod flight;
 pub mod gc;
 pub mod manage;
 pub mod preload;

@@ -83,6 +83,13 @@ impl<W> CountingWriter<W> {
         CountingWriter { inner, progress, digest: digest.to_string(), current: 0, total, verifying_sent: false }
     }
 
+    /// Counts on from `offset` bytes already there (a resumed download).
+    pub(crate) fn starting_at(mut self, offset: u64) -> Self {
+        self.current = offset;
+        self
+    }
+
+    #[cfg(test)]
     pub(crate) fn bytes(&self) -> u64 {
         self.current
     }

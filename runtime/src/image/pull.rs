@@ -17,6 +17,11 @@ use oci_client::manifest::{
 };
 use oci_client::secrets::RegistryAuth as OciAuth;
 
+use oci_client::client::BlobResponse;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::flight::Observers;
 use super::progress::{CountingWriter, LayerInfo, PullEvent, PullProgress, Pulled};
 use super::reference::Reference;
 use super::registries::{Endpoint, Registries};
@@ -212,10 +217,12 @@ async fn pull_from(
     let config_bytes = match store.read_blob(&config_digest) {
         Some(b) => b,
         None => {
-            let mut buf = Vec::with_capacity(manifest.config.size.max(0) as usize);
-            client.pull_blob(oci_ref, &manifest.config, &mut buf).await.map_err(err)?;
-            store.put_blob(&config_digest, &buf)?;
-            buf
+            // The config is not a layer: the observer hears only of layers.
+            fetch_blob(store, client, oci_ref, &reference, &manifest.config, None, None).await?;
+            store.read_blob(&config_digest).ok_or_else(|| Error::Pull {
+                reference: reference.clone(),
+                message: format!("config {config_digest} vanished from the store after its download"),
+            })?
         }
     };
     let (config, diff_ids) = parse_config(&reference, &config_bytes)?;
@@ -277,6 +284,8 @@ async fn pull_from(
     Ok(image)
 }
 
+/// Makes the layer present in the store: downloads and unpacks it unless it is there, sharing
+/// the download with any other pull of the same blob (see [`fetch_blob`]).
 async fn fetch_layer(
     store: &Arc<ImageStore>,
     client: &oci_client::Client,
@@ -286,55 +295,179 @@ async fn fetch_layer(
     diff_id: &str,
     progress: Progress,
 ) -> Result<()> {
-    let digest = layer.digest.clone();
-    let report = |event: PullEvent| {
-        if let Some(p) = &progress {
-            p.event(event)
-        }
-    };
     if store.has_layer(diff_id) {
-        report(PullEvent::LayerExists { digest });
+        if let Some(p) = &progress {
+            p.event(PullEvent::LayerExists { digest: layer.digest.clone() })
+        }
         return Ok(());
     }
-    let tmp = TempBlob(store.temp_path("blob"));
-    let file =
-        tokio::fs::File::create(&tmp.0).await.map_err(crate::state::io_ctx(format!("creating {}", tmp.0.display())))?;
-    let size = layer.size.max(0) as u64;
-    let downloaded = match &progress {
-        None => client.pull_blob(oci_ref, layer, file).await.map(|()| size),
-        Some(p) => {
-            let mut counted = CountingWriter::new(file, p.clone(), &digest, size);
-            client.pull_blob(oci_ref, layer, &mut counted).await.map(|()| counted.bytes())
-        }
-    };
-    let bytes = downloaded.map_err(|e| map_error(reference, e))?;
-    report(PullEvent::Downloaded { digest: digest.clone(), bytes });
-    let (store, blob_digest, diff_id) = (store.clone(), digest.clone(), diff_id.to_string());
-    // The blocking task owns the download, so it is removed when the unpack ends, even if this
-    // pull was dropped meanwhile.
-    let unpack_progress = progress.clone();
-    tokio::task::spawn_blocking(move || {
-        let total = std::fs::metadata(&tmp.0).map(|m| m.len()).unwrap_or(size);
-        store.commit_layer_counted(&tmp.0, &blob_digest, &diff_id, |current| {
-            if let Some(p) = &unpack_progress {
-                p.event(PullEvent::Extracting { digest: blob_digest.clone(), current, total });
-            }
+    fetch_blob(store, client, oci_ref, reference, layer, Some(diff_id), progress).await
+}
+
+/// Downloads blob `desc` and commits it: unpacked as the layer `diff_id`, or stored as a blob
+/// (a config) when `diff_id` is `None`. Within this process every pull of the digest shares
+/// one run, each caller's `progress` seeing its events from when it joined (a caller that
+/// joins a download half way sees the rest of its bytes, then `Downloaded` with the bytes the
+/// shared run fetched, then the unpack). Across processes the blob's lock file serializes the
+/// runs, and the later one finds the content present.
+async fn fetch_blob(
+    store: &Arc<ImageStore>,
+    client: &oci_client::Client,
+    oci_ref: &oci_client::Reference,
+    reference: &str,
+    desc: &OciDescriptor,
+    diff_id: Option<&str>,
+    progress: Progress,
+) -> Result<()> {
+    let (store2, client, oci_ref, desc2, diff_id) =
+        (store.clone(), client.clone(), oci_ref.clone(), desc.clone(), diff_id.map(str::to_string));
+    let (outcome, _led) = store
+        .flights
+        .run(&desc.digest, progress, move |observers| async move {
+            download_blob(store2, client, oci_ref, desc2, diff_id, observers).await.map_err(|e| message_of(&e))
         })
+        .await;
+    outcome.map_err(|message| Error::Pull { reference: reference.into(), message })
+}
+
+/// One run of [`fetch_blob`]: under the blob's lock file, continues `tmp/<hex>.partial` from its
+/// length with a Range request (the registry may answer with the whole blob instead), hashing
+/// the bytes already there first so the digest check covers the whole blob, then commits it.
+/// An interrupted run leaves the partial file for the next one; one that does not hash to the
+/// digest is removed.
+async fn download_blob(
+    store: Arc<ImageStore>,
+    client: oci_client::Client,
+    oci_ref: oci_client::Reference,
+    desc: OciDescriptor,
+    diff_id: Option<String>,
+    observers: Arc<Observers>,
+) -> Result<()> {
+    let digest = desc.digest.clone();
+    let size = desc.size.max(0) as u64;
+    let fail = |message: String| Error::Pull { reference: oci_ref.whole(), message };
+    let locked = {
+        let (store, digest, diff_id) = (store.clone(), digest.clone(), diff_id.clone());
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            let lock = store.lock_blob_download(&digest)?;
+            let present = match &diff_id {
+                Some(d) => store.has_layer(d),
+                None => store.read_blob(&digest).is_some(),
+            };
+            if present {
+                return Ok(None);
+            }
+            let path = store.partial_path(&digest);
+            let (offset, hasher) = hash_partial(&path, size)?;
+            Ok(Some((lock, path, offset, hasher)))
+        })
+        .await
+        .map_err(|e| fail(format!("locking the download of {}: {e}", desc.digest)))??
+    };
+    let Some((lock, path, offset, mut hasher)) = locked else {
+        // Another process fetched it while this one waited for the lock.
+        if diff_id.is_some() {
+            observers.event(PullEvent::LayerExists { digest });
+        }
+        return Ok(());
+    };
+
+    let io = |what: &str| crate::state::io_ctx(format!("{what} {}", path.display()));
+    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.map_err(io("opening"))?;
+    let mut network = 0u64;
+    if offset < size {
+        let mut stream = if offset > 0 {
+            match client.pull_blob_stream_partial(&oci_ref, &desc, offset, None).await {
+                Ok(BlobResponse::Partial(stream)) => stream,
+                // The registry ignored the Range header: start over with what it sent.
+                Ok(BlobResponse::Full(stream)) => {
+                    file.set_len(0).await.map_err(io("truncating"))?;
+                    hasher = Sha256::new();
+                    stream
+                }
+                Err(e) => return Err(fail(describe(&e))),
+            }
+        } else {
+            client.pull_blob_stream(&oci_ref, &desc).await.map_err(|e| fail(describe(&e)))?
+        };
+        let resumed_at = std::fs::metadata(&path).map(|m| m.len()).map_err(io("reading"))?;
+        let mut out = CountingWriter::new(&mut file, observers.clone(), &digest, size).starting_at(resumed_at);
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    // The client's own digest check fails on the last chunk: those bytes are bad.
+                    if resumed_at + network >= size {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    return Err(fail(format!("downloading {digest}: {e}")));
+                }
+            };
+            if resumed_at + network + chunk.len() as u64 > size {
+                let _ = std::fs::remove_file(&path);
+                return Err(fail(format!("the registry sent more than the {size} bytes of {digest}")));
+            }
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(io("writing"))?;
+            network += chunk.len() as u64;
+            store.count_downloaded(chunk.len() as u64);
+        }
+        out.flush().await.map_err(io("writing"))?;
+    }
+    drop(file);
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if actual != digest {
+        let _ = std::fs::remove_file(&path);
+        return Err(fail(format!("{digest} hashes to {actual}: the download is discarded")));
+    }
+    observers.event(PullEvent::Downloaded { digest: digest.clone(), bytes: network });
+
+    // The blocking task owns the lock and the file, so the commit ends as one even if every
+    // pull waiting for it is dropped meanwhile.
+    let (unpack_store, unpack_digest, unpack_observers) = (store.clone(), digest.clone(), observers.clone());
+    let layer = diff_id.is_some();
+    tokio::task::spawn_blocking(move || {
+        let _lock = lock;
+        let result = match &diff_id {
+            Some(diff_id) => {
+                let total = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(size);
+                unpack_store.commit_layer_counted(&path, &unpack_digest, diff_id, |current| {
+                    unpack_observers.event(PullEvent::Extracting { digest: unpack_digest.clone(), current, total })
+                })
+            }
+            None => std::fs::read(&path)
+                .map_err(crate::state::io_ctx(format!("reading {}", path.display())))
+                .and_then(|data| unpack_store.put_blob(&unpack_digest, &data)),
+        };
+        // Verified bytes that would not unpack would not unpack the next time either.
+        let _ = std::fs::remove_file(&path);
+        result
     })
     .await
-    .map_err(|e| Error::Pull { reference: reference.into(), message: format!("unpack task failed: {e}") })??;
-    report(PullEvent::LayerDone { digest });
+    .map_err(|e| fail(format!("unpack task failed: {e}")))??;
+    if layer {
+        observers.event(PullEvent::LayerDone { digest });
+    }
     Ok(())
 }
 
-/// A downloaded layer in the store's tmp dir, removed when dropped: after its unpack, on a
-/// failed download, or when the pull is cancelled (a pod deleted while its image downloads).
-struct TempBlob(std::path::PathBuf);
-
-impl Drop for TempBlob {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+/// The length of the partial download at `path` and the hash of its bytes; one longer than the
+/// blob is emptied (it cannot be a prefix of it).
+fn hash_partial(path: &std::path::Path, size: u64) -> Result<(u64, Sha256)> {
+    let mut hasher = Sha256::new();
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, hasher)),
+        Err(e) => return Err(crate::state::io_ctx(format!("opening {}", path.display()))(e)),
+    };
+    let len = file.metadata().map_err(crate::state::io_ctx(format!("reading {}", path.display())))?.len();
+    if len > size {
+        drop(file);
+        std::fs::remove_file(path).map_err(crate::state::io_ctx(format!("removing {}", path.display())))?;
+        return Ok((0, hasher));
     }
+    std::io::copy(&mut file, &mut hasher).map_err(crate::state::io_ctx(format!("reading {}", path.display())))?;
+    Ok((len, hasher))
 }
 
 fn parse_manifest(reference: &str, body: &[u8]) -> Result<OciManifest> {

@@ -5,7 +5,9 @@
 //!   blobs/sha256/<hex>        manifests and configs, verified against their digest
 //!   layers/<diff id hex>/     one unpacked layer (overlay lower-dir format), made once
 //!   layers/.tmp-*/            a layer being unpacked; renamed into place only when whole
-//!   tmp/                      downloads in flight
+//!   tmp/<hex>.partial         a blob download, kept when interrupted so the next pull resumes it
+//!   tmp/<hex>.lock            flock: held by the one process downloading that blob
+//!   tmp/*                     other downloads in flight
 //!   index.json                reference → image, rewritten atomically
 //!   gc.lock                   flock: shared while content is added or used, exclusive to delete
 //!   index.lock                flock: held for each read-modify-write of index.json
@@ -28,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
+use super::flight::SingleFlight;
 use super::progress::CountingReader;
 use super::unpack::{self, UnpackError};
 use crate::state::{io_ctx, read_json, write_atomic, write_json};
@@ -52,7 +55,15 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct ImageStore {
     root: PathBuf,
     index: Mutex<Cached>,
+    /// Blob downloads in flight in this process, by digest (see flight.rs).
+    pub(crate) flights: SingleFlight<()>,
+    /// Bytes this store's pulls fetched from registries since it was opened.
+    downloaded: AtomicU64,
 }
+
+/// A partial download older than this is dropped at open rather than resumed: the registry
+/// may have lost the blob, and nothing else would ever remove it.
+const PARTIAL_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// A held `gc.lock`; released when dropped (or when the process dies).
 pub struct StoreLock {
@@ -65,9 +76,16 @@ impl ImageStore {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_ctx(format!("creating {}", p.display())))?;
         }
-        let store = ImageStore { root: root.to_path_buf(), index: Mutex::new(Cached::default()) };
+        let store = ImageStore {
+            root: root.to_path_buf(),
+            index: Mutex::new(Cached::default()),
+            flights: SingleFlight::default(),
+            downloaded: AtomicU64::new(0),
+        };
         // Leftovers of an interrupted pull are incomplete by construction; while another process
         // holds the lock they may be its downloads in flight, and the next open sweeps them.
+        // Partial blob downloads stay (a week): they are what the next pull resumes from, and
+        // they are never taken as whole — their bytes are hashed against the digest first.
         if let Some(_lock) = store.try_lock_exclusive()? {
             store.sweep_temporaries();
         }
@@ -80,6 +98,9 @@ impl ImageStore {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries.flatten() {
                 let name = e.file_name();
+                if dir.ends_with("tmp") && is_recent_partial(&e) {
+                    continue;
+                }
                 if dir.ends_with("tmp") || name.to_string_lossy().starts_with(".tmp-") {
                     let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
                 }
@@ -209,6 +230,29 @@ impl ImageStore {
         self.root.join("tmp").join(format!("{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
     }
 
+    /// Where the download of blob `digest` is written, and resumed from after an interruption.
+    pub fn partial_path(&self, digest: &str) -> PathBuf {
+        self.root.join("tmp").join(format!("{}.partial", hex_of(digest)))
+    }
+
+    /// Takes the download lock of blob `digest`, waiting while another process (or another
+    /// run in this one) downloads it. Blocking.
+    pub fn lock_blob_download(&self, digest: &str) -> Result<StoreLock> {
+        let name = format!("tmp/{}.lock", hex_of(digest));
+        let lock = self.flock(&name, FlockArg::LockExclusive)?.expect("a blocking flock returns a lock");
+        Ok(StoreLock { _lock: lock })
+    }
+
+    /// Counts bytes fetched from a registry.
+    pub(crate) fn count_downloaded(&self, bytes: u64) {
+        self.downloaded.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes this store's pulls fetched from registries since it was opened (blobs only).
+    pub fn downloaded_bytes(&self) -> u64 {
+        self.downloaded.load(Ordering::Relaxed)
+    }
+
     /// Stores `data` as the blob `digest` after checking that it hashes to it.
     pub fn put_blob(&self, digest: &str, data: &[u8]) -> Result<()> {
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(data)));
@@ -297,6 +341,14 @@ impl ImageStore {
     }
 }
 
+/// A `<sha256 hex>.partial` file written to within [`PARTIAL_KEPT_FOR`].
+fn is_recent_partial(entry: &std::fs::DirEntry) -> bool {
+    let name = entry.file_name();
+    let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".partial")) else { return false };
+    let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|m| m.elapsed().ok());
+    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && age.is_some_and(|a| a < PARTIAL_KEPT_FOR)
+}
+
 fn hex_of(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
@@ -374,6 +426,53 @@ mod tests {
         drop((removal, other));
         ImageStore::open(dir.path()).unwrap();
         assert!(!download.exists(), "an abandoned download is swept");
+    }
+
+    #[test]
+    fn a_partial_download_survives_the_sweep_at_open_and_other_leftovers_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let partial = store.partial_path(&digest);
+        std::fs::write(&partial, b"first half").unwrap();
+        drop(store.lock_blob_download(&digest).unwrap());
+        let junk = store.temp_path("blob");
+        std::fs::write(&junk, b"x").unwrap();
+        let odd = store.root().join("tmp/not-a-digest.partial");
+        std::fs::write(&odd, b"x").unwrap();
+        drop(store);
+        ImageStore::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read(&partial).unwrap(), b"first half", "kept for the next pull to resume");
+        assert!(!junk.exists() && !odd.exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1, "the lock file went too");
+    }
+
+    #[test]
+    fn a_layer_whose_unpack_fails_half_way_leaves_no_layer_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path()).unwrap();
+        // A gzip'd tar cut off in the middle: the unpack writes the first entries, then fails.
+        let mut tar = tar::Builder::new(Vec::new());
+        for i in 0..50 {
+            let data = vec![i as u8; 10_000];
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, format!("f{i}"), &data[..]).unwrap();
+        }
+        let tar = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let cut = &gz[..gz.len() / 2];
+        let blob = store.temp_path("blob");
+        std::fs::write(&blob, cut).unwrap();
+        let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&gz)));
+        assert!(store.commit_layer(&blob, &digest, &diff_id).is_err());
+        assert!(!store.has_layer(&diff_id), "a half-unpacked layer is never taken as whole");
+        assert_eq!(std::fs::read_dir(store.layers_root()).unwrap().count(), 0, "its temp dir is gone");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!  tick ──▶ observe (runtime: container cgroups, root cgroup; pods: uid → namespace/name)
-//!             │ one timestamp for the whole round
+//!             │ each read stamped with the time it was taken
 //!             ▼
 //!          record: per container id and for the node, (prev, last); a container not seen
 //!                  this round is dropped, a restarted one is a new id and starts over
@@ -89,11 +89,15 @@ pub struct ContainerObservation {
     pub sandbox_id: String,
     pub name: String,
     pub usage: Usage,
+    /// When it was read: each read is stamped with its own time, so that a slow round (a loaded
+    /// node, many containers) does not stretch or shrink one container's window.
+    pub at: SystemTime,
 }
 
-/// One round of measurements, all stamped with one time.
+/// One round of measurements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
+    /// When the node's usage was read.
     pub at: SystemTime,
     pub node: Option<Usage>,
     pub containers: Vec<ContainerObservation>,
@@ -155,24 +159,24 @@ impl MetricsSampler {
     /// Takes one round's measurements into the series.
     pub fn record(&self, observation: Observation) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let at = observation.at;
-        let point = |u: &Usage| Point { at, cpu_ns: u.cpu_ns, memory_bytes: u.memory_working_set_bytes };
+        let point =
+            |u: &Usage, at: SystemTime| Point { at, cpu_ns: u.cpu_ns, memory_bytes: u.memory_working_set_bytes };
         state.node = match (state.node.take(), &observation.node) {
             (Some(mut series), Some(usage)) => {
-                series.push(point(usage));
+                series.push(point(usage, observation.at));
                 Some(series)
             }
-            (None, Some(usage)) => Some(Series::start(point(usage))),
+            (None, Some(usage)) => Some(Series::start(point(usage, observation.at))),
             (_, None) => None,
         };
         let mut previous = std::mem::take(&mut state.containers);
         for c in &observation.containers {
             let series = match previous.remove(&c.id) {
                 Some(mut known) => {
-                    known.series.push(point(&c.usage));
+                    known.series.push(point(&c.usage, c.at));
                     known.series
                 }
-                None => Series::start(point(&c.usage)),
+                None => Series::start(point(&c.usage, c.at)),
             };
             state.containers.insert(
                 c.id.clone(),
@@ -243,8 +247,8 @@ fn pod_refs(pods: &[Arc<Pod>]) -> HashMap<String, PodRef> {
 /// One round: the node, then every running container of a known pod. A container whose cgroup
 /// cannot be read (it is exiting) is left out of this round.
 fn observe(runtime: &Runtime, pods: HashMap<String, PodRef>) -> Observation {
-    let at = SystemTime::now();
     let node = runtime.node_usage().inspect_err(|e| tracing::debug!("reading the node's usage: {e}")).ok();
+    let at = SystemTime::now();
     let mut containers = Vec::new();
     match runtime.list_containers() {
         Ok(list) => {
@@ -258,6 +262,7 @@ fn observe(runtime: &Runtime, pods: HashMap<String, PodRef>) -> Observation {
                         sandbox_id: c.sandbox_id,
                         name: c.name,
                         usage,
+                        at: SystemTime::now(),
                     }),
                     Err(e) => tracing::debug!(container = %c.id, "reading usage: {e}"),
                 }
@@ -277,15 +282,26 @@ mod tests {
     }
 
     fn container(id: &str, pod: &str, name: &str, cpu_ns: u64, memory: u64) -> ContainerObservation {
-        ContainerObservation { id: id.into(), sandbox_id: pod.into(), name: name.into(), usage: usage(cpu_ns, memory) }
+        ContainerObservation {
+            id: id.into(),
+            sandbox_id: pod.into(),
+            name: name.into(),
+            usage: usage(cpu_ns, memory),
+            at: SystemTime::UNIX_EPOCH,
+        }
     }
 
-    fn round(secs: u64, node: Option<Usage>, containers: Vec<ContainerObservation>) -> Observation {
+    /// A round read at `secs`: the node and every container at that same instant.
+    fn round(secs: u64, node: Option<Usage>, mut containers: Vec<ContainerObservation>) -> Observation {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        for c in &mut containers {
+            c.at = at;
+        }
         let pods = [("uid-a", "web"), ("uid-b", "db")]
             .into_iter()
             .map(|(uid, name)| (uid.to_string(), PodRef { namespace: "default".into(), name: name.into() }))
             .collect();
-        Observation { at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs), node, containers, pods }
+        Observation { at, node, containers, pods }
     }
 
     #[test]
@@ -322,6 +338,28 @@ mod tests {
         s.record(round(20, None, vec![container("c1", "uid-a", "app", 20, 1), container("c2", "uid-a", "side", 5, 1)]));
         let names: Vec<_> = s.pods()[0].containers.iter().map(|c| c.name.clone()).collect();
         assert_eq!(names, ["app", "side"]);
+    }
+
+    #[test]
+    fn each_container_is_rated_over_its_own_window_and_the_pod_stamped_with_the_earliest() {
+        let s = MetricsSampler::new("n");
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let mut first =
+            round(0, None, vec![container("c1", "uid-a", "app", 0, 1), container("c2", "uid-a", "side", 0, 1)]);
+        first.containers[1].at = at(500);
+        s.record(first);
+        // The second read of `side` came 2.5 s late; its 2 s of CPU were over 12 s, not 10.
+        let mut second = round(
+            10,
+            None,
+            vec![container("c1", "uid-a", "app", 1_000_000_000, 1), container("c2", "uid-a", "side", 2_000_000_000, 1)],
+        );
+        second.containers[1].at = at(12_500);
+        s.record(second);
+        let pod = &s.pods()[0];
+        let cpu: Vec<u64> = pod.containers.iter().map(|c| c.cpu_nanocores).collect();
+        assert_eq!(cpu, [100_000_000, 166_666_666]);
+        assert_eq!((pod.timestamp, pod.window), (at(10_000), Duration::from_secs(10)));
     }
 
     #[test]

@@ -426,3 +426,118 @@ async fn an_https_registry_is_trusted_through_its_ca_file_or_insecure_skip_verif
     let image = mirror.pull("example.invalid/tls/busybox:1", None).await.unwrap();
     assert_eq!(image.repo_digest, format!("example.invalid/tls/busybox@{}", busybox().manifest.digest));
 }
+
+/// Bytes of every blob of `image` but its manifest: what one pull of it fetches.
+fn blob_bytes(image: &OciImage) -> u64 {
+    image.layers.iter().map(|l| l.data.len() as u64).sum::<u64>() + image.config.data.len() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_of_one_image_download_each_blob_once() {
+    let registry = LocalRegistry::start().expect("start docker-registry");
+    let reference = push(&registry, "shared:1", busybox()).await.unwrap();
+    let node = Node::new(Registries::default());
+    // The kubelet starting five pods of a new image at once; a second tag of the same content
+    // shares the downloads too.
+    let also = push(&registry, "shared:also", busybox()).await.unwrap();
+    let refs = [&reference, &reference, &also, &reference, &also];
+    let pulls = futures::future::join_all(refs.iter().map(|r| node.pull(r, None))).await;
+    let images: Vec<Image> = pulls.into_iter().map(|p| p.unwrap()).collect();
+    assert!(images.iter().all(|i| i.id == busybox().config.digest && i.layers == busybox().diff_ids));
+    assert_eq!(node.rt().images().downloaded_bytes(), blob_bytes(busybox()), "each blob came over once");
+    assert_eq!(node.run("shared", &images[2], LAYERS_SCRIPT).await, (0, LAYERS_OUTPUT.into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_beside_another_processes_store_waits_for_its_download_instead_of_repeating_it() {
+    let registry = LocalRegistry::start().expect("start docker-registry");
+    let reference = push(&registry, "beside:1", busybox()).await.unwrap();
+    let node = Node::new(Registries::default());
+    // `skiff image pull` opens the store on its own, as another process does: only the blobs'
+    // lock files stand between its downloads and the runtime's.
+    let cli = skiff_runtime::ImageManager::open(node.root.path()).unwrap();
+    let registries = Registries::default();
+    let (server, beside) = tokio::join!(node.pull(&reference, None), cli.pull(&reference, &registries, None, None));
+    let (server, beside) = (server.unwrap(), beside.unwrap());
+    assert_eq!(server.id, beside.image.id);
+    assert_eq!(node.rt().images().downloaded_bytes() + cli.downloaded_bytes(), blob_bytes(busybox()));
+    assert_eq!(node.run("beside", &server, LAYERS_SCRIPT).await, (0, LAYERS_OUTPUT.into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_layer_download_is_continued_from_where_it_stopped() {
+    let registry = LocalRegistry::start().expect("start docker-registry");
+    let reference = push(&registry, "resume:1", busybox()).await.unwrap();
+    let node = Node::new(Registries::default());
+    // The biggest layer (busybox itself), fetched from the registry and cut in half, as a pull
+    // killed mid-download leaves it.
+    let layer = busybox().layers.iter().max_by_key(|l| l.data.len()).unwrap();
+    let url = format!("http://{}/v2/resume/blobs/{}", registry.addr(), layer.digest);
+    let whole = fetch(&url).await;
+    assert_eq!(whole, layer.data);
+    let half = whole.len() / 2;
+    let partial =
+        node.root.path().join("images/tmp").join(format!("{}.partial", layer.digest.trim_start_matches("sha256:")));
+    std::fs::write(&partial, &whole[..half]).unwrap();
+
+    let recorded = Arc::new(skiff_runtime::RecordedProgress::default());
+    let pulled =
+        node.rt().images().pull(&reference, &Registries::default(), None, Some(recorded.clone())).await.unwrap();
+    let rest = (whole.len() - half) as u64;
+    assert_eq!(node.rt().images().downloaded_bytes(), blob_bytes(busybox()) - half as u64, "only the rest came over");
+    let events = recorded.0.lock().unwrap().clone();
+    let of_layer = |e: &&skiff_runtime::PullEvent| match e {
+        skiff_runtime::PullEvent::Downloading { digest, .. } | skiff_runtime::PullEvent::Downloaded { digest, .. } => {
+            digest == &layer.digest
+        }
+        _ => false,
+    };
+    let counts: Vec<_> = events.iter().filter(of_layer).collect();
+    assert!(
+        matches!(counts.first(), Some(skiff_runtime::PullEvent::Downloading { current, .. }) if *current > half as u64),
+        "the count goes on from the bytes already there: {counts:?}"
+    );
+    assert_eq!(
+        counts.last(),
+        Some(&&skiff_runtime::PullEvent::Downloaded { digest: layer.digest.clone(), bytes: rest })
+    );
+    assert!(!partial.exists(), "the partial file went into the layer");
+    assert_eq!(node.run("resume", &pulled.image, LAYERS_SCRIPT).await, (0, LAYERS_OUTPUT.into()));
+
+    // A partial file that is not a prefix of the blob fails the digest check and is discarded;
+    // the pull after that starts over and succeeds.
+    let other = Node::new(Registries::default());
+    let partial =
+        other.root.path().join("images/tmp").join(format!("{}.partial", layer.digest.trim_start_matches("sha256:")));
+    std::fs::write(&partial, vec![0u8; half]).unwrap();
+    let err = other.pull(&reference, None).await.unwrap_err();
+    assert!(err.to_string().contains("the download is discarded"), "{err}");
+    assert!(!partial.exists());
+    let image = other.pull(&reference, None).await.unwrap();
+    assert_eq!(other.run("restart", &image, LAYERS_SCRIPT).await, (0, LAYERS_OUTPUT.into()));
+}
+
+/// GET `url` over plain HTTP/1.1 on loopback.
+async fn fetch(url: &str) -> Vec<u8> {
+    use http_body_util::BodyExt;
+    let uri: hyper::Uri = url.parse().unwrap();
+    let stream = tokio::net::TcpStream::connect(uri.authority().unwrap().as_str()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut uri_now = uri.clone();
+    // The registry may redirect a blob to its storage URL on the same host.
+    for _ in 0..3 {
+        let req = Request::get(uri_now.path_and_query().unwrap().as_str())
+            .header("host", uri.authority().unwrap().as_str())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        if resp.status().is_redirection() {
+            uri_now = resp.headers()["location"].to_str().unwrap().parse().unwrap();
+            continue;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        return resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    }
+    panic!("too many redirects fetching {url}");
+}

@@ -1,5 +1,5 @@
 //! What a pull reports as it goes, for `skiff image pull`'s per-layer lines. The kubelet pulls
-//! without an observer: then no event is made and the download is written to its file directly.
+//! without an observer; a download shared by several pulls reports to each observer attached.
 
 use std::io::Read;
 use std::pin::Pin;

@@ -1,6 +1,8 @@
 //! Pulls over the OCI distribution API with `oci-client`: manifest (an index resolves to this
-//! host's platform), config, then each layer not yet unpacked, downloaded to a temp file and
-//! handed to the store, which verifies and unpacks it once. The endpoints come from
+//! host's platform), config, then each layer not yet unpacked, downloaded to its partial file
+//! and handed to the store, which verifies and unpacks it once. Each blob is fetched once however
+//! many pulls want it (one run per digest in a process, a lock file across processes), and an
+//! interrupted download is continued from its partial file by the next pull. The endpoints come from
 //! `registries.yaml` (mirrors in order, then the registry itself); `oci-client` answers a
 //! registry's `WWW-Authenticate: Bearer realm=…` challenge by fetching a token from the realm,
 //! anonymously or with the basic credentials it was given, and falls back to basic auth for a
@@ -301,7 +303,16 @@ async fn fetch_layer(
         }
         return Ok(());
     }
-    fetch_blob(store, client, oci_ref, reference, layer, Some(diff_id), progress).await
+    fetch_blob(store, client, oci_ref, reference, layer, Some(diff_id), progress).await?;
+    // A run shared with another image's pull unpacked the blob as that image's config said;
+    // this image's config may name another diff ID for it (a forged or broken config).
+    if !store.has_layer(diff_id) {
+        return Err(Error::Pull {
+            reference: reference.into(),
+            message: format!("layer {} does not unpack to diff ID {diff_id}", layer.digest),
+        });
+    }
+    Ok(())
 }
 
 /// Downloads blob `desc` and commits it: unpacked as the layer `diff_id`, or stored as a blob

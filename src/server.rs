@@ -172,7 +172,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     );
     registry.set_token_issuer(issuer.clone());
     let kubeconfig_text = kubeconfig::render(&config.server_url(), &tls.ca_pem, &token);
-    kubeconfig::write_atomically(&config.kubeconfig_path, kubeconfig_text.as_bytes(), config.kubeconfig_mode)?;
+    skiff_apiserver::atomic_file::write(&config.kubeconfig_path, kubeconfig_text.as_bytes(), config.kubeconfig_mode)?;
     info!(path = %config.kubeconfig_path.display(), "wrote kubeconfig");
     let api: Arc<dyn ApiClient> = registry;
 

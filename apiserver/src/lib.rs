@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod atomic_file;
 mod defaulting;
 mod error;
 pub mod http;

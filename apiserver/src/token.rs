@@ -17,8 +17,6 @@
 //! account may do anything the admin token may.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -58,6 +56,12 @@ pub enum Error {
     },
     #[error("{path}: not a P-256 PKCS#8 private key: {message}")]
     Key { path: PathBuf, message: String },
+}
+
+impl From<crate::atomic_file::WriteError> for Error {
+    fn from(e: crate::atomic_file::WriteError) -> Self {
+        Error::Io { path: e.path, source: e.source }
+    }
 }
 
 /// Why a bearer token was refused (logged; the client only ever sees 401 Unauthorized).
@@ -151,7 +155,7 @@ impl TokenIssuer {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
                 }
-                write_atomic(path, pem.as_bytes(), 0o600)?;
+                crate::atomic_file::write(path, pem.as_bytes(), 0o600)?;
                 doc.as_ref().to_vec()
             }
             Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
@@ -296,19 +300,6 @@ fn pkcs8_pem(der: &[u8]) -> String {
     }
     pem.push_str("-----END PRIVATE KEY-----\n");
     pem
-}
-
-/// Write to a temporary sibling, fsync, then rename: a reader sees no key or the whole key.
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    let io = |source| Error::Io { path: tmp.clone(), source };
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
-    file.write_all(data).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
 }
 
 // ---- TokenRequest ----
@@ -468,6 +459,7 @@ pub fn request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn issuer(dir: &Path) -> TokenIssuer {
         TokenIssuer::load_or_create(&dir.join("tls/service-account.key"), ISSUER).unwrap()

@@ -70,6 +70,12 @@ pub enum Error {
     Time(String),
 }
 
+impl From<crate::atomic_file::WriteError> for Error {
+    fn from(e: crate::atomic_file::WriteError) -> Self {
+        Error::Io { path: e.path, source: e.source }
+    }
+}
+
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request's headers.

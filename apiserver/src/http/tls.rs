@@ -10,9 +10,7 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{
@@ -86,11 +84,11 @@ pub fn load_or_create_tls(dir: &Path, sans: &[String]) -> Result<Tls, Error> {
         window.apply(&mut params);
         let cert = params.signed_by(&key, &ca_issuer)?;
         // The chain carries the CA too, so clients that only know the CA by fingerprint cope.
-        write_atomic(&cert_path, format!("{}{}", cert.pem(), ca_cert_pem).as_bytes(), 0o644)?;
-        write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        crate::atomic_file::write(&cert_path, format!("{}{}", cert.pem(), ca_cert_pem).as_bytes(), 0o644)?;
+        crate::atomic_file::write(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
         let record = ServingRecord { sans, not_after };
         let json = serde_json::to_vec_pretty(&record).expect("a record of strings and numbers serialises");
-        write_atomic(&record_path, &json, 0o644)?;
+        crate::atomic_file::write(&record_path, &json, 0o644)?;
     }
 
     let chain_pem = std::fs::read(&cert_path).map_err(|source| Error::Io { path: cert_path.clone(), source })?;
@@ -147,8 +145,8 @@ fn load_or_create_ca(dir: &Path) -> Result<(String, KeyPair), Error> {
     validity(CA_YEARS)?.0.apply(&mut params);
     let cert = params.self_signed(&key)?;
     // Key first: a crash between the two writes leaves no certificate without its key.
-    write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)?;
+    crate::atomic_file::write(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    crate::atomic_file::write(&cert_path, cert.pem().as_bytes(), 0o644)?;
     Ok((cert.pem(), key))
 }
 
@@ -184,23 +182,10 @@ fn read_optional(path: &Path) -> Result<Option<String>, Error> {
     }
 }
 
-/// Write to a temporary sibling, fsync, then rename: a reader sees the old file or the new one.
-fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    let io = |source| Error::Io { path: tmp.clone(), source };
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
-    // `mode` on open is filtered by the umask and ignored for an existing file; set it exactly.
-    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
-    file.write_all(data).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn cert_of(dir: &Path) -> String {
         std::fs::read_to_string(dir.join("serving.crt")).unwrap()

@@ -410,6 +410,12 @@ fn changed_fields(res: &ResourceKind, old: &Value, new: &Value) -> BTreeSet<Path
     // What both have alike changed nothing: only the rest is compared, path by path.
     let before = differing_fields(res, old, Some(new));
     let after = differing_fields(res, new, Some(old));
+    changed_among(old, new, &before, after)
+}
+
+/// The paths of `after` (fields of `new`) that are new or changed relative to `before` (those of
+/// `old`), with the `.` of each map, list or struct they brought.
+fn changed_among(old: &Value, new: &Value, before: &BTreeSet<Path>, after: BTreeSet<Path>) -> BTreeSet<Path> {
     let mut changed = BTreeSet::new();
     for path in after {
         let is_new = !before.contains(&path);
@@ -645,6 +651,49 @@ mod tests {
     fn config(replicas: i64, labels: Value, containers: Value) -> Value {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": labels},
                "spec": {"replicas": replicas, "template": {"spec": {"containers": containers}}}})
+    }
+
+    #[test]
+    fn changed_fields_skip_what_is_alike_and_find_what_comparing_everything_finds() {
+        let pods = ResourceKind::by_plural("", "v1", "pods").unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "resourceVersion": "3", "labels": {"app": "web"},
+                         "managedFields": [{"manager": "a", "operation": "Update"}]},
+            "spec": {"containers": [{"name": "app", "image": "x:1", "ports": [{"containerPort": 80}],
+                                     "env": [{"name": "A", "value": "1"}]}],
+                     "nodeSelector": {"disk": "ssd"}, "tolerations": [{"key": "k", "operator": "Exists"}]},
+            "status": {"phase": "Pending"}});
+        let mut changes = Vec::new();
+        let mut relabelled = pod.clone();
+        relabelled["metadata"]["labels"]["round"] = json!("2");
+        relabelled["metadata"]["resourceVersion"] = json!("4");
+        changes.push(relabelled);
+        let mut new_image = pod.clone();
+        new_image["spec"]["containers"][0]["image"] = json!("x:2");
+        new_image["spec"]["containers"][0]["env"][0]["value"] = json!("2");
+        changes.push(new_image);
+        let mut more = pod.clone();
+        more["metadata"]["annotations"] = json!({"a": "b"});
+        more["spec"]["containers"].as_array_mut().unwrap().push(json!({"name": "side", "image": "y"}));
+        more["spec"]["tolerations"] = json!([]);
+        more["status"] = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
+        changes.push(more);
+        let mut fewer = pod.clone();
+        fewer["metadata"].as_object_mut().unwrap().remove("labels");
+        fewer["spec"].as_object_mut().unwrap().remove("nodeSelector");
+        changes.push(fewer);
+        changes.push(pod.clone());
+        for new in &changes {
+            for (old, new) in [(&pod, new), (new, &pod)] {
+                let everything = changed_among(old, new, &object_fields(pods, old), object_fields(pods, new));
+                assert_eq!(changed_fields(pods, old, new), everything, "from {old}\nto {new}");
+            }
+        }
+        // Not vacuous: the label change is found, and only it.
+        let changed = changed_fields(pods, &pod, &changes[0]);
+        let labels: Vec<Path> = vec![vec!["f:metadata".into(), "f:labels".into(), "f:round".into()]];
+        assert_eq!(changed.into_iter().collect::<Vec<_>>(), labels);
+        assert!(changed_fields(pods, &pod, &pod).is_empty());
     }
 
     #[test]

@@ -245,7 +245,20 @@ pub async fn update(
             plan_update(&key, old, body.clone(), sub, tracking, None)
         }),
     };
-    let op: crate::storage::Op = Box::new(move |tx| {
+    reg.store.run(update_op(key, sub, body, manager, net, planned), opts.dry_run).await
+}
+
+/// The transaction of an update: `planned` (see [`plan_ahead`]) when the stored object is still
+/// the one it was planned from, else the update worked out from what is stored.
+pub(super) fn update_op(
+    key: Key,
+    sub: Option<String>,
+    body: Value,
+    manager: Option<String>,
+    net: ServiceNetwork,
+    planned: Option<Planned>,
+) -> crate::storage::Op {
+    Box::new(move |tx| {
         if let Some(planned) = planned
             && tx.holds(&key, &planned.from)?
         {
@@ -259,8 +272,7 @@ pub async fn update(
                 update_in(tx, &key, old, body, sub, tracking, &net)
             }
         }
-    });
-    reg.store.run(op, opts.dry_run).await
+    })
 }
 
 pub async fn patch(
@@ -369,10 +381,10 @@ fn execute(tx: &mut Tx<'_>, key: &Key, plan: Plan) -> Result<Outcome, ApiError> 
 }
 
 /// An update worked out before its transaction, from the stored object as read then.
-struct Planned {
+pub(super) struct Planned {
     /// That stored object, byte for byte.
-    from: Vec<u8>,
-    plan: Result<Plan, ApiError>,
+    pub(super) from: Vec<u8>,
+    pub(super) plan: Result<Plan, ApiError>,
 }
 
 /// Works out an update (or patch) ahead of its transaction, on the caller's thread: the costly
@@ -383,7 +395,11 @@ struct Planned {
 /// from what it finds, so the outcome is always that of an update made inside the transaction.
 /// Services are left to the writer: their update allocates cluster IPs and node ports, which
 /// reads the store.
-fn plan_ahead(reg: &Registry, key: &Key, plan: impl FnOnce(Value) -> Result<Plan, ApiError>) -> Option<Planned> {
+pub(super) fn plan_ahead(
+    reg: &Registry,
+    key: &Key,
+    plan: impl FnOnce(Value) -> Result<Plan, ApiError>,
+) -> Option<Planned> {
     if key.res.kind == "Service" && key.res.group.is_empty() {
         return None;
     }
@@ -394,7 +410,7 @@ fn plan_ahead(reg: &Registry, key: &Key, plan: impl FnOnce(Value) -> Result<Plan
 
 /// Kubernetes' update rules for `new` over the stored `old`. `tx` (with the service network) is
 /// needed for Services only, whose update allocates from the store.
-fn plan_update(
+pub(super) fn plan_update(
     key: &Key,
     old: Value,
     mut new: Value,

@@ -566,6 +566,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_carry_the_object_before_the_change_as_it_was_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Arc::new(Hub::new(100));
+        let store = Store::open(&dir.path().join("state.redb"), hub.clone(), None).unwrap();
+        let mut rx = hub.subscribe();
+        let key = Key::new(pods(), Some("ns"), "a");
+        let first = store.write(put_op(key.clone(), json!({"metadata": {"name": "a"}, "x": 1}))).await.unwrap().object;
+        let raw = store.get_raw(&key).unwrap().unwrap();
+        store.write(put_op(key.clone(), json!({"metadata": {"name": "a"}, "x": 2}))).await.unwrap();
+        let delete: Op = Box::new(move |tx| Ok(Outcome::of(tx.delete(&key, json!({"metadata": {"name": "a"}}))?)));
+        store.write(delete).await.unwrap();
+
+        let created = rx.recv().await.unwrap();
+        assert_eq!((created.kind, created.had_prev(), created.prev()), (WatchEventType::Added, false, None));
+        let modified = rx.recv().await.unwrap();
+        assert_eq!(modified.kind, WatchEventType::Modified);
+        assert!(modified.had_prev());
+        assert_eq!(modified.prev(), Some(&first));
+        assert_eq!(Store::decode(&Key::new(pods(), Some("ns"), "a"), &raw).unwrap(), first);
+        let deleted = rx.recv().await.unwrap();
+        assert_eq!(deleted.kind, WatchEventType::Deleted);
+        assert_eq!(deleted.prev().unwrap()["x"], 2);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_tells_whether_an_object_is_still_stored_as_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb"), Arc::new(Hub::new(100)), None).unwrap();
+        let key = Key::new(pods(), Some("ns"), "a");
+        store.write(put_op(key.clone(), json!({"metadata": {"name": "a"}}))).await.unwrap();
+        let read = store.get_raw(&key).unwrap().unwrap();
+        let (k, bytes) = (key.clone(), read.clone());
+        let check: Op = Box::new(move |tx| {
+            let before = (tx.contains(&k)?, tx.holds(&k, &bytes)?);
+            tx.put(&k, json!({"metadata": {"name": "a"}, "x": 1}))?;
+            let after = tx.holds(&k, &bytes)?;
+            let missing = Key::new(pods(), Some("ns"), "b");
+            Ok(Outcome::of(json!([before.0, before.1, after, tx.contains(&missing)?, tx.holds(&missing, &bytes)?])))
+        });
+        assert_eq!(store.write(check).await.unwrap().object, json!([true, true, false, false, false]));
+    }
+
+    #[tokio::test]
     async fn the_writer_runs_its_chore_when_idle() {
         let dir = tempfile::tempdir().unwrap();
         let chore = Chore {

@@ -541,3 +541,18 @@ async fn fetch(url: &str) -> Vec<u8> {
     }
     panic!("too many redirects fetching {url}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_ignores_range_sends_the_whole_blob_and_the_partial_file_starts_over() {
+    // The token registry answers every blob GET with 200 and the whole blob, Range or not.
+    let registry = TokenRegistry::start("team/busybox", "1", busybox(), None).await;
+    let node = Node::new(Registries::default());
+    let layer = busybox().layers.iter().max_by_key(|l| l.data.len()).unwrap();
+    let partial =
+        node.root.path().join("images/tmp").join(format!("{}.partial", layer.digest.trim_start_matches("sha256:")));
+    std::fs::write(&partial, &layer.data[..layer.data.len() / 2]).unwrap();
+    let image = node.pull(&format!("{}/team/busybox:1", registry.addr), None).await.unwrap();
+    assert_eq!(node.rt().images().downloaded_bytes(), blob_bytes(busybox()), "the whole blob came over again");
+    assert!(!partial.exists());
+    assert_eq!(node.run("norange", &image, LAYERS_SCRIPT).await, (0, LAYERS_OUTPUT.into()));
+}

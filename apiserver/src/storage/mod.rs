@@ -28,6 +28,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -225,6 +226,10 @@ pub struct Store {
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
     hub: Arc<Hub>,
+    /// Commits made so far: fewer than the writes when concurrent writes share them. Only the
+    /// tests read it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    commits: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -257,18 +262,25 @@ impl Store {
         hub.start_at(rv);
         let db = Arc::new(db);
         let (jobs, rx) = mpsc::channel();
+        let commits = Arc::new(AtomicU64::new(0));
         let writer = {
-            let (db, hub) = (db.clone(), hub.clone());
+            let (db, hub, commits) = (db.clone(), hub.clone(), commits.clone());
             std::thread::Builder::new()
                 .name("skiff-store-writer".into())
-                .spawn(move || writer_loop(&db, &hub, rx, chore))
+                .spawn(move || writer_loop(&db, &hub, &commits, rx, chore))
                 .map_err(Error::SpawnWriter)?
         };
-        Ok(Self { db, jobs: Some(jobs), writer: Some(writer), hub })
+        Ok(Self { db, jobs: Some(jobs), writer: Some(writer), hub, commits })
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// How many commits the writer has made since the store was opened.
+    #[cfg(test)]
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Runs `op` in the next commit and answers once that commit is durable.
@@ -371,7 +383,7 @@ impl Drop for Store {
     }
 }
 
-fn writer_loop(db: &Database, hub: &Hub, jobs: mpsc::Receiver<Job>, chore: Option<Chore>) {
+fn writer_loop(db: &Database, hub: &Hub, commits: &AtomicU64, jobs: mpsc::Receiver<Job>, chore: Option<Chore>) {
     let mut chore_due = chore.as_ref().map(|c| std::time::Instant::now() + c.every);
     loop {
         let first = match chore_due {
@@ -405,6 +417,7 @@ fn writer_loop(db: &Database, hub: &Hub, jobs: mpsc::Receiver<Job>, chore: Optio
         }
         match run_batch(db, &mut batch) {
             Ok((results, events)) => {
+                commits.fetch_add(1, Ordering::Relaxed);
                 hub.publish(events);
                 for (job, result) in batch.into_iter().zip(results) {
                     let _ = job.reply.send(result);
@@ -606,6 +619,26 @@ mod tests {
             Ok(Outcome::of(json!([before.0, before.1, after, tx.contains(&missing)?, tx.holds(&missing, &bytes)?])))
         });
         assert_eq!(store.write(check).await.unwrap().object, json!([true, true, false, false, false]));
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.redb"), Arc::new(Hub::new(1000)), None).unwrap();
+        let writes = (0..64).map(|i| {
+            let name = format!("p{i}");
+            store.write(put_op(Key::new(pods(), Some("ns"), &name), json!({"metadata": {"name": name}})))
+        });
+        let written = futures::future::join_all(writes).await;
+        let mut revisions: Vec<String> =
+            written.into_iter().map(|w| w.unwrap().object["metadata"]["resourceVersion"].to_string()).collect();
+        revisions.sort();
+        revisions.dedup();
+        assert_eq!(revisions.len(), 64, "every write has its own revision");
+        // All 64 are queued before the first commit ends: at most a few commits carry them.
+        let commits = store.commits();
+        assert!((1..=8).contains(&commits), "{commits} commits for 64 concurrent writes");
+        assert_eq!(store.scan("pods/ns/", None, None, |_| true).unwrap().items.len(), 64);
     }
 
     #[tokio::test]

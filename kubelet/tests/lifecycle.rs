@@ -24,6 +24,9 @@ use skiff_runtime::testing::{LocalRegistry, build_busybox_image, push};
 use skiff_runtime::{CgroupManager, Runtime, RuntimeConfig, SandboxSpec};
 use tokio_util::sync::CancellationToken;
 
+// The pods here opt out of the API credentials volume: these tests run the registry and the
+// kubelet only, without the token issuer, the namespace's `default` ServiceAccount and the
+// `kube-root-ca.crt` ConfigMap that `skiff server` provides (tests/service_account_tokens.rs).
 const NODE: &str = "node1";
 /// The fixture kubelet's `containerLogMaxSize`.
 const ROTATE_AT: u64 = 1024 * 1024;
@@ -112,7 +115,7 @@ impl Fixture {
     ) -> Pod {
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name},
-            "spec": {"nodeName": NODE, "restartPolicy": policy, "terminationGracePeriodSeconds": 2,
+            "spec": {"nodeName": NODE, "automountServiceAccountToken": false, "restartPolicy": policy, "terminationGracePeriodSeconds": 2,
                      "initContainers": init, "containers": containers},
         }))
         .unwrap();
@@ -385,7 +388,7 @@ async fn a_pod_deleted_while_its_image_is_pulling_goes_away(f: &mut Fixture) {
 async fn active_deadline_fails_the_pod_and_stops_it(f: &mut Fixture) {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "deadline"},
-        "spec": {"nodeName": NODE, "activeDeadlineSeconds": 2, "terminationGracePeriodSeconds": 1, "hostname": "short",
+        "spec": {"nodeName": NODE, "automountServiceAccountToken": false, "activeDeadlineSeconds": 2, "terminationGracePeriodSeconds": 1, "hostname": "short",
                  "containers": [{"name": "app", "image": f.image, "command": ["sh", "-c", "hostname; sleep 3600"]}]},
     }))
     .unwrap();
@@ -556,7 +559,7 @@ async fn pre_stop_hooks_run_before_sigterm_and_a_failing_one_is_only_an_event(f:
                   while true; do sleep 1; done";
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "stopper"},
-        "spec": {"nodeName": NODE, "terminationGracePeriodSeconds": 10,
+        "spec": {"nodeName": NODE, "automountServiceAccountToken": false, "terminationGracePeriodSeconds": 10,
                  "volumes": [{"name": "out", "hostPath": {"path": out}}],
                  "containers": [{"name": "app", "image": f.image, "command": ["sh", "-c", script],
                                  "volumeMounts": [{"name": "out", "mountPath": "/out"}],

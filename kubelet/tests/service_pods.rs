@@ -21,6 +21,9 @@ use skiff_runtime::testing::{LocalRegistry, build_busybox_image, push};
 use skiff_runtime::{CgroupManager, Runtime, RuntimeConfig};
 use tokio_util::sync::CancellationToken;
 
+// The pods here opt out of the API credentials volume: these tests run the registry and the
+// kubelet only, without the token issuer, the namespace's `default` ServiceAccount and the
+// `kube-root-ca.crt` ConfigMap that `skiff server` provides (tests/service_account_tokens.rs).
 const NODE: &str = "node1";
 
 fn bridge_name() -> String {
@@ -131,7 +134,7 @@ async fn a_pod_finds_a_service_by_name_and_reaches_it() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let web: Pod = serde_json::from_value(json!({
         "metadata": {"name": "web", "labels": {"app": "web"}},
-        "spec": {"nodeName": NODE, "terminationGracePeriodSeconds": 1, "containers": [{
+        "spec": {"nodeName": NODE, "automountServiceAccountToken": false, "terminationGracePeriodSeconds": 1, "containers": [{
             "name": "httpd", "image": image,
             "command": ["sh", "-c", "mkdir -p /www && echo served-by-web > /www/index.html && exec httpd -f -p 8080 -h /www"]}]},
     }))
@@ -169,7 +172,7 @@ async fn a_pod_finds_a_service_by_name_and_reaches_it() {
                   nslookup web; wget -q -O - http://web/ && exit 0; sleep 1; done; exit 1";
     let probe: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client"},
-        "spec": {"nodeName": NODE, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+        "spec": {"nodeName": NODE, "automountServiceAccountToken": false, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
                  "containers": [{"name": "c", "image": image, "command": ["sh", "-c", script]}]},
     }))
     .unwrap();

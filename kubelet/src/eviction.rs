@@ -170,16 +170,10 @@ pub struct Observation {
 
 pub type Observations = HashMap<Signal, Observation>;
 
-fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// `memory.available` from /proc/meminfo text: MemAvailable out of MemTotal.
 pub fn memory_observation(meminfo: &str) -> Option<Observation> {
-    let total = meminfo_kib(meminfo, "MemTotal")?;
-    let available = meminfo_kib(meminfo, "MemAvailable")?;
+    let total = skiff_runtime::meminfo_kib(meminfo, "MemTotal")?;
+    let available = skiff_runtime::meminfo_kib(meminfo, "MemAvailable")?;
     Some(Observation { available: available * 1024, capacity: total * 1024 })
 }
 

@@ -44,14 +44,6 @@ fn read_trim(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-/// `MemTotal` in KiB from /proc/meminfo text.
-pub fn mem_total_ki(meminfo: &str) -> Option<u64> {
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// `PRETTY_NAME` from /etc/os-release text.
 pub fn pretty_name(os_release: &str) -> Option<String> {
     os_release.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim().trim_matches('"').to_string())
@@ -109,7 +101,7 @@ impl HostInfo {
     pub fn read(root: &Path) -> Self {
         Self {
             cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
-            memory_ki: mem_total_ki(&read_trim("/proc/meminfo")).unwrap_or(0),
+            memory_ki: skiff_runtime::meminfo_kib(&read_trim("/proc/meminfo"), "MemTotal").unwrap_or(0),
             ephemeral_storage_ki: filesystem_ki(root),
             kernel_version: read_trim("/proc/sys/kernel/osrelease"),
             os_image: pretty_name(&read_trim("/etc/os-release")).unwrap_or_else(|| "Linux".to_string()),
@@ -449,9 +441,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn meminfo_and_os_release_are_read_like_the_kubelet() {
-        assert_eq!(mem_total_ki("MemTotal:       24567808 kB\nMemFree: 1 kB\n"), Some(24_567_808));
-        assert_eq!(mem_total_ki("nothing"), None);
+    fn os_release_is_read_like_the_kubelet() {
         assert_eq!(
             pretty_name("NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
             Some("Debian GNU/Linux 12 (bookworm)")

@@ -55,7 +55,7 @@ mod stdio;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use cgroups::{CgroupManager, Layout as cgroups_layout, Usage};
+pub use cgroups::{CgroupManager, Layout as cgroups_layout, Usage, meminfo_kib};
 pub use exec::{ExecProcess, ExecReader, ExecSpec, ExecWriter, TerminalSize};
 pub use image::manage::{
     IMAGE_GC_HIGH_PERCENT, IMAGE_GC_LOW_PERCENT, IMAGE_MINIMUM_GC_AGE, ImageManager, PreloadOutcome, Preloaded,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::Resources;
-pub use usage::Usage;
+pub use usage::{Usage, meminfo_kib};
 
 /// The v1 controllers Skiff places pods and containers in.
 const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "cpuset", "freezer"];

@@ -46,13 +46,15 @@ pub fn v2_cpu_ns(cpu_stat: &str) -> Option<u64> {
 /// The node as a whole from /proc when its root cgroup does not say (the v2 root has no
 /// `memory.current`): MemTotal − MemAvailable, which the kubelet's root working set approximates.
 pub fn meminfo_working_set(meminfo: &str) -> Option<u64> {
-    let kib = |key: &str| {
-        meminfo.lines().find_map(|l| {
-            let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-            rest.split_whitespace().next()?.parse::<u64>().ok()
-        })
-    };
-    Some(kib("MemTotal")?.saturating_sub(kib("MemAvailable")?) * 1024)
+    Some(meminfo_kib(meminfo, "MemTotal")?.saturating_sub(meminfo_kib(meminfo, "MemAvailable")?) * 1024)
+}
+
+/// The `key:  N kB` field of /proc/meminfo text, in KiB.
+pub fn meminfo_kib(meminfo: &str, key: &str) -> Option<u64> {
+    meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
 }
 
 /// The busy time of all CPUs from the `cpu` line of /proc/stat (user, nice, system, irq, softirq
@@ -128,6 +130,9 @@ inactive_file 4096000
         let meminfo = "MemTotal:       24683656 kB\nMemFree:        21815568 kB\nMemAvailable:   23133472 kB\n";
         assert_eq!(meminfo_working_set(meminfo), Some((24683656 - 23133472) * 1024));
         assert_eq!(meminfo_working_set("MemTotal: 1 kB\n"), None);
+        assert_eq!(meminfo_kib("MemTotal:       24567808 kB\nMemFree: 1 kB\n", "MemTotal"), Some(24_567_808));
+        assert_eq!(meminfo_kib("nothing", "MemTotal"), None);
+        assert_eq!(meminfo_kib("MemFree: 1 kB\n", "MemFre"), None, "a whole key, not a prefix of one");
         // user nice system idle iowait irq softirq steal guest guest_nice
         let stat = "cpu  100 20 30 5000 70 5 5 10 0 0\ncpu0 50 10 15 2500 35 2 3 5 0 0\nintr 1 2 3\n";
         assert_eq!(proc_stat_cpu_ns(stat, 100), Some(170 * 10_000_000));
